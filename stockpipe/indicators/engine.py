@@ -1,0 +1,117 @@
+"""Apply every indicator to many symbols at once.
+
+Bars arrive long (one row per symbol and date, sorted by symbol then date). They are laid out as a
+(bar position x symbol) matrix so each recursive kernel (EMA, Wilder RSI) loops over positions once
+for all symbols instead of once per symbol; results are gathered back to the long rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from stockpipe.indicators.bollinger import bollinger
+from stockpipe.indicators.macd import macd
+from stockpipe.indicators.rsi import rsi
+from stockpipe.indicators.sma import sma
+
+INDICATOR_COLUMNS = (
+    "sma_20",
+    "sma_50",
+    "rsi_14",
+    "macd",
+    "macd_signal",
+    "macd_hist",
+    "bb_upper",
+    "bb_middle",
+    "bb_lower",
+    "bb_position",
+    "avg_volume_30",
+)
+
+
+def _layout(symbols: pa.Array) -> tuple[np.ndarray, np.ndarray, list[str], int]:
+    """Flat (position x symbol) matrix index of each row, plus run lengths, names and depth.
+
+    Rows must be sorted by symbol. Works on Arrow's run-end encoding so no per-row Python string
+    comparison happens.
+    """
+    if len(symbols) == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64), [], 0
+    runs = pc.run_end_encode(symbols)
+    ends = runs.run_ends.to_numpy().astype(np.int64)
+    names = runs.values.to_pylist()
+    if len(set(names)) != len(names):
+        raise ValueError("bars must be sorted by symbol then date (a symbol appears in two runs)")
+    lengths = np.diff(np.r_[0, ends])
+    starts = ends - lengths
+    column = np.repeat(np.arange(len(names)), lengths)
+    position = np.arange(ends[-1]) - np.repeat(starts, lengths)
+    depth = int(lengths.max())
+    return position * len(names) + column, column, names, depth
+
+
+def compute_indicator_matrix(close: np.ndarray, volume: np.ndarray) -> dict[str, np.ndarray]:
+    """All indicator columns for arrays laid out along axis 0 (1-D series or position x symbol)."""
+    bands = bollinger(close, 20, 2.0)
+    lines = macd(close, 12, 26, 9)
+    return {
+        "sma_20": bands.middle,
+        "sma_50": sma(close, 50),
+        "rsi_14": rsi(close, 14),
+        "macd": lines.macd,
+        "macd_signal": lines.signal,
+        "macd_hist": lines.hist,
+        "bb_upper": bands.upper,
+        "bb_middle": bands.middle,
+        "bb_lower": bands.lower,
+        "bb_position": bands.position,
+        "avg_volume_30": sma(volume, 30),
+    }
+
+
+def compute_indicators(
+    bars: pa.Table,
+    from_dates: Mapping[str, dt.date] | None = None,
+    created_at: dt.datetime | None = None,
+) -> pa.Table:
+    """Indicator rows for `bars` (columns symbol, date, close, volume; sorted by symbol, date).
+
+    `from_dates` keeps, per symbol, only rows on or after that date (the earlier rows are warm-up
+    history); symbols missing from it keep every row. NULL marks a bar before an indicator's first
+    valid bar.
+    """
+    symbol_column = bars.column("symbol").combine_chunks()
+    close = bars.column("close").to_numpy().astype(np.float64, copy=False)
+    volume = bars.column("volume").to_numpy().astype(np.float64, copy=False)
+    flat_index, column, names, depth = _layout(symbol_column)
+    width = len(names)
+
+    close_matrix = np.full(depth * width, np.nan)
+    volume_matrix = np.full(depth * width, np.nan)
+    close_matrix[flat_index] = close
+    volume_matrix[flat_index] = volume
+    values = compute_indicator_matrix(close_matrix.reshape(depth, width), volume_matrix.reshape(depth, width))
+
+    created = created_at or dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    arrays = {"symbol": symbol_column, "date": bars.column("date")}
+    for name in INDICATOR_COLUMNS:
+        gathered = np.take(values[name].reshape(-1), flat_index)
+        arrays[name] = pa.array(gathered, type=pa.float64(), from_pandas=True)
+    arrays["created_at"] = pa.array(np.full(len(flat_index), np.datetime64(created, "us")), pa.timestamp("us"))
+    table = pa.table(arrays)
+
+    if from_dates:
+        keep_from = pa.array([from_dates.get(s, dt.date.min) for s in names], pa.date32())
+        per_row = pc.take(keep_from, pa.array(column))
+        table = table.filter(pc.greater_equal(table.column("date"), per_row))
+    return table
+def _unique_in_order(sorted_symbols: np.ndarray) -> list[str]:
+    if sorted_symbols.shape[0] == 0:
+        return []
+    starts = np.flatnonzero(np.r_[True, sorted_symbols[1:] != sorted_symbols[:-1]])
+    return [str(s) for s in sorted_symbols[starts]]

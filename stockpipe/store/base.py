@@ -1,0 +1,430 @@
+"""The store interface: every read and write the pipeline makes, in SQL both stores accept.
+
+Tasks and services only hold a `Store`; which database is behind it is the URL's business. A dialect
+provides a `Session` (one transaction on one connection) with four primitives: execute/fetch SQL,
+read a query as Arrow, stage an Arrow table as a temporary relation, and bulk-insert Arrow rows.
+Everything else is written once here.
+
+SQL uses `:name` placeholders; each session translates them to its driver's style.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Sequence
+
+import pyarrow as pa
+
+from stockpipe.store.schema import (
+    BARS,
+    INDICATORS,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    SCHEMA_VERSION_TABLE,
+    SYMBOLS,
+    TABLES,
+    TASK_MARKERS,
+    Table,
+)
+
+log = logging.getLogger("stockpipe.store")
+
+_PLACEHOLDER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+class StoreError(RuntimeError):
+    """A store could not be opened or used; the message says which and why."""
+
+
+class SchemaVersionError(StoreError):
+    """The database was created by a different stockpipe version than this one."""
+
+
+@dataclass(frozen=True)
+class Marker:
+    """Completion record of one task, written in the same transaction as the data it marks."""
+
+    marker_id: str
+    task_family: str
+    params: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class Session(ABC):
+    """One connection inside one transaction."""
+
+    @abstractmethod
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> None: ...
+
+    @abstractmethod
+    def fetch(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]: ...
+
+    @abstractmethod
+    def fetch_arrow(self, sql: str, params: dict[str, Any] | None = None, schema: pa.Schema | None = None) -> pa.Table: ...
+
+    @abstractmethod
+    def stage(self, name: str, data: pa.Table, like: Table) -> None:
+        """Make `data` queryable as relation `name` until the transaction ends."""
+
+    @abstractmethod
+    def insert(self, table: Table, data: pa.Table) -> int:
+        """Bulk-insert rows (already conformed to `table`)."""
+
+    def lock(self, key: str) -> None:
+        """Serialise writers of `key` across processes until the transaction ends (no-op if the
+        store already serialises every writer)."""
+
+
+class Store(ABC):
+    dialect: str = ""
+
+    def __init__(self, url: str):
+        self.url = url
+        self._schema_checked = False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.redacted_url()!r})"
+
+    def redacted_url(self) -> str:
+        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.url)
+
+    # -- dialect primitives -------------------------------------------------------------------
+    @abstractmethod
+    def _open_session(self, write: bool) -> Any:
+        """Context manager yielding a Session; commits on success, rolls back on error."""
+
+    @contextmanager
+    def session(self, write: bool = True) -> Iterator[Session]:
+        if not self._schema_checked:
+            self.ensure_schema()
+        with self._open_session(write) as session:
+            yield session
+
+    # -- schema ---------------------------------------------------------------------------------
+    def ensure_schema(self) -> None:
+        """Create missing tables; refuse to work on a database of another schema version."""
+        with self._open_session(True) as session:
+            found = self._stored_version(session)
+            if found is None:
+                session.execute(SCHEMA_VERSION_TABLE.ddl())
+                for table in TABLES:
+                    session.execute(table.ddl())
+                session.execute(
+                    "INSERT INTO schema_version (version, applied_at) VALUES (:v, :t)",
+                    {"v": SCHEMA_VERSION, "t": utcnow()},
+                )
+            elif found != SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"{self.redacted_url()} has stockpipe schema version {found}, this stockpipe expects "
+                    f"{SCHEMA_VERSION}: run `stockpipe init-db` to upgrade it"
+                    + (" (it is newer than this stockpipe: upgrade stockpipe)" if found > SCHEMA_VERSION else "")
+                )
+        self._schema_checked = True
+
+    def upgrade_schema(self) -> tuple[int | None, int]:
+        """Create or upgrade the schema; returns (version found, version now)."""
+        with self._open_session(True) as session:
+            found = self._stored_version(session)
+            if found is not None and found > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"{self.redacted_url()} has schema version {found}, newer than this stockpipe "
+                    f"({SCHEMA_VERSION}): upgrade stockpipe"
+                )
+            if found is not None:
+                for version in range(found + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS.get(version, ()):
+                        session.execute(statement)
+                    session.execute(
+                        "INSERT INTO schema_version (version, applied_at) VALUES (:v, :t)",
+                        {"v": version, "t": utcnow()},
+                    )
+        if found is None:
+            self.ensure_schema()
+        self._schema_checked = True
+        return found, SCHEMA_VERSION
+
+    def _stored_version(self, session: Session) -> int | None:
+        exists = session.fetch(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
+            + self._schema_filter()
+        )[0][0]
+        if not exists:
+            return None
+        row = session.fetch("SELECT max(version) FROM schema_version")[0][0]
+        return None if row is None else int(row)
+
+    def _schema_filter(self) -> str:
+        return ""
+
+    # -- markers --------------------------------------------------------------------------------
+    def _claim(self, session: Session, marker: Marker | None) -> bool:
+        """Lock the marker's key; False if another writer already completed it."""
+        if marker is None:
+            return True
+        session.lock(marker.marker_id)
+        done = session.fetch("SELECT 1 FROM task_markers WHERE marker_id = :m", {"m": marker.marker_id})
+        return not done
+
+    def _touch(self, session: Session, marker: Marker | None) -> None:
+        if marker is None:
+            return
+        session.execute(
+            "INSERT INTO task_markers (marker_id, task_family, params, stats, completed_at) "
+            "VALUES (:m, :f, :p, :s, :t)",
+            {
+                "m": marker.marker_id,
+                "f": marker.task_family,
+                "p": json.dumps(marker.params, sort_keys=True, default=str),
+                "s": json.dumps(marker.stats, sort_keys=True, default=str),
+                "t": utcnow(),
+            },
+        )
+
+    def touch(self, marker: Marker) -> bool:
+        """Record a completion that has no data of its own (e.g. a no-op day)."""
+        with self.session() as session:
+            if not self._claim(session, marker):
+                return False
+            self._touch(session, marker)
+            return True
+
+    def completed(self, marker_ids: Iterable[str]) -> set[str]:
+        ids = list(marker_ids)
+        if not ids:
+            return set()
+        with self.session(write=False) as session:
+            rows = session.fetch("SELECT marker_id FROM task_markers WHERE marker_id = ANY(:ids)", {"ids": ids})
+        return {r[0] for r in rows}
+
+    def read_marker(self, marker_id: str) -> dict[str, Any] | None:
+        found = self.markers(exact=marker_id)
+        return found[0] if found else None
+
+    def markers(self, prefix: str | None = None, exact: str | None = None) -> list[dict[str, Any]]:
+        where, params = "", {}
+        if exact is not None:
+            where, params = " WHERE marker_id = :m", {"m": exact}
+        elif prefix is not None:
+            where, params = " WHERE substr(marker_id, 1, :n) = :p", {"n": len(prefix), "p": prefix}
+        with self.session(write=False) as session:
+            rows = session.fetch(
+                "SELECT marker_id, task_family, params, stats, completed_at FROM task_markers"
+                + where
+                + " ORDER BY marker_id",
+                params,
+            )
+        return [
+            {
+                "marker_id": r[0],
+                "task_family": r[1],
+                "params": json.loads(r[2] or "{}"),
+                "stats": json.loads(r[3] or "{}"),
+                "completed_at": r[4],
+            }
+            for r in rows
+        ]
+
+    def delete_markers(self, marker_ids: Sequence[str]) -> int:
+        if not marker_ids:
+            return 0
+        with self.session() as session:
+            before = session.fetch("SELECT count(*) FROM task_markers WHERE marker_id = ANY(:ids)", {"ids": list(marker_ids)})
+            session.execute("DELETE FROM task_markers WHERE marker_id = ANY(:ids)", {"ids": list(marker_ids)})
+        return int(before[0][0])
+
+    # -- symbols --------------------------------------------------------------------------------
+    def replace_universe(self, rows: pa.Table, marker: Marker | None = None) -> bool:
+        """Upsert the source's universe; symbols it no longer lists become inactive, never deleted."""
+        rows = SYMBOLS.conform(rows)
+        columns = SYMBOLS.columns
+        updates = ", ".join(
+            f"{c} = COALESCE(excluded.{c}, symbols.{c})" if c == "avg_volume_30" else f"{c} = excluded.{c}"
+            for c in columns
+            if c != "symbol"
+        )
+        with self.session() as session:
+            if not self._claim(session, marker):
+                return False
+            session.stage("incoming_symbols", rows, SYMBOLS)
+            session.execute(
+                "UPDATE symbols SET is_active = FALSE, updated_at = :t "
+                "WHERE is_active AND symbol NOT IN (SELECT symbol FROM incoming_symbols)",
+                {"t": utcnow()},
+            )
+            session.execute(
+                f"INSERT INTO symbols ({', '.join(columns)}) SELECT {', '.join(columns)} FROM incoming_symbols "
+                f"ON CONFLICT (symbol) DO UPDATE SET {updates}"
+            )
+            self._touch(session, marker)
+        return True
+
+    def read_symbols(self, active_only: bool = True) -> pa.Table:
+        where = " WHERE is_active" if active_only else ""
+        with self.session(write=False) as session:
+            return session.fetch_arrow(f"SELECT * FROM symbols{where} ORDER BY symbol", schema=SYMBOLS.schema)
+
+    def active_symbols(self) -> list[str]:
+        with self.session(write=False) as session:
+            return [r[0] for r in session.fetch("SELECT symbol FROM symbols WHERE is_active ORDER BY symbol")]
+
+    # -- bars -----------------------------------------------------------------------------------
+    def write_bars(self, rows: pa.Table, marker: Marker | None = None) -> bool:
+        """Upsert bars: a (symbol, date) already stored is replaced, so late corrections heal."""
+        rows = BARS.conform(rows)
+        with self.session() as session:
+            if not self._claim(session, marker):
+                return False
+            if rows.num_rows:
+                session.stage("incoming_bars", rows, BARS)
+                session.execute(
+                    "DELETE FROM bars WHERE EXISTS (SELECT 1 FROM incoming_bars i "
+                    "WHERE i.symbol = bars.symbol AND i.date = bars.date)"
+                )
+                session.insert(BARS, rows)
+            self._touch(session, marker)
+        return True
+
+    def bars_extent(self) -> tuple[dt.date | None, dt.date | None, int]:
+        with self.session(write=False) as session:
+            first, last, count = session.fetch("SELECT min(date), max(date), count(*) FROM bars")[0]
+        return first, last, int(count)
+
+    def read_bars(
+        self,
+        symbols: Sequence[str] | None = None,
+        start: dt.date | None = None,
+        end: dt.date | None = None,
+        warmup_bars: int = 0,
+    ) -> pa.Table:
+        """Bars sorted by symbol and date. With `warmup_bars`, each symbol's window also reaches back
+        that many of its own bars before `start` (history the recursive indicators need)."""
+        filters, params = [], {}
+        if symbols is not None:
+            filters.append("b.symbol = ANY(:symbols)")
+            params["symbols"] = list(symbols)
+        if end is not None:
+            filters.append("b.date <= :end")
+            params["end"] = end
+        with_clause = ""
+        if start is not None and warmup_bars > 0:
+            params.update(start=start, warmup=warmup_bars)
+            inner = " AND symbol = ANY(:symbols)" if symbols is not None else ""
+            with_clause = (
+                "WITH ranked AS (SELECT symbol, date, row_number() OVER (PARTITION BY symbol ORDER BY date DESC) AS rn "
+                f"FROM bars WHERE date < :start{inner}), "
+                "cutoff AS (SELECT symbol, min(date) AS from_date FROM ranked WHERE rn <= :warmup GROUP BY symbol) "
+            )
+            filters.append("b.date >= COALESCE((SELECT c.from_date FROM cutoff c WHERE c.symbol = b.symbol), :start)")
+        elif start is not None:
+            filters.append("b.date >= :start")
+            params["start"] = start
+        where = (" WHERE " + " AND ".join(filters)) if filters else ""
+        sql = (
+            f"{with_clause}SELECT b.symbol, b.date, b.open, b.high, b.low, b.close, b.volume FROM bars b"
+            f"{where} ORDER BY b.symbol, b.date"
+        )
+        with self.session(write=False) as session:
+            return session.fetch_arrow(sql, params, schema=BARS.schema)
+
+    # -- indicators -----------------------------------------------------------------------------
+    def latest_indicator_dates(self, symbols: Sequence[str], before: dt.date) -> dict[str, dt.date]:
+        with self.session(write=False) as session:
+            rows = session.fetch(
+                "SELECT symbol, max(date) FROM indicators WHERE symbol = ANY(:s) AND date < :d GROUP BY symbol",
+                {"s": list(symbols), "d": before},
+            )
+        return {r[0]: r[1] for r in rows}
+
+    def replace_indicators(
+        self, symbols: Sequence[str], start: dt.date, rows: pa.Table, marker: Marker | None = None
+    ) -> bool:
+        """Replace the symbols' indicator rows from `start` on, with the marker, in one transaction:
+        readers see the old rows or the new ones, never neither. False if already completed."""
+        rows = INDICATORS.conform(rows)
+        with self.session() as session:
+            if not self._claim(session, marker):
+                return False
+            session.execute(
+                "DELETE FROM indicators WHERE symbol = ANY(:s) AND date >= :d", {"s": list(symbols), "d": start}
+            )
+            if rows.num_rows:
+                session.insert(INDICATORS, rows)
+                # symbols.avg_volume_30 mirrors each symbol's latest stored average volume.
+                session.execute(
+                    "UPDATE symbols SET avg_volume_30 = (SELECT i.avg_volume_30 FROM indicators i "
+                    "WHERE i.symbol = symbols.symbol ORDER BY i.date DESC LIMIT 1) WHERE symbol = ANY(:s)",
+                    {"s": list(symbols)},
+                )
+            self._touch(session, marker)
+        return True
+
+    def read_indicators(
+        self, symbols: Sequence[str] | None = None, start: dt.date | None = None, end: dt.date | None = None
+    ) -> pa.Table:
+        filters, params = [], {}
+        if symbols is not None:
+            filters.append("symbol = ANY(:s)")
+            params["s"] = list(symbols)
+        if start is not None:
+            filters.append("date >= :start")
+            params["start"] = start
+        if end is not None:
+            filters.append("date <= :end")
+            params["end"] = end
+        where = (" WHERE " + " AND ".join(filters)) if filters else ""
+        with self.session(write=False) as session:
+            return session.fetch_arrow(
+                f"SELECT * FROM indicators{where} ORDER BY symbol, date", params, schema=INDICATORS.schema
+            )
+
+    def indicator_summary(self, symbols: Sequence[str], start: dt.date) -> dict[str, Any]:
+        """What a rebuild from `start` would replace: symbols, rows and date range."""
+        with self.session(write=False) as session:
+            row = session.fetch(
+                "SELECT count(DISTINCT symbol), count(*), min(date), max(date) FROM indicators "
+                "WHERE symbol = ANY(:s) AND date >= :d",
+                {"s": list(symbols), "d": start},
+            )[0]
+        return {"symbols": int(row[0]), "rows": int(row[1]), "first_date": row[2], "last_date": row[3]}
+
+    def restore_indicators(
+        self, rows: pa.Table, symbols: Sequence[str], start: dt.date, forget_markers: Sequence[str] = ()
+    ) -> int:
+        """Put back saved rows for `symbols` from `start`, and forget the markers of the run that
+        replaced them (so rerunning that run redoes it), in one transaction."""
+        rows = INDICATORS.conform(rows)
+        with self.session() as session:
+            session.execute(
+                "DELETE FROM indicators WHERE symbol = ANY(:s) AND date >= :d", {"s": list(symbols), "d": start}
+            )
+            if rows.num_rows:
+                session.insert(INDICATORS, rows)
+            if forget_markers:
+                session.execute("DELETE FROM task_markers WHERE marker_id = ANY(:ids)", {"ids": list(forget_markers)})
+        return rows.num_rows
+
+    # -- reports --------------------------------------------------------------------------------
+    def query(self, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
+        """A read-only query for reports (`:name` placeholders)."""
+        with self.session(write=False) as session:
+            return session.fetch_arrow(sql, params or {})
+
+    def close(self) -> None:
+        """Release pooled connections (a no-op for stores that hold none between operations)."""
+
+
+def translate_placeholders(sql: str, style: str) -> str:
+    """`:name` -> `$name` (DuckDB) or `%(name)s` (psycopg2)."""
+    if style == "dollar":
+        return _PLACEHOLDER.sub(r"$\1", sql)
+    return _PLACEHOLDER.sub(r"%(\1)s", sql)

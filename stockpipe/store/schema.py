@@ -1,0 +1,185 @@
+"""The public tables: names, columns and types are a contract users query directly.
+
+One definition serves both stores: each column has an Arrow type (for bulk I/O) and a SQL type that
+DuckDB and PostgreSQL both accept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+# Bump when a table's layout changes, and add the upgrade step to MIGRATIONS.
+SCHEMA_VERSION = 1
+
+_SQL_TYPES = {
+    pa.string(): "VARCHAR",
+    pa.date32(): "DATE",
+    pa.float64(): "DOUBLE PRECISION",
+    pa.int64(): "BIGINT",
+    pa.int32(): "INTEGER",
+    pa.bool_(): "BOOLEAN",
+    pa.timestamp("us"): "TIMESTAMP",
+}
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    schema: pa.Schema
+    key: tuple[str, ...]
+    not_null: tuple[str, ...] = ()
+
+    @property
+    def columns(self) -> list[str]:
+        return self.schema.names
+
+    def ddl(self) -> str:
+        lines = []
+        for field in self.schema:
+            null = " NOT NULL" if field.name in self.key or field.name in self.not_null else ""
+            lines.append(f"    {field.name} {_SQL_TYPES[field.type]}{null}")
+        if self.key:
+            lines.append(f"    PRIMARY KEY ({', '.join(self.key)})")
+        return f"CREATE TABLE IF NOT EXISTS {self.name} (\n" + ",\n".join(lines) + "\n)"
+
+    def conform(self, data: pa.Table) -> pa.Table:
+        """Columns in table order with table types; a missing column is a caller bug, named here."""
+        missing = [c for c in self.columns if c not in data.column_names]
+        if missing:
+            raise ValueError(f"{self.name}: rows lack column(s) {', '.join(missing)}")
+        return pa.table([data.column(c).cast(self.schema.field(c).type) for c in self.columns], schema=self.schema)
+
+
+_f = pa.float64()
+
+SYMBOLS = Table(
+    "symbols",
+    pa.schema(
+        [
+            ("symbol", pa.string()),
+            ("name", pa.string()),
+            ("exchange", pa.string()),
+            ("sector", pa.string()),
+            ("industry", pa.string()),
+            ("market_cap", _f),
+            ("is_etf", pa.bool_()),
+            ("is_active", pa.bool_()),
+            ("avg_volume_30", _f),
+            ("updated_at", pa.timestamp("us")),
+        ]
+    ),
+    key=("symbol",),
+    not_null=("is_active",),
+)
+
+BARS = Table(
+    "bars",
+    pa.schema(
+        [
+            ("symbol", pa.string()),
+            ("date", pa.date32()),
+            ("open", _f),
+            ("high", _f),
+            ("low", _f),
+            ("close", _f),
+            ("volume", pa.int64()),
+        ]
+    ),
+    key=("symbol", "date"),
+    not_null=("open", "high", "low", "close", "volume"),
+)
+
+INDICATORS = Table(
+    "indicators",
+    pa.schema(
+        [("symbol", pa.string()), ("date", pa.date32())]
+        + [
+            (name, _f)
+            for name in (
+                "sma_20",
+                "sma_50",
+                "rsi_14",
+                "macd",
+                "macd_signal",
+                "macd_hist",
+                "bb_upper",
+                "bb_middle",
+                "bb_lower",
+                "bb_position",
+                "avg_volume_30",
+            )
+        ]
+        + [("created_at", pa.timestamp("us"))]
+    ),
+    key=("symbol", "date"),
+)
+
+TASK_MARKERS = Table(
+    "task_markers",
+    pa.schema(
+        [
+            ("marker_id", pa.string()),
+            ("task_family", pa.string()),
+            ("params", pa.string()),
+            ("stats", pa.string()),
+            ("completed_at", pa.timestamp("us")),
+        ]
+    ),
+    key=("marker_id",),
+    not_null=("task_family", "completed_at"),
+)
+
+DAILY_WATCHLIST = Table(
+    "daily_watchlist",
+    pa.schema(
+        [
+            ("scan_date", pa.date32()),
+            ("symbol", pa.string()),
+            ("name", pa.string()),
+            ("sector", pa.string()),
+            ("market_cap", _f),
+            ("market_cap_tier", pa.int32()),
+            ("scan_reason", pa.string()),
+            ("priority", pa.int32()),
+            ("close", _f),
+            ("volume", pa.int64()),
+            ("rsi_14", _f),
+            ("bb_position", _f),
+            ("volume_ratio", _f),
+        ]
+    ),
+    key=("scan_date", "symbol"),
+)
+
+TASK_RUNS = Table(
+    "task_runs",
+    pa.schema(
+        [
+            ("task_id", pa.string()),
+            ("task_family", pa.string()),
+            ("params", pa.string()),
+            ("status", pa.string()),
+            ("attempt", pa.int32()),
+            ("started_at", pa.timestamp("us")),
+            ("finished_at", pa.timestamp("us")),
+            ("duration_seconds", _f),
+            ("error", pa.string()),
+            ("host", pa.string()),
+        ]
+    ),
+    key=(),
+)
+
+SCHEMA_VERSION_TABLE = Table(
+    "schema_version",
+    pa.schema([("version", pa.int32()), ("applied_at", pa.timestamp("us"))]),
+    key=(),
+    not_null=("version", "applied_at"),
+)
+
+TABLES: tuple[Table, ...] = (SYMBOLS, BARS, INDICATORS, TASK_MARKERS, DAILY_WATCHLIST, TASK_RUNS)
+
+# version -> statements that upgrade a database from version-1 to version.
+MIGRATIONS: dict[int, tuple[str, ...]] = {}
