@@ -1,0 +1,21 @@
+"""stockpipe: Luigi tasks for a resumable stock-market data pipeline.
+
+`luigi --module stockpipe <Task>` finds every task here.
+"""
+
+from stockpipe.tasks import (  # noqa: F401 - re-exported so `luigi --module stockpipe` sees every task
+    Backfill,
+    CollectSymbols,
+    Daily,
+    DailyIndicators,
+    IndicatorChunk,
+    IngestDate,
+    PlanRebuild,
+    RebuildFrom,
+)
+
+from stockpipe.logs import configure as _configure_logging
+
+_configure_logging()
+
+__version__ = "0.1.0"

@@ -1,0 +1,169 @@
+"""Ingest daily bars: the overlap re-fetch of a day, and history backfills."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from typing import Any, Sequence
+
+import pyarrow as pa
+
+from stockpipe import trading_calendar
+from stockpipe.progress import Progress, silent
+from stockpipe.sources.base import BarFetch, Source
+from stockpipe.store import Marker, Store
+from stockpipe.validation import RejectedBar, validate_bars
+
+log = logging.getLogger("stockpipe.ingest")
+
+_MAX_LISTED = 50  # rejects / failures kept verbatim in a marker's stats
+
+
+def _fetch_valid(source: Source, symbols: Sequence[str], start: dt.date, end: dt.date) -> tuple[pa.Table, BarFetch, list[RejectedBar]]:
+    fetched = source.bars(symbols, start, end)
+    origins = fetched.rows.column("origin").to_pylist() if "origin" in fetched.rows.column_names else None
+    valid, rejected = validate_bars(fetched.rows, origins)
+    for failure in fetched.failures:
+        log.warning("fetch failed %s %s..%s: %s", failure.symbol, failure.start, failure.end, failure.reason)
+    return valid, fetched, rejected
+
+
+def _stats(requested: int, stored: int, rejected: list[RejectedBar], fetches: list[BarFetch], **extra) -> dict[str, Any]:
+    failures = [f for fetch in fetches for f in fetch.failures]
+    reasons: dict[str, int] = {}
+    for r in rejected:
+        key = r.reason.split(" ")[0] if "duplicate" not in r.reason else "duplicate"
+        reasons[key] = reasons.get(key, 0) + 1
+    return {
+        "symbols_requested": requested,
+        "bars_stored": stored,
+        "bars_rejected": len(rejected),
+        "rejected": [r.as_dict() for r in rejected[:_MAX_LISTED]],
+        "rejected_by_reason": reasons,
+        "failed_fetches": len(failures),
+        "failures": [f.as_dict() for f in failures[:_MAX_LISTED]],
+        "splits_detected": sorted({s for fetch in fetches for s in fetch.refetch_history}),
+        **extra,
+    }
+
+
+def ingest_date(
+    store: Store,
+    source: Source,
+    day: dt.date,
+    *,
+    days_back: int,
+    backfill_sessions: int,
+    marker: Marker | None,
+    progress: Progress = silent,
+) -> dict[str, Any]:
+    """Bars for every active symbol up to `day`, re-fetching `days_back` sessions so late corrections
+    heal. A symbol with no stored bar gets `backfill_sessions` of history, and a store whose latest bar
+    is older than the overlap is filled from there, so no hole is left."""
+    started = time.monotonic()
+    symbols = store.active_symbols()
+    overlap_start = trading_calendar.sessions_back(source.calendar, day, days_back)
+    history_start = trading_calendar.sessions_back(source.calendar, day, backfill_sessions - 1)
+    with store.session(write=False) as session:
+        rows = session.fetch(
+            "SELECT symbol, max(date) FROM bars WHERE symbol = ANY(:s) GROUP BY symbol", {"s": symbols}
+        )
+    latest = {r[0]: r[1] for r in rows}
+    plans: dict[dt.date, list[str]] = {}
+    for symbol in symbols:
+        last = latest.get(symbol)
+        if last is None:
+            start = history_start
+        else:
+            start = min(overlap_start, last + dt.timedelta(days=1)) if last < day else overlap_start
+        plans.setdefault(start, []).append(symbol)
+
+    parts, rejected, fetches = [], [], []
+    done = 0
+    for start, group in sorted(plans.items()):
+        progress(100.0 * done / max(len(symbols), 1), f"fetching {len(group)} symbols {start}..{day}")
+        valid, fetched, bad = _fetch_valid(source, group, start, day)
+        parts.append(valid)
+        rejected += bad
+        fetches.append(fetched)
+        done += len(group)
+        if fetched.refetch_history:
+            history, refetched, bad = _fetch_valid(source, sorted(fetched.refetch_history), history_start, day)
+            parts.append(history)
+            rejected += bad
+            fetches.append(refetched)
+    if parts:
+        rows_table = pa.concat_tables(parts)
+        # A symbol re-fetched for its history (a split) replaces the overlap rows fetched first.
+        if len(parts) > 1:
+            rows_table = _last_wins(rows_table)
+    else:
+        from stockpipe.sources.base import empty_bars
+
+        rows_table = empty_bars()
+    stats = _stats(
+        len(symbols),
+        rows_table.num_rows,
+        rejected,
+        fetches,
+        date=str(day),
+        from_dates={str(k): len(v) for k, v in sorted(plans.items())},
+        source=source.name,
+        seconds=round(time.monotonic() - started, 3),
+    )
+    if marker is not None:
+        marker = Marker(marker.marker_id, marker.task_family, marker.params, stats)
+    store.write_bars(rows_table, marker)
+    progress(100, f"stored {rows_table.num_rows} bars for {len(symbols)} symbols, rejected {len(rejected)}")
+    return stats
+
+
+def _last_wins(rows: pa.Table) -> pa.Table:
+    """Keep the last row of each (symbol, date): later fetches in a run supersede earlier ones."""
+    import numpy as np
+
+    n = rows.num_rows
+    indexed = rows.append_column("_row", pa.array(np.arange(n)))
+    last = indexed.group_by(["symbol", "date"]).aggregate([("_row", "max")]).column("_row_max")
+    return rows.take(pa.array(np.sort(last.to_numpy())))
+
+
+def backfill(
+    store: Store,
+    source: Source,
+    start: dt.date,
+    end: dt.date,
+    *,
+    batch_size: int,
+    marker: Marker | None,
+    progress: Progress = silent,
+) -> dict[str, Any]:
+    """History for every active symbol, fetched and written `batch_size` symbols at a time (each batch
+    is an idempotent upsert; the last one commits with the marker)."""
+    started = time.monotonic()
+    symbols = store.active_symbols()
+    batches = [symbols[i : i + batch_size] for i in range(0, len(symbols), batch_size)] or [[]]
+    rejected: list[RejectedBar] = []
+    fetches: list[BarFetch] = []
+    stored = 0
+    for number, batch in enumerate(batches, 1):
+        valid, fetched, bad = _fetch_valid(source, batch, start, end) if batch else (None, BarFetch(pa.table({})), [])
+        rejected += bad
+        fetches.append(fetched)
+        last = number == len(batches)
+        batch_marker = None
+        if last and marker is not None:
+            stored_total = stored + (valid.num_rows if valid is not None else 0)
+            stats = _stats(len(symbols), stored_total, rejected, fetches, start=str(start), end=str(end),
+                           source=source.name, seconds=round(time.monotonic() - started, 3))
+            batch_marker = Marker(marker.marker_id, marker.task_family, marker.params, stats)
+        if valid is not None:
+            store.write_bars(valid, batch_marker)
+            stored += valid.num_rows
+        elif batch_marker is not None:
+            store.touch(batch_marker)
+        message = f"[{number}/{len(batches)}] {batch[0] if batch else '-'}..{batch[-1] if batch else '-'} saved {valid.num_rows if valid is not None else 0} bars"
+        progress(100.0 * number / len(batches), message)
+    return {"symbols": len(symbols), "bars_stored": stored, "bars_rejected": len(rejected),
+            "seconds": round(time.monotonic() - started, 3)}

@@ -1,0 +1,29 @@
+"""Sources: one interface (symbols, bars) with demo, CSV, NASDAQ directory and yfinance implementations."""
+
+from __future__ import annotations
+
+from stockpipe.sources.base import BarFetch, FetchFailure, Source, SourceError
+
+
+def open_source(name: str) -> Source:
+    """The source named in `[stockpipe] source` (or STOCKPIPE_SOURCE), configured from its section."""
+    from stockpipe import config
+
+    calendar = config.stockpipe().calendar
+    if name == "demo":
+        from stockpipe.sources.demo import DemoSource
+
+        cfg = config.demo()
+        return DemoSource(tickers=cfg.tickers, seed=cfg.seed, calendar=calendar)
+    if name == "csv":
+        from stockpipe.sources.csv_source import CsvSource
+
+        return CsvSource(config.csv().path, calendar=calendar)
+    if name == "yahoo":
+        from stockpipe.sources.yahoo import YahooSource
+
+        return YahooSource.from_config()
+    raise SourceError(f"unknown source {name!r}: choose demo, csv or yahoo in [stockpipe] source")
+
+
+__all__ = ["BarFetch", "FetchFailure", "Source", "SourceError", "open_source"]

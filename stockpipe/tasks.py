@@ -1,0 +1,273 @@
+"""Luigi tasks: parameters, requires, output, and a run that calls one service function."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+
+import luigi
+
+from stockpipe import config, targets, trading_calendar
+from stockpipe.progress import luigi_progress
+from stockpipe.services import indicators as indicator_service
+from stockpipe.services import ingest as ingest_service
+from stockpipe.services import rebuild as rebuild_service
+from stockpipe.services import symbols as symbol_service
+from stockpipe.sources import open_source
+from stockpipe.store import open_store
+
+log = logging.getLogger("stockpipe.tasks")
+
+
+class StockpipeTask(luigi.Task):
+    """What every stockpipe task shares: its store, its source, progress and a marker target."""
+
+    def store(self):
+        return open_store(config.store_url())
+
+    def source(self):
+        return open_source(config.source_name())
+
+    def progress(self):
+        return luigi_progress(self, log)
+
+    def marker_target(self, *parts) -> targets.MarkerTarget:
+        return targets.MarkerTarget("/".join([self.get_task_family(), *map(str, parts)]))
+
+    def run_marker(self):
+        """The marker to write with this run's data (stats are added by the service)."""
+        return self.output().marker(self)
+
+
+class CollectSymbols(StockpipeTask):
+    date = luigi.DateParameter()
+
+    def output(self):
+        return self.marker_target(self.date)
+
+    def run(self):
+        symbol_service.collect_symbols(
+            self.store(), self.source(), self.date, config.stockpipe().min_symbols, self.run_marker()
+        )
+
+
+class IngestDate(StockpipeTask):
+    date = luigi.DateParameter()
+
+    def requires(self):
+        return CollectSymbols(self.date)
+
+    def output(self):
+        return self.marker_target(self.date)
+
+    def run(self):
+        settings = config.stockpipe()
+        ingest_service.ingest_date(
+            self.store(),
+            self.source(),
+            self.date,
+            days_back=settings.days_back,
+            backfill_sessions=settings.backfill_sessions,
+            marker=self.run_marker(),
+            progress=self.progress(),
+        )
+
+
+class Backfill(StockpipeTask):
+    start_date = luigi.DateParameter()
+    end_date = luigi.DateParameter()
+
+    def requires(self):
+        return CollectSymbols(self.end_date)
+
+    def output(self):
+        return self.marker_target(self.start_date, self.end_date)
+
+    def run(self):
+        if self.end_date < self.start_date:
+            raise ValueError(f"Backfill end_date {self.end_date} is before start_date {self.start_date}")
+        ingest_service.backfill(
+            self.store(),
+            self.source(),
+            self.start_date,
+            self.end_date,
+            batch_size=config.stockpipe().backfill_batch,
+            marker=self.run_marker(),
+            progress=self.progress(),
+        )
+
+
+class IndicatorChunk(StockpipeTask):
+    """Indicators of one chunk of a plan's symbols from `date` to the latest bar."""
+
+    date = luigi.DateParameter(description="first date whose indicator rows are replaced")
+    plan_id = luigi.Parameter(description="run whose plan.json lists the chunk's symbols")
+    chunk_id = luigi.IntParameter()
+
+    def output(self):
+        return targets.MarkerTarget(rebuild_service.chunk_marker_id(self.plan_id, self.chunk_id))
+
+    def run_dir(self):
+        return rebuild_service.run_dir(config.data_dir(), self.plan_id)
+
+    def run(self):
+        plan = rebuild_service.load_plan(self.run_dir())
+        if not 0 <= self.chunk_id < len(plan.chunks):
+            raise ValueError(f"{self.plan_id} has chunks 0..{len(plan.chunks) - 1}, not {self.chunk_id}")
+        indicator_service.compute_chunk(
+            self.store(),
+            plan.chunks[self.chunk_id],
+            self.date,
+            warmup_bars=config.stockpipe().warmup_bars,
+            marker=self.run_marker(),
+            label=f"[chunk {self.chunk_id + 1}/{len(plan.chunks)}]",
+            progress=self.progress(),
+        )
+        self.output().record_done()
+
+    def on_failure(self, exception):
+        rebuild_service.record_failure(self.run_dir(), self.chunk_id, exception)
+        return super().on_failure(exception)
+
+    @classmethod
+    def bulk_complete(cls, parameter_tuples):
+        """Those of `parameter_tuples` (date, plan_id, chunk_id) whose marker exists: one query."""
+        tuples = list(parameter_tuples)
+        tasks = [cls(*t) if isinstance(t, (list, tuple)) else cls(**t) for t in tuples]
+        done = targets.prefetch(config.store_url(), [t.output().marker_id for t in tasks])
+        return [p for p, t in zip(tuples, tasks) if t.output().marker_id in done]
+
+
+def _chunk_tasks(plan) -> list[IndicatorChunk]:
+    chunks = [IndicatorChunk(date=plan.start, plan_id=plan.plan_id, chunk_id=i) for i in range(len(plan.chunks))]
+    # One query answers every chunk's complete() that Luigi is about to ask.
+    targets.prefetch(config.store_url(), [c.output().marker_id for c in chunks])
+    return chunks
+
+
+class PlanRebuild(StockpipeTask):
+    """Status report, backup and chunk plan of a rebuild (written once; a resumed run reuses them)."""
+
+    start_date = luigi.DateParameter()
+    run_id = luigi.Parameter(default="")
+
+    @property
+    def plan_id(self) -> str:
+        return f"rebuild-{self.start_date}" + (f"-{self.run_id}" if self.run_id else "")
+
+    def output(self):
+        return luigi.LocalTarget(str(rebuild_service.run_dir(config.data_dir(), self.plan_id) / rebuild_service.PLAN_FILE))
+
+    def run(self):
+        store = self.store()
+        rebuild_service.create_plan(
+            store,
+            rebuild_service.run_dir(config.data_dir(), self.plan_id),
+            plan_id=self.plan_id,
+            kind="rebuild",
+            start=self.start_date,
+            symbols=indicator_service.symbols_with_bars(store),
+            chunk_size=config.stockpipe().chunk_size,
+            backup=True,
+        )
+
+
+class RebuildFrom(StockpipeTask):
+    """Recompute every indicator from `start_date`, in resumable chunks.
+
+    Rerunning the same command after a crash or a failed chunk redoes only unfinished chunks. To
+    rebuild the same date again on purpose, pass a new `--run-id` (a new plan, backup and markers).
+    """
+
+    start_date = luigi.DateParameter()
+    run_id = luigi.Parameter(default="", description="name a deliberate repeat of a rebuild of the same date")
+
+    def requires(self):
+        return PlanRebuild(start_date=self.start_date, run_id=self.run_id)
+
+    def output(self):
+        return self.marker_target(self.requires().plan_id)
+
+    def run(self):
+        started = time.monotonic()
+        directory = rebuild_service.run_dir(config.data_dir(), self.requires().plan_id)
+        plan = rebuild_service.load_plan(directory)
+        chunks = _chunk_tasks(plan)
+        done = sum(1 for c in chunks if c.complete())
+        self.set_status_message(f"{done}/{len(chunks)} chunks done")
+        self.set_progress_percentage(int(100 * done / max(len(chunks), 1)))
+        yield chunks
+        report = rebuild_service.write_final_report(self.store(), plan, directory, started)
+        self.store().touch(self.output().marker(self, {k: report[k] for k in ("symbols", "chunks", "replaced_rows", "saved_rows", "seconds")}))
+
+
+class DailyIndicators(StockpipeTask):
+    """Indicators for the day: every active symbol recomputed from the ingest overlap on."""
+
+    date = luigi.DateParameter()
+
+    @property
+    def plan_id(self) -> str:
+        return f"daily-{self.date}"
+
+    def requires(self):
+        return IngestDate(self.date)
+
+    def output(self):
+        return self.marker_target(self.date)
+
+    def run(self):
+        settings = config.stockpipe()
+        directory = rebuild_service.run_dir(config.data_dir(), self.plan_id)
+        store = self.store()
+        plan = rebuild_service.create_plan(
+            store,
+            directory,
+            plan_id=self.plan_id,
+            kind="daily",
+            start=trading_calendar.sessions_back(settings.calendar, self.date, settings.days_back),
+            symbols=store.active_symbols(),
+            chunk_size=settings.chunk_size,
+            backup=False,
+        )
+        yield _chunk_tasks(plan)
+        report = rebuild_service.write_final_report(store, plan, directory)
+        store.touch(self.output().marker(self, {k: report[k] for k in ("symbols", "chunks", "saved_rows")}))
+
+
+class Daily(StockpipeTask):
+    """The cron job: symbols -> bars -> indicators for `date` (nothing on a non-trading day)."""
+
+    date = luigi.DateParameter()
+
+    def trading_day(self) -> bool:
+        return trading_calendar.is_session(config.stockpipe().calendar, self.date)
+
+    def requires(self):
+        return [DailyIndicators(self.date)] if self.trading_day() else []
+
+    def output(self):
+        return self.marker_target(self.date)
+
+    def run(self):
+        started = time.monotonic()
+        if not self.trading_day():
+            message = f"{self.date} is not a {config.stockpipe().calendar} trading day: nothing to do"
+            log.info(message)
+            self.set_status_message(message)
+            self.store().touch(self.output().marker(self, {"trading_day": False}))
+            return
+        self.store().touch(self.output().marker(self, {"trading_day": True, "seconds": round(time.monotonic() - started, 3)}))
+
+
+__all__ = [
+    "Backfill",
+    "CollectSymbols",
+    "Daily",
+    "DailyIndicators",
+    "IndicatorChunk",
+    "IngestDate",
+    "PlanRebuild",
+    "RebuildFrom",
+]
