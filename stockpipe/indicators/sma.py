@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stockpipe.indicators._window import empty_like_float, window_sum
+from stockpipe.indicators._window import empty_like_float, window_mean
 
 
 def sma(values: np.ndarray, period: int) -> np.ndarray:
@@ -12,5 +12,5 @@ def sma(values: np.ndarray, period: int) -> np.ndarray:
         raise ValueError(f"SMA period must be >= 1, got {period}")
     out = empty_like_float(values)
     if values.shape[0] >= period:
-        out[period - 1 :] = window_sum(values, period) / period
+        out[period - 1 :] = window_mean(values, period)
     return out

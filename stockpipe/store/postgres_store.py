@@ -1,0 +1,142 @@
+"""PostgreSQL store (SQLAlchemy 2 engine, psycopg2 COPY for bulk data).
+
+Bulk writes are `COPY ... FROM STDIN` of Arrow-written CSV and bulk reads are `COPY (query) TO
+STDOUT` parsed by Arrow, so no Python object is built per row (executemany was ~45x slower here).
+Writers of the same marker serialise on a transaction-scoped advisory lock, so two processes
+started on the same rebuild never both write one chunk.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from stockpipe.store.base import Session, Store, StoreError, translate_placeholders
+from stockpipe.store.schema import Table
+
+_POOL_RECYCLE_SECONDS = 1800
+
+
+def _csv_bytes(data: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pacsv.write_csv(data, sink, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
+    return sink.getvalue()
+
+
+class _PostgresSession(Session):
+    def __init__(self, connection):
+        self._con = connection
+        self._cur = connection.cursor()
+
+    def _sql(self, sql: str, params: dict[str, Any] | None) -> str:
+        return self._cur.mogrify(translate_placeholders(sql, "pyformat"), params or {}).decode()
+
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> None:
+        self._cur.execute(translate_placeholders(sql, "pyformat"), params or {})
+
+    def fetch(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
+        self._cur.execute(translate_placeholders(sql, "pyformat"), params or {})
+        return self._cur.fetchall()
+
+    def fetch_arrow(self, sql: str, params: dict[str, Any] | None = None, schema: pa.Schema | None = None) -> pa.Table:
+        buffer = io.BytesIO()
+        self._cur.copy_expert(f"COPY ({self._sql(sql, params)}) TO STDOUT WITH (FORMAT csv, HEADER true)", buffer)
+        buffer.seek(0)
+        names = [d.name for d in self._cur.description] if self._cur.description else None
+        if buffer.getbuffer().nbytes == 0:
+            return schema.empty_table() if schema is not None else pa.table({})
+        convert = pacsv.ConvertOptions(
+            column_types={f.name: f.type for f in schema} if schema is not None else None,
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+            true_values=["t", "true"],
+            false_values=["f", "false"],
+        )
+        table = pacsv.read_csv(buffer, convert_options=convert, read_options=pacsv.ReadOptions(column_names=names, skip_rows=1 if names else 0))
+        if schema is not None:
+            table = table.select(schema.names).cast(schema)
+        return table
+
+    def stage(self, name: str, data: pa.Table, like: Table) -> None:
+        self._cur.execute(f"CREATE TEMPORARY TABLE {name} (LIKE {like.name}) ON COMMIT DROP")
+        self._copy_in(name, data.column_names, data)
+
+    def insert(self, table: Table, data: pa.Table) -> int:
+        self._copy_in(table.name, table.columns, data)
+        return data.num_rows
+
+    def _copy_in(self, name: str, columns: list[str], data: pa.Table) -> None:
+        if data.num_rows == 0:
+            return
+        self._cur.copy_expert(
+            f"COPY {name} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)", io.BytesIO(_csv_bytes(data))
+        )
+
+    def lock(self, key: str) -> None:
+        self._cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%(k)s, 0))", {"k": key})
+
+
+class PostgresStore(Store):
+    dialect = "postgresql"
+
+    def __init__(self, url: str):
+        super().__init__(url)
+        self._engine = None
+        self._engine_pid = None
+
+    def _schema_filter(self) -> str:
+        return " AND table_schema = current_schema()"
+
+    def engine(self):
+        from sqlalchemy import create_engine
+
+        if self._engine is None or self._engine_pid != os.getpid():
+            if self._engine is not None:
+                # A forked Luigi worker must not reuse its parent's sockets.
+                self._engine.dispose(close=False)
+            url = self.url.replace("postgresql:", "postgresql+psycopg2:", 1) if self.url.startswith("postgresql:") else self.url
+            url = url.replace("postgres:", "postgresql+psycopg2:", 1) if url.startswith("postgres:") else url
+            self._engine = create_engine(url, pool_pre_ping=True, pool_recycle=_POOL_RECYCLE_SECONDS, pool_size=2)
+            self._engine_pid = os.getpid()
+        return self._engine
+
+    @contextmanager
+    def _open_session(self, write: bool) -> Iterator[Session]:
+        import psycopg2
+        import sqlalchemy.exc
+
+        try:
+            connection = self.engine().raw_connection()
+        except (sqlalchemy.exc.OperationalError, psycopg2.OperationalError) as exc:
+            raise StoreError(f"cannot connect to {self.redacted_url()}: {exc}".strip()) from exc
+        try:
+            if not write:
+                connection.set_session(readonly=True)
+            session = _PostgresSession(connection)
+            try:
+                yield session
+            except BaseException:
+                try:
+                    connection.rollback()
+                except psycopg2.Error:
+                    pass  # the server went away: nothing was committed
+                raise
+            connection.commit()
+        finally:
+            try:
+                if not write:
+                    connection.rollback()
+                    connection.set_session(readonly=False)
+            except psycopg2.Error:
+                pass
+            connection.close()
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None

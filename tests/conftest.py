@@ -1,0 +1,212 @@
+"""Shared fixtures: real stores (a DuckDB file, a fresh PostgreSQL database per test), Luigi config
+isolation, and running the real `luigi` command.
+
+A test that needs PostgreSQL, Redis or luigid fails when the service is missing in CI (CI=true) and
+skips with the reason on a laptop without it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import luigi
+import luigi.configuration
+import pytest
+from luigi.task_register import Register
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+PG_ADMIN_DSN = os.environ.get("STOCKPIPE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_TEST_URL = os.environ.get("STOCKPIPE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def service_missing(what: str, why: str) -> None:
+    message = f"{what} is not available ({why})"
+    if IN_CI:
+        pytest.fail(message + ": CI must run this test", pytrace=False)
+    pytest.skip(message)
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------------
+def _pg_admin():
+    import psycopg2
+
+    try:
+        connection = psycopg2.connect(PG_ADMIN_DSN, connect_timeout=3)
+    except psycopg2.OperationalError as exc:
+        service_missing("PostgreSQL", f"{PG_ADMIN_DSN}: {str(exc).strip()}")
+    connection.autocommit = True
+    return connection
+
+
+def pg_url_for(database: str) -> str:
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://", 1)
+    return f"{base}/{database}"
+
+
+@pytest.fixture
+def postgres_url():
+    """A database of its own for this test, dropped afterwards."""
+    admin = _pg_admin()
+    name = f"stockpipe_test_{uuid.uuid4().hex[:12]}"
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    yield pg_url_for(name)
+    from stockpipe import store as store_module
+
+    for key, opened in list(store_module._OPEN.items()):
+        if key[0].endswith("/" + name):
+            opened.close()
+            store_module._OPEN.pop(key)
+    with admin.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture
+def duckdb_url(tmp_path):
+    return f"duckdb:///{tmp_path / 'store.duckdb'}"
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def store_url(request, tmp_path):
+    if request.param == "duckdb":
+        return f"duckdb:///{tmp_path / 'store.duckdb'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def store(store_url):
+    from stockpipe.store import open_store
+
+    return open_store(store_url)
+
+
+# -- Luigi ----------------------------------------------------------------------------------------
+def _reset_luigi_state() -> None:
+    Register.clear_instance_cache()
+    from stockpipe import targets
+
+    targets._done.clear()
+    targets._checked_missing.clear()
+
+
+@pytest.fixture
+def pipeline(tmp_path, store_url, monkeypatch):
+    """In-process Luigi runs on an isolated store and data_dir, with a small demo market."""
+    return _pipeline(tmp_path, store_url, monkeypatch)
+
+
+@pytest.fixture
+def duckdb_pipeline(tmp_path, duckdb_url, monkeypatch):
+    return _pipeline(tmp_path, duckdb_url, monkeypatch)
+
+
+class Pipeline:
+    def __init__(self, tmp_path: Path, store_url: str):
+        self.tmp_path = tmp_path
+        self.store_url = store_url
+        self.data_dir = tmp_path / "data"
+
+    def configure(self, section: str, **values) -> None:
+        config = luigi.configuration.get_config()
+        if not config.has_section(section):
+            config.add_section(section)
+        for key, value in values.items():
+            config.set(section, key, str(value))
+        _reset_luigi_state()
+
+    def build(self, *tasks, workers: int = 1) -> bool:
+        _reset_luigi_state()
+        return luigi.build(list(tasks), local_scheduler=True, workers=workers, log_level="WARNING")
+
+    @property
+    def store(self):
+        from stockpipe.store import open_store
+
+        return open_store(self.store_url)
+
+
+def _pipeline(tmp_path, store_url, monkeypatch) -> Pipeline:
+    monkeypatch.setenv("STOCKPIPE_STORE_URL", store_url)
+    monkeypatch.setenv("STOCKPIPE_SOURCE", "demo")
+    pipe = Pipeline(tmp_path, store_url)
+    pipe.configure("stockpipe", data_dir=pipe.data_dir, chunk_size=10, min_symbols=5, backfill_sessions=600)
+    pipe.configure("demo", tickers=30)
+    return pipe
+
+
+@pytest.fixture(autouse=True)
+def _restore_luigi_config():
+    config = luigi.configuration.get_config()
+    saved = {s: dict(config.items(s, raw=True)) for s in config.sections()}
+    yield
+    for section in config.sections():
+        if section not in saved:
+            config.remove_section(section)
+    for section, values in saved.items():
+        if not config.has_section(section):
+            config.add_section(section)
+        for key in list(config.options(section)):
+            if key not in values:
+                config.remove_option(section, key)
+        for key, value in values.items():
+            config.set(section, key, value)
+    _reset_luigi_state()
+
+
+# -- the real `luigi` command ---------------------------------------------------------------------
+def write_luigi_cfg(directory: Path, store_url: str, **sections: dict) -> Path:
+    """A luigi.cfg like the committed one, pointing at an isolated store and data_dir."""
+    settings = {
+        "stockpipe": {"store_url": store_url, "source": "demo", "data_dir": str(directory / "data"),
+                      "chunk_size": 10, "min_symbols": 5, "backfill_sessions": 600},
+        "demo": {"tickers": 30},
+    }
+    for section, values in sections.items():
+        settings.setdefault(section, {}).update(values)
+    text = textwrap.dedent(
+        """
+        [core]
+        no_configure_logging = false
+        [worker]
+        cache_task_completion = true
+        [retcode]
+        already_running = 10
+        missing_data = 20
+        not_run = 25
+        task_failed = 30
+        scheduling_error = 35
+        unhandled_exception = 40
+        """
+    )
+    for section, values in settings.items():
+        text += f"[{section}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items())
+    path = directory / "luigi.cfg"
+    path.write_text(text)
+    return path
+
+
+def luigi_command(directory: Path, *args: str, env: dict | None = None, **popen) -> subprocess.Popen:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("STOCKPIPE_")}
+    environment["LUIGI_CONFIG_PATH"] = str(directory / "luigi.cfg")
+    environment.update(env or {})
+    return subprocess.Popen(
+        ["luigi", "--module", "stockpipe", *args],
+        cwd=directory,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )
+
+
+def run_luigi(directory: Path, *args: str, timeout: float = 300, env: dict | None = None) -> tuple[int, str]:
+    process = luigi_command(directory, *args, env=env)
+    output, _ = process.communicate(timeout=timeout)
+    return process.returncode, output
