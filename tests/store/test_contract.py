@@ -1,0 +1,150 @@
+"""One contract, run unchanged against DuckDB and a real PostgreSQL database."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from stockpipe.indicators import compute_indicators
+from stockpipe.store import Marker, SchemaVersionError, StoreError, open_store
+from stockpipe.store.schema import INDICATORS, SCHEMA_VERSION
+
+
+def symbols_rows(*names: str, **overrides) -> pa.Table:
+    n = len(names)
+    columns = {
+        "symbol": list(names),
+        "name": [f"{s} Corp" for s in names],
+        "exchange": ["NYSE"] * n,
+        "sector": ["Technology"] * n,
+        "industry": [None] * n,
+        "market_cap": [1e9] * n,
+        "is_etf": [False] * n,
+        "is_active": [True] * n,
+        "avg_volume_30": [None] * n,
+        "updated_at": pa.array([dt.datetime(2025, 1, 1)] * n, pa.timestamp("us")),
+    }
+    columns.update(overrides)
+    return pa.table(columns)
+
+
+def bars_rows(symbol: str, start: dt.date, count: int, price: float = 10.0) -> pa.Table:
+    dates = [start + dt.timedelta(days=i) for i in range(count)]
+    close = price + np.arange(count) * 0.01
+    return pa.table({
+        "symbol": [symbol] * count,
+        "date": pa.array(dates, pa.date32()),
+        "open": close, "high": close + 0.5, "low": close - 0.5, "close": close,
+        "volume": pa.array([1000 + i for i in range(count)], pa.int64()),
+    })
+
+
+def test_schema_is_created_idempotently_with_public_columns(store):
+    store.ensure_schema()
+    store.ensure_schema()
+    for table in ("symbols", "bars", "indicators", "task_markers", "daily_watchlist", "task_runs"):
+        columns = store.query(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = :t ORDER BY ordinal_position",
+            {"t": table},
+        ).column("column_name").to_pylist()
+        assert columns, table
+    assert store.query(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'indicators' ORDER BY ordinal_position"
+    ).column("column_name").to_pylist() == INDICATORS.columns
+
+
+def test_schema_version_mismatch_is_refused_with_advice(store_url):
+    store = open_store(store_url)
+    store.ensure_schema()
+    with store.session() as session:
+        session.execute("INSERT INTO schema_version (version, applied_at) VALUES (:v, :t)",
+                        {"v": SCHEMA_VERSION + 1, "t": dt.datetime(2030, 1, 1)})
+    fresh = type(store)(store_url)
+    with pytest.raises(SchemaVersionError, match=r"schema version 2.*expects 1.*init-db"):
+        fresh.ensure_schema()
+
+
+def test_universe_upsert_deactivates_missing_symbols_and_keeps_text_intact(store):
+    assert store.replace_universe(symbols_rows("AAA", "005930.KS", name=["a, \"quoted\"", "삼성전자"]))
+    store.replace_universe(symbols_rows("AAA", "BBB"))
+    rows = {r["symbol"]: r for r in store.read_symbols(active_only=False).to_pylist()}
+    assert rows["005930.KS"]["is_active"] is False
+    assert rows["005930.KS"]["name"] == "삼성전자"
+    assert rows["AAA"]["is_active"] and rows["BBB"]["is_active"]
+    assert store.active_symbols() == ["AAA", "BBB"]
+
+
+def test_marker_is_written_with_data_once(store):
+    marker = Marker("IngestDate/2025-01-10", "IngestDate", {"date": "2025-01-10"}, {"bars_stored": 5})
+    assert store.write_bars(bars_rows("AAA", dt.date(2025, 1, 1), 5), marker)
+    assert store.completed(["IngestDate/2025-01-10", "nope"]) == {"IngestDate/2025-01-10"}
+    assert store.read_marker("IngestDate/2025-01-10")["stats"] == {"bars_stored": 5}
+    # A second writer of the same marker writes nothing (another worker finished it first).
+    assert not store.write_bars(bars_rows("AAA", dt.date(2025, 1, 1), 5, price=99.0), marker)
+    assert store.read_bars(["AAA"]).column("close").to_pylist()[0] == 10.0
+
+
+def test_bars_upsert_replaces_corrected_bars(store):
+    store.write_bars(bars_rows("AAA", dt.date(2025, 1, 1), 10))
+    store.write_bars(bars_rows("AAA", dt.date(2025, 1, 8), 5, price=20.0))
+    bars = store.read_bars(["AAA"])
+    assert bars.num_rows == 12
+    assert bars.column("close").to_pylist()[7] == 20.0
+    assert store.bars_extent() == (dt.date(2025, 1, 1), dt.date(2025, 1, 12), 12)
+
+
+def test_read_bars_reaches_back_warmup_bars_per_symbol(store):
+    store.write_bars(pa.concat_tables([bars_rows("AAA", dt.date(2024, 1, 1), 100), bars_rows("BBB", dt.date(2024, 3, 1), 100)]))
+    bars = store.read_bars(["AAA", "BBB"], start=dt.date(2024, 4, 1), warmup_bars=5)
+    by_symbol = {}
+    for row in bars.to_pylist():
+        by_symbol.setdefault(row["symbol"], []).append(row["date"])
+    assert by_symbol["AAA"][0] == dt.date(2024, 3, 27)
+    assert by_symbol["BBB"][0] == dt.date(2024, 3, 27)
+    assert by_symbol["AAA"] == sorted(by_symbol["AAA"])
+
+
+def test_failed_replace_leaves_previous_rows_and_no_marker(store):
+    bars = bars_rows("AAA", dt.date(2024, 1, 1), 80)
+    store.write_bars(bars)
+    first = compute_indicators(store.read_bars())
+    store.replace_indicators(["AAA"], dt.date(2024, 1, 1), first)
+    broken = first.set_column(0, "symbol", pa.array([None] * first.num_rows, pa.string()))
+    marker = Marker("IndicatorChunk/x/0", "IndicatorChunk")
+    with pytest.raises(Exception):
+        store.replace_indicators(["AAA"], dt.date(2024, 1, 1), broken, marker)
+    assert store.read_indicators(["AAA"]).num_rows == 80
+    assert store.completed(["IndicatorChunk/x/0"]) == set()
+
+
+def test_replace_indicators_swaps_rows_and_marker_together(store):
+    store.replace_universe(symbols_rows("AAA"))
+    store.write_bars(bars_rows("AAA", dt.date(2024, 1, 1), 80))
+    rows = compute_indicators(store.read_bars())
+    assert store.replace_indicators(["AAA"], dt.date(2024, 1, 1), rows, Marker("IndicatorChunk/p/0", "IndicatorChunk"))
+    stored = store.read_indicators(["AAA"])
+    assert stored.num_rows == 80
+    np.testing.assert_array_equal(stored.column("rsi_14").to_numpy(zero_copy_only=False), rows.column("rsi_14").to_numpy(zero_copy_only=False))
+    assert stored.column("sma_50")[48].as_py() is None and stored.column("sma_50")[49].as_py() is not None
+    assert store.read_symbols().column("avg_volume_30")[0].as_py() == rows.column("avg_volume_30")[-1].as_py()
+    assert store.indicator_summary(["AAA"], dt.date(2024, 3, 1))["rows"] == 20
+
+
+def test_restore_puts_rows_back_and_forgets_markers(store):
+    store.write_bars(bars_rows("AAA", dt.date(2024, 1, 1), 60))
+    rows = compute_indicators(store.read_bars())
+    store.replace_indicators(["AAA"], dt.date(2024, 1, 1), rows)
+    saved = store.read_indicators(["AAA"], start=dt.date(2024, 2, 1))
+    store.replace_indicators(["AAA"], dt.date(2024, 2, 1), rows.slice(0, 0), Marker("IndicatorChunk/r/0", "IndicatorChunk"))
+    assert store.read_indicators(["AAA"]).num_rows == 31
+    store.restore_indicators(saved, ["AAA"], dt.date(2024, 2, 1), ["IndicatorChunk/r/0"])
+    assert store.read_indicators(["AAA"]).num_rows == 60
+    assert store.completed(["IndicatorChunk/r/0"]) == set()
+
+
+def test_unknown_url_is_named():
+    with pytest.raises(StoreError, match="sqlite:///x"):
+        open_store("sqlite:///x")

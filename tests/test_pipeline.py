@@ -1,0 +1,157 @@
+"""The tasks end to end through Luigi (in-process scheduler), on DuckDB and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from stockpipe import tasks
+from stockpipe.indicators import INDICATOR_COLUMNS, compute_indicators
+from stockpipe.services import rebuild as rebuild_service
+from tests.indicators.test_parity import ATOL, RTOL
+
+DAY = dt.date(2025, 10, 10)
+REBUILD_FROM = dt.date(2025, 9, 29)
+
+
+def indicator_frame(store):
+    rows = store.read_indicators().drop(["created_at"])
+    return rows.sort_by([("symbol", "ascending"), ("date", "ascending")])
+
+
+def assert_same_indicators(actual: pa.Table, expected: pa.Table, exact: bool = False) -> None:
+    """Equal within the indicator standard (1e-9 relative, 1e-10 floor for values crossing zero),
+    or bit for bit when `exact`."""
+    assert actual.num_rows == expected.num_rows
+    assert actual.column("symbol").equals(expected.column("symbol"))
+    assert actual.column("date").equals(expected.column("date"))
+    for name in INDICATOR_COLUMNS:
+        a = actual.column(name).to_numpy(zero_copy_only=False).astype(float)
+        b = expected.column(name).to_numpy(zero_copy_only=False).astype(float)
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=name)
+        np.testing.assert_allclose(a[~np.isnan(a)], b[~np.isnan(b)], rtol=0 if exact else RTOL, atol=0 if exact else ATOL, err_msg=name)
+
+
+def test_daily_runs_symbols_bars_indicators(pipeline):
+    assert pipeline.build(tasks.Daily(date=DAY))
+    store = pipeline.store
+    assert len(store.active_symbols()) == 30
+    first, last, count = store.bars_extent()
+    assert last == DAY and count > 30 * 500
+    on_day = store.read_indicators(start=DAY, end=DAY)
+    assert on_day.num_rows == pc.count_distinct(store.read_bars(start=DAY, end=DAY).column("symbol")).as_py()
+    assert pc.all(pc.is_valid(on_day.column("rsi_14"))).as_py()
+    ingest = store.read_marker(f"IngestDate/{DAY}")["stats"]
+    assert ingest["bars_rejected"] == 0 and ingest["bars_stored"] == count
+    # Every stored bar has its indicator row: nothing left as a hole.
+    assert store.read_indicators().num_rows == count
+    assert_same_indicators(indicator_frame(store), compute_indicators(store.read_bars()).drop(["created_at"]))
+
+
+def test_daily_on_a_holiday_does_nothing_and_says_so(pipeline, caplog):
+    holiday = dt.date(2025, 7, 4)
+    with caplog.at_level("INFO", logger="stockpipe"):
+        assert pipeline.build(tasks.Daily(date=holiday))
+    assert pipeline.store.bars_extent()[2] == 0
+    assert pipeline.store.read_marker(f"Daily/{holiday}")["stats"] == {"trading_day": False}
+    assert "not a XNYS trading day" in caplog.text
+
+
+def test_second_daily_only_refetches_the_overlap(pipeline):
+    assert pipeline.build(tasks.Daily(date=dt.date(2025, 10, 9)))
+    assert pipeline.build(tasks.Daily(date=DAY))
+    stats = pipeline.store.read_marker(f"IngestDate/{DAY}")["stats"]
+    assert stats["from_dates"] == {"2025-10-03": 30}
+    assert_same_indicators(indicator_frame(pipeline.store), compute_indicators(pipeline.store.read_bars()).drop(["created_at"]))
+
+
+def test_rebuild_from_date_equals_full_recompute(pipeline):
+    assert pipeline.build(tasks.Daily(date=DAY))
+    store = pipeline.store
+    full = compute_indicators(store.read_bars()).drop(["created_at"])
+    before = store.read_indicators(start=REBUILD_FROM)
+    assert pipeline.build(tasks.RebuildFrom(start_date=REBUILD_FROM))
+    assert_same_indicators(indicator_frame(store), full)
+    directory = rebuild_service.run_dir(pipeline.data_dir, f"rebuild-{REBUILD_FROM}")
+    report = json.loads((directory / "report.json").read_text())
+    assert report["replaced_rows"] == before.num_rows
+    assert report["saved_rows"] == before.num_rows
+    assert report["chunks"] == 3 and report["chunks_done"] == 3 and report["failed_chunks"] == []
+    plan = json.loads((directory / "plan.json").read_text())
+    assert [s for c in plan["chunks"] for s in c] == sorted(store.active_symbols())
+    backup = pa.parquet.read_table(directory / "backup.parquet")
+    assert backup.num_rows == before.num_rows
+
+
+def test_rerun_skips_finished_chunks_and_run_id_rebuilds_again(pipeline):
+    assert pipeline.build(tasks.Daily(date=DAY))
+    assert pipeline.build(tasks.RebuildFrom(start_date=REBUILD_FROM))
+    first = {m["marker_id"]: m["completed_at"] for m in pipeline.store.markers(prefix="IndicatorChunk/rebuild-")}
+    assert pipeline.build(tasks.RebuildFrom(start_date=REBUILD_FROM))
+    assert {m["marker_id"]: m["completed_at"] for m in pipeline.store.markers(prefix="IndicatorChunk/rebuild-")} == first
+    assert pipeline.build(tasks.RebuildFrom(start_date=REBUILD_FROM, run_id="again"))
+    again = pipeline.store.markers(prefix=f"IndicatorChunk/rebuild-{REBUILD_FROM}-again/")
+    assert len(again) == 3
+
+
+def test_failed_chunk_is_reported_and_the_rerun_redoes_only_it(pipeline, monkeypatch):
+    assert pipeline.build(tasks.Daily(date=DAY))
+    store = pipeline.store
+    expected = indicator_frame(store)
+    original = type(store).replace_indicators
+    plan_id = f"rebuild-{REBUILD_FROM}"
+
+    def database_fails_for_chunk_1(self, symbols, start, rows, marker=None):
+        if marker is not None and marker.marker_id.endswith(f"{plan_id}/1"):
+            raise RuntimeError("connection lost while writing chunk 1")
+        return original(self, symbols, start, rows, marker)
+
+    monkeypatch.setattr(type(store), "replace_indicators", database_fails_for_chunk_1)
+    assert not pipeline.build(tasks.RebuildFrom(start_date=REBUILD_FROM))
+    directory = rebuild_service.run_dir(pipeline.data_dir, plan_id)
+    assert json.loads((directory / "failed" / "1.json").read_text())["error"] == "connection lost while writing chunk 1"
+    done = {m["marker_id"]: m["completed_at"] for m in store.markers(prefix=f"IndicatorChunk/{plan_id}/")}
+    assert sorted(done) == [f"IndicatorChunk/{plan_id}/0", f"IndicatorChunk/{plan_id}/2"]
+    # Nothing is missing meanwhile: chunk 1 still has its previous rows.
+    assert_same_indicators(indicator_frame(store), expected)
+
+    monkeypatch.setattr(type(store), "replace_indicators", original)
+    assert pipeline.build(tasks.RebuildFrom(start_date=REBUILD_FROM))
+    after = {m["marker_id"]: m["completed_at"] for m in store.markers(prefix=f"IndicatorChunk/{plan_id}/")}
+    assert {k: after[k] for k in done} == done
+    report = json.loads((directory / "report.json").read_text())
+    assert report["failed_chunks"] == [{"chunk_id": 1, "error": "connection lost while writing chunk 1", "redone": True}]
+    assert_same_indicators(indicator_frame(store), expected)
+
+
+def test_restore_puts_back_what_a_rebuild_replaced(pipeline):
+    from stockpipe.services.rebuild import restore
+
+    assert pipeline.build(tasks.Daily(date=DAY))
+    store = pipeline.store
+    with store.session() as session:
+        session.execute("UPDATE indicators SET rsi_14 = 1.5 WHERE date >= :d", {"d": REBUILD_FROM})
+    marked = indicator_frame(store)
+    assert pipeline.build(tasks.RebuildFrom(start_date=REBUILD_FROM))
+    assert not pc.any(pc.equal(store.read_indicators(start=REBUILD_FROM).column("rsi_14"), 1.5)).as_py()
+    result = restore(store, rebuild_service.run_dir(pipeline.data_dir, f"rebuild-{REBUILD_FROM}") / "backup.parquet")
+    assert result["rows_restored"] == store.read_indicators(start=REBUILD_FROM).num_rows
+    assert_same_indicators(indicator_frame(store), marked, exact=True)
+    assert store.markers(prefix=f"IndicatorChunk/rebuild-{REBUILD_FROM}/") == []
+
+
+def test_collect_symbols_below_minimum_fails_clearly(pipeline):
+    pipeline.configure("stockpipe", min_symbols=1000)
+    assert not pipeline.build(tasks.CollectSymbols(date=DAY))
+    assert pipeline.store.active_symbols() == []
+
+
+def test_warmup_below_exact_minimum_is_refused(pipeline):
+    pipeline.configure("stockpipe", warmup_bars=300)
+    assert pipeline.build(tasks.IngestDate(date=DAY))
+    assert not pipeline.build(tasks.DailyIndicators(date=DAY))
