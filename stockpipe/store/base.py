@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from stockpipe.store.schema import (
     BARS,
+    BULK_TABLES,
     INDICATORS,
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -118,7 +119,7 @@ class Store(ABC):
             if found is None:
                 session.execute(SCHEMA_VERSION_TABLE.ddl())
                 for table in TABLES:
-                    session.execute(table.ddl())
+                    session.execute(table.ddl(declare_key=self.declares_key(table)))
                 session.execute(
                     "INSERT INTO schema_version (version, applied_at) VALUES (:v, :t)",
                     {"v": SCHEMA_VERSION, "t": utcnow()},
@@ -165,6 +166,9 @@ class Store(ABC):
 
     def _schema_filter(self) -> str:
         return ""
+
+    def declares_key(self, table: Table) -> bool:
+        return True
 
     # -- markers --------------------------------------------------------------------------------
     def _claim(self, session: Session, marker: Marker | None) -> bool:
@@ -310,15 +314,14 @@ class Store(ABC):
         that many of its own bars before `start` (history the recursive indicators need)."""
         filters, params = [], {}
         if symbols is not None:
-            filters.append("b.symbol = ANY(:symbols)")
-            params["symbols"] = list(symbols)
+            filters.append(symbol_filter("b.symbol", symbols, params, "symbols"))
         if end is not None:
             filters.append("b.date <= :end")
             params["end"] = end
         with_clause = ""
         if start is not None and warmup_bars > 0:
             params.update(start=start, warmup=warmup_bars)
-            inner = " AND symbol = ANY(:symbols)" if symbols is not None else ""
+            inner = " AND " + symbol_filter("symbol", symbols, params, "symbols") if symbols is not None else ""
             with_clause = (
                 "WITH ranked AS (SELECT symbol, date, row_number() OVER (PARTITION BY symbol ORDER BY date DESC) AS rn "
                 f"FROM bars WHERE date < :start{inner}), "
@@ -338,11 +341,10 @@ class Store(ABC):
 
     # -- indicators -----------------------------------------------------------------------------
     def latest_indicator_dates(self, symbols: Sequence[str], before: dt.date) -> dict[str, dt.date]:
+        params: dict[str, Any] = {"d": before}
+        where = symbol_filter("symbol", symbols, params)
         with self.session(write=False) as session:
-            rows = session.fetch(
-                "SELECT symbol, max(date) FROM indicators WHERE symbol = ANY(:s) AND date < :d GROUP BY symbol",
-                {"s": list(symbols), "d": before},
-            )
+            rows = session.fetch(f"SELECT symbol, max(date) FROM indicators WHERE {where} AND date < :d GROUP BY symbol", params)
         return {r[0]: r[1] for r in rows}
 
     def replace_indicators(
@@ -354,27 +356,28 @@ class Store(ABC):
         with self.session() as session:
             if not self._claim(session, marker):
                 return False
-            session.execute(
-                "DELETE FROM indicators WHERE symbol = ANY(:s) AND date >= :d", {"s": list(symbols), "d": start}
-            )
+            params: dict[str, Any] = {"d": start}
+            session.execute(f"DELETE FROM indicators WHERE {symbol_filter('symbol', symbols, params)} AND date >= :d", params)
             if rows.num_rows:
                 session.insert(INDICATORS, rows)
-                # symbols.avg_volume_30 mirrors each symbol's latest stored average volume.
-                session.execute(
-                    "UPDATE symbols SET avg_volume_30 = (SELECT i.avg_volume_30 FROM indicators i "
-                    "WHERE i.symbol = symbols.symbol ORDER BY i.date DESC LIMIT 1) WHERE symbol = ANY(:s)",
-                    {"s": list(symbols)},
-                )
+                latest = _latest_per_symbol(rows, "avg_volume_30")
+                if latest.num_rows:
+                    # symbols.avg_volume_30 mirrors each symbol's latest average volume.
+                    session.stage("latest_volume", latest, INDICATORS)
+                    session.execute(
+                        "UPDATE symbols SET avg_volume_30 = l.avg_volume_30 FROM latest_volume l "
+                        "WHERE symbols.symbol = l.symbol"
+                    )
             self._touch(session, marker)
         return True
 
     def read_indicators(
         self, symbols: Sequence[str] | None = None, start: dt.date | None = None, end: dt.date | None = None
     ) -> pa.Table:
-        filters, params = [], {}
+        filters: list[str] = []
+        params: dict[str, Any] = {}
         if symbols is not None:
-            filters.append("symbol = ANY(:s)")
-            params["s"] = list(symbols)
+            filters.append(symbol_filter("symbol", symbols, params))
         if start is not None:
             filters.append("date >= :start")
             params["start"] = start
@@ -421,6 +424,29 @@ class Store(ABC):
 
     def close(self) -> None:
         """Release pooled connections (a no-op for stores that hold none between operations)."""
+
+
+def _latest_per_symbol(rows: pa.Table, column: str) -> pa.Table:
+    """The last row's `column` of each symbol (rows sorted by symbol, date) as (symbol, date, column)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    symbols = rows.column("symbol")
+    if rows.num_rows == 0:
+        return rows.select(["symbol", "date", column])
+    ends = pc.run_end_encode(symbols.combine_chunks()).run_ends.to_numpy() - 1
+    return rows.take(pa.array(np.asarray(ends, dtype=np.int64))).select(["symbol", "date", column])
+
+
+def symbol_filter(column: str, symbols: Sequence[str], params: dict[str, Any], name: str = "s") -> str:
+    """`column = ANY(list)`, plus the list's range so a store can skip blocks of other symbols
+    (chunks are ranges of sorted symbols, and bulk tables are written in symbol order)."""
+    ordered = sorted(symbols)
+    if not ordered:
+        return "FALSE"
+    params[name] = ordered
+    params[f"{name}_lo"], params[f"{name}_hi"] = ordered[0], ordered[-1]
+    return f"{column} BETWEEN :{name}_lo AND :{name}_hi AND {column} = ANY(:{name})"
 
 
 def translate_placeholders(sql: str, style: str) -> str:

@@ -1,23 +1,37 @@
 """DuckDB store: the embedded default.
 
 DuckDB lets one process at a time open a file for writing, and Luigi's `--workers N` runs tasks in N
-processes. So no connection outlives an operation, and every connection is opened under an advisory
-file lock (`<file>.lock`): shared for reads (read-only connections may coexist), exclusive for writes.
-A worker waits for the lock instead of failing on DuckDB's own "could not set lock" error.
+processes. Every connection is therefore opened under an advisory file lock (`<file>.lock`): shared
+for reads (read-only connections may coexist), exclusive for writes, so a worker waits its turn
+instead of failing on DuckDB's own "could not set lock" error.
+
+Opening a DuckDB connection costs ~20 ms, which over a 50-chunk rebuild would be seconds. So a
+process keeps its connection (and lock) between operations while nobody else wants the file: a
+process that needs the lock first registers on `<file>.wait`, and a holder's watcher thread lets go
+within milliseconds of seeing a waiter, or after a short idle spell.
 """
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import os
+import threading
+import time
+import weakref
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import pyarrow as pa
 
 from stockpipe.store.base import Session, Store, StoreError, translate_placeholders
-from stockpipe.store.schema import Table
+from stockpipe.store.schema import BULK_TABLES, Table
+
+_IDLE_RELEASE_SECONDS = 0.5
+_WATCH_INTERVAL_SECONDS = 0.005
+_LIVE_STORES: "weakref.WeakSet[DuckDBStore]" = weakref.WeakSet()
 
 
 def duckdb_path(url: str) -> Path:
@@ -36,6 +50,7 @@ def duckdb_path(url: str) -> Path:
 class _DuckDBSession(Session):
     def __init__(self, connection):
         self._con = connection
+        self._registered: list[str] = []
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> None:
         self._con.execute(translate_placeholders(sql, "dollar"), params or {})
@@ -49,6 +64,7 @@ class _DuckDBSession(Session):
 
     def stage(self, name: str, data: pa.Table, like: Table) -> None:
         self._con.register(name, data)
+        self._registered.append(name)
 
     def insert(self, table: Table, data: pa.Table) -> int:
         self._con.register("_stockpipe_insert", data)
@@ -59,6 +75,19 @@ class _DuckDBSession(Session):
             self._con.unregister("_stockpipe_insert")
         return data.num_rows
 
+    def close(self) -> None:
+        for name in self._registered:
+            self._con.unregister(name)
+
+
+@dataclass
+class _Held:
+    connection: Any
+    lock_file: Any
+    write: bool
+    pid: int
+    last_used: float
+
 
 class DuckDBStore(Store):
     dialect = "duckdb"
@@ -67,41 +96,146 @@ class DuckDBStore(Store):
         super().__init__(url)
         self.path = duckdb_path(url)
         self._lock_path = self.path.with_name(self.path.name + ".lock")
+        self._wait_path = self.path.with_name(self.path.name + ".wait")
+        self._reset_after_fork()
+        _LIVE_STORES.add(self)
+
+    def _reset_after_fork(self) -> None:
+        # A forked Luigi worker starts with no connection of its own; its parent's (and the parent's
+        # lock) are not its to use or close.
+        self._guard = threading.RLock()
+        self._held: _Held | None = None
+        self._watcher: threading.Thread | None = None
+        self._wait_probe = None
+
+    def declares_key(self, table: Table) -> bool:
+        return table.name not in BULK_TABLES
 
     def _schema_filter(self) -> str:
         return " AND table_catalog = current_database() AND table_schema = 'main'"
 
-    @contextmanager
-    def _open_session(self, write: bool) -> Iterator[Session]:
+    # -- holding a connection --------------------------------------------------------------------
+    def _acquire(self, write: bool) -> _Held:
         import duckdb
 
+        held = self._held
+        if held is not None and (held.write or not write):
+            return held
+        if held is not None:
+            self._release()
         if not self.path.exists():
-            if not write:
-                # A read of a store that was never written: create it empty rather than fail.
-                write = True
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self._lock_path, "a+") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX if write else fcntl.LOCK_SH)
-            try:
-                try:
-                    connection = duckdb.connect(str(self.path), read_only=not write)
-                except duckdb.IOException as exc:
-                    raise StoreError(
-                        f"cannot open DuckDB file {self.path}: {exc}. Another program (not a stockpipe "
-                        f"worker) may hold it open; close it, or read the replica instead."
-                    ) from exc
-                try:
-                    connection.execute("BEGIN TRANSACTION")
-                    try:
-                        yield _DuckDBSession(connection)
-                    except BaseException:
-                        connection.execute("ROLLBACK")
-                        raise
-                    connection.execute("COMMIT")
-                finally:
-                    connection.close()
-            finally:
-                fcntl.flock(lock_file, fcntl.LOCK_UN)
+            write = True  # the first operation on a new store creates the file
+        lock_file = open(self._lock_path, "a+")
+        mode = fcntl.LOCK_EX if write else fcntl.LOCK_SH
+        try:
+            fcntl.flock(lock_file, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            with open(self._wait_path, "a+") as waiting:
+                fcntl.flock(waiting, fcntl.LOCK_SH)  # tells the holder someone waits
+                fcntl.flock(lock_file, mode)
+        try:
+            connection = duckdb.connect(str(self.path), read_only=not write)
+        except duckdb.Error as exc:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+            lock_file.close()
+            raise StoreError(
+                f"cannot open DuckDB file {self.path}: {exc}. Another program (not a stockpipe worker) may "
+                f"hold it open; close it, or read the replica instead."
+            ) from exc
+        self._held = _Held(connection, lock_file, write, os.getpid(), time.monotonic())
+        self._start_watcher()
+        return self._held
 
-    def file_size(self) -> int:
-        return os.path.getsize(self.path) if self.path.exists() else 0
+    def _release(self) -> None:
+        held, self._held = self._held, None
+        if held is None:
+            return
+        try:
+            held.connection.close()
+        finally:
+            fcntl.flock(held.lock_file, fcntl.LOCK_UN)
+            held.lock_file.close()
+
+    def _someone_waits(self) -> bool:
+        if self._wait_probe is None:
+            self._wait_probe = open(self._wait_path, "a+")
+        try:
+            fcntl.flock(self._wait_probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(self._wait_probe, fcntl.LOCK_UN)
+        return False
+
+    def _start_watcher(self) -> None:
+        if self._watcher is not None and self._watcher.is_alive():
+            return
+        self._watcher = threading.Thread(target=self._watch, name=f"duckdb-lock-{self.path.name}", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(_WATCH_INTERVAL_SECONDS)
+            if not self._guard.acquire(blocking=False):
+                continue  # an operation is running; let it finish
+            try:
+                held = self._held
+                if held is None:
+                    return
+                idle = time.monotonic() - held.last_used
+                if idle > _IDLE_RELEASE_SECONDS or self._someone_waits():
+                    self._release()
+                    return
+            finally:
+                self._guard.release()
+
+    def close(self) -> None:
+        with self._guard:
+            self._release()
+
+    # -- sessions --------------------------------------------------------------------------------
+    @contextmanager
+    def _open_session(self, write: bool) -> Iterator[Session]:
+        with self._guard:
+            held = self._acquire(write)
+            connection = held.connection
+            session = _DuckDBSession(connection)
+            connection.execute("BEGIN TRANSACTION")
+            try:
+                yield session
+            except BaseException:
+                try:
+                    connection.execute("ROLLBACK")
+                finally:
+                    session.close()
+                raise
+            else:
+                connection.execute("COMMIT")
+                session.close()
+            finally:
+                held.last_used = time.monotonic()
+
+
+def _release_before_fork() -> None:
+    # DuckDB caches open databases per process: a child forked while its parent holds one would
+    # reuse the parent's copy and its writes would be lost. Forks are rare (one per task under
+    # --workers N), so the parent simply lets go and reconnects later.
+    for store in list(_LIVE_STORES):
+        store.close()
+
+
+def _forget_parents_connections() -> None:
+    for store in list(_LIVE_STORES):
+        store._reset_after_fork()
+
+
+def _close_all() -> None:
+    for store in list(_LIVE_STORES):
+        try:
+            store.close()
+        except Exception:  # noqa: BLE001 - closing at exit must not mask the real exit status
+            pass
+
+
+os.register_at_fork(before=_release_before_fork, after_in_child=_forget_parents_connections)
+atexit.register(_close_all)

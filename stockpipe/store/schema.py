@@ -35,12 +35,12 @@ class Table:
     def columns(self) -> list[str]:
         return self.schema.names
 
-    def ddl(self) -> str:
+    def ddl(self, declare_key: bool = True) -> str:
         lines = []
         for field in self.schema:
             null = " NOT NULL" if field.name in self.key or field.name in self.not_null else ""
             lines.append(f"    {field.name} {_SQL_TYPES[field.type]}{null}")
-        if self.key:
+        if self.key and declare_key:
             lines.append(f"    PRIMARY KEY ({', '.join(self.key)})")
         return f"CREATE TABLE IF NOT EXISTS {self.name} (\n" + ",\n".join(lines) + "\n)"
 
@@ -180,6 +180,11 @@ SCHEMA_VERSION_TABLE = Table(
 )
 
 TABLES: tuple[Table, ...] = (SYMBOLS, BARS, INDICATORS, TASK_MARKERS, DAILY_WATCHLIST, TASK_RUNS)
+
+# Tables rewritten in bulk, chunk by chunk. Their (symbol, date) key is kept by every write (delete
+# then insert, in one transaction, under the writer lock); DuckDB's declared-key index would make each
+# chunk replace ~5x slower (0.57 s vs 0.11 s for 124k rows), so only PostgreSQL declares it.
+BULK_TABLES = frozenset({"bars", "indicators"})
 
 # version -> statements that upgrade a database from version-1 to version.
 MIGRATIONS: dict[int, tuple[str, ...]] = {}
