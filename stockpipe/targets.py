@@ -47,7 +47,14 @@ def forget(store_url: str) -> None:
 class MarkerTarget(luigi.Target):
     def __init__(self, marker_id: str, store_url: str | None = None):
         self.marker_id = marker_id
-        self.store_url = store_url or config.store_url()
+        self._store_url = store_url
+
+    @property
+    def store_url(self) -> str:
+        # Resolved on use: Luigi builds outputs far more often than it asks whether they exist.
+        if self._store_url is None:
+            self._store_url = config.store_url()
+        return self._store_url
 
     def __repr__(self) -> str:
         return f"MarkerTarget({self.marker_id!r})"

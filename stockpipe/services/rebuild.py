@@ -101,13 +101,12 @@ def create_plan(
     backup_name = None
     if backup:
         directory.mkdir(parents=True, exist_ok=True)
-        rows = store.read_indicators(list(symbols), start=start)
-        metadata = {b"stockpipe": json.dumps({"plan_id": plan_id, "start_date": str(start), "symbols": sorted(symbols)}).encode()}
+        metadata = {"stockpipe": json.dumps({"plan_id": plan_id, "start_date": str(start), "symbols": sorted(symbols)})}
         temporary = directory / f".{BACKUP_FILE}.{os.getpid()}.tmp"
-        pq.write_table(rows.replace_schema_metadata(metadata), temporary, compression="zstd")
+        saved = store.export_indicators(temporary, symbols, start, metadata)
         os.replace(temporary, directory / BACKUP_FILE)
+        log.info("%s backed up %d rows to %s", plan_id, saved, directory / BACKUP_FILE)
         backup_name = BACKUP_FILE
-        log.info("%s backed up %d rows to %s", plan_id, rows.num_rows, directory / BACKUP_FILE)
     plan = Plan(
         plan_id=plan_id,
         kind=kind,

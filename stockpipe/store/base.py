@@ -311,31 +311,31 @@ class Store(ABC):
         warmup_bars: int = 0,
     ) -> pa.Table:
         """Bars sorted by symbol and date. With `warmup_bars`, each symbol's window also reaches back
-        that many of its own bars before `start` (history the recursive indicators need)."""
-        filters, params = [], {}
+        exactly that many of its own bars before `start` (history the recursive indicators need)."""
+        if start is None or warmup_bars <= 0:
+            return self._read_bar_range(symbols, start, end)
+        # Sessions are at most 5 in 7 days, minus holidays: this window holds `warmup_bars` sessions
+        # of any exchange; symbols that traded less in it (halts, listings) are read in full.
+        window = self._read_bar_range(symbols, start - dt.timedelta(days=warmup_bars * 7 // 5 + 45), end)
+        trimmed, short = _trim_warmup(window, start, warmup_bars)
+        if short:
+            trimmed = pa.concat_tables([_drop_symbols(trimmed, short), self._read_bar_range(short, None, end)])
+            trimmed = trimmed.sort_by([("symbol", "ascending"), ("date", "ascending")])
+        return trimmed
+
+    def _read_bar_range(self, symbols: Sequence[str] | None, start: dt.date | None, end: dt.date | None) -> pa.Table:
+        filters: list[str] = []
+        params: dict[str, Any] = {}
         if symbols is not None:
-            filters.append(symbol_filter("b.symbol", symbols, params, "symbols"))
-        if end is not None:
-            filters.append("b.date <= :end")
-            params["end"] = end
-        with_clause = ""
-        if start is not None and warmup_bars > 0:
-            params.update(start=start, warmup=warmup_bars)
-            inner = " AND " + symbol_filter("symbol", symbols, params, "symbols") if symbols is not None else ""
-            with_clause = (
-                "WITH ranked AS (SELECT symbol, date, row_number() OVER (PARTITION BY symbol ORDER BY date DESC) AS rn "
-                f"FROM bars WHERE date < :start{inner}), "
-                "cutoff AS (SELECT symbol, min(date) AS from_date FROM ranked WHERE rn <= :warmup GROUP BY symbol) "
-            )
-            filters.append("b.date >= COALESCE((SELECT c.from_date FROM cutoff c WHERE c.symbol = b.symbol), :start)")
-        elif start is not None:
-            filters.append("b.date >= :start")
+            filters.append(symbol_filter("symbol", symbols, params))
+        if start is not None:
+            filters.append("date >= :start")
             params["start"] = start
+        if end is not None:
+            filters.append("date <= :end")
+            params["end"] = end
         where = (" WHERE " + " AND ".join(filters)) if filters else ""
-        sql = (
-            f"{with_clause}SELECT b.symbol, b.date, b.open, b.high, b.low, b.close, b.volume FROM bars b"
-            f"{where} ORDER BY b.symbol, b.date"
-        )
+        sql = f"SELECT symbol, date, open, high, low, close, volume FROM bars{where} ORDER BY symbol, date"
         with self.session(write=False) as session:
             return session.fetch_arrow(sql, params, schema=BARS.schema)
 
@@ -390,6 +390,15 @@ class Store(ABC):
                 f"SELECT * FROM indicators{where} ORDER BY symbol, date", params, schema=INDICATORS.schema
             )
 
+    def export_indicators(self, path, symbols: Sequence[str], start: dt.date, metadata: dict[str, str]) -> int:
+        """Write the symbols' indicator rows from `start` to a Parquet file with key-value metadata."""
+        import pyarrow.parquet as pq
+
+        rows = self.read_indicators(list(symbols), start=start)
+        pq.write_table(rows.replace_schema_metadata({k.encode(): v.encode() for k, v in metadata.items()}), path,
+                       compression="lz4")
+        return rows.num_rows
+
     def indicator_summary(self, symbols: Sequence[str], start: dt.date) -> dict[str, Any]:
         """What a rebuild from `start` would replace: symbols, rows and date range."""
         with self.session(write=False) as session:
@@ -424,6 +433,34 @@ class Store(ABC):
 
     def close(self) -> None:
         """Release pooled connections (a no-op for stores that hold none between operations)."""
+
+
+def _trim_warmup(bars: pa.Table, start: dt.date, warmup: int) -> tuple[pa.Table, list[str]]:
+    """Keep each symbol's last `warmup` bars before `start` and everything from `start`; name the
+    symbols with fewer than `warmup` bars before `start` in the window."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    if bars.num_rows == 0:
+        return bars, []
+    runs = pc.run_end_encode(bars.column("symbol").combine_chunks())
+    ends = runs.run_ends.to_numpy().astype(np.int64)
+    lengths = np.diff(np.r_[0, ends])
+    starts = ends - lengths
+    before = pc.less(bars.column("date"), pa.scalar(start, pa.date32())).to_numpy(zero_copy_only=False)
+    before_counts = np.add.reduceat(before.astype(np.int64), starts)
+    names = runs.values.to_pylist()
+    short = [names[i] for i in np.flatnonzero(before_counts < warmup)]
+    keep_from = starts + np.maximum(before_counts - warmup, 0)
+    position = np.arange(bars.num_rows)
+    keep = position >= np.repeat(keep_from, lengths)
+    return bars.filter(pa.array(keep)), short
+
+
+def _drop_symbols(bars: pa.Table, symbols: Sequence[str]) -> pa.Table:
+    import pyarrow.compute as pc
+
+    return bars.filter(pc.invert(pc.is_in(bars.column("symbol"), pa.array(list(symbols), pa.string()))))
 
 
 def _latest_per_symbol(rows: pa.Table, column: str) -> pa.Table:

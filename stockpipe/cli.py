@@ -1,0 +1,160 @@
+"""`stockpipe` command line: what operators used to check with hand-written SQL.
+
+    stockpipe status [--since DATE]    per-date coverage of bars and indicators, gaps flagged,
+                                       rebuilds in progress, the last ingests' data quality
+    stockpipe restore BACKUP           put back the rows a rebuild replaced
+    stockpipe init-db                  create or upgrade the schema
+
+The store and data_dir come from luigi.cfg (and STOCKPIPE_STORE_URL), like the tasks'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from tabulate import tabulate
+
+from stockpipe import config, trading_calendar
+from stockpipe.services import rebuild as rebuild_service
+from stockpipe.store import Store, StoreError, open_store
+
+
+def coverage(store: Store, since: dt.date, calendar: str) -> list[dict[str, Any]]:
+    """Per date since `since`: bar and indicator symbols and rows, with problems named."""
+    table = store.query(
+        "SELECT coalesce(b.date, i.date) AS date, b.symbols AS bar_symbols, b.n AS bar_rows, "
+        "i.symbols AS indicator_symbols, i.n AS indicator_rows FROM "
+        "(SELECT date, count(DISTINCT symbol) AS symbols, count(*) AS n FROM bars WHERE date >= :since GROUP BY date) b "
+        "FULL OUTER JOIN "
+        "(SELECT date, count(DISTINCT symbol) AS symbols, count(*) AS n FROM indicators WHERE date >= :since GROUP BY date) i "
+        "ON b.date = i.date ORDER BY 1",
+        {"since": since},
+    ).to_pylist()
+    by_date = {row["date"]: row for row in table}
+    last = max(by_date) if by_date else since
+    active = len(store.active_symbols())
+    rows = []
+    for day in sorted(set(trading_calendar.sessions(calendar, since, last)) | set(by_date)):
+        row = {k: (v or 0) for k, v in by_date.get(day, {"date": day}).items()}
+        row["date"] = day
+        problems = []
+        if not row.get("bar_rows"):
+            problems.append("no bars on a trading day")
+        elif active and row["bar_symbols"] < 0.9 * active:
+            problems.append(f"bars for {row['bar_symbols']}/{active} active symbols")
+        if row.get("bar_rows") and row.get("indicator_symbols", 0) < row["bar_symbols"]:
+            problems.append(f"{row['bar_symbols'] - row.get('indicator_symbols', 0)} symbols without indicators")
+        if row.get("bar_rows", 0) > row.get("bar_symbols", 0) or row.get("indicator_rows", 0) > row.get("indicator_symbols", 0):
+            problems.append("duplicate (symbol, date) rows")
+        row["problems"] = "; ".join(problems)
+        rows.append(row)
+    return rows
+
+
+def rebuilds(store: Store, data_dir: Path) -> list[dict[str, Any]]:
+    found = []
+    for plan_file in sorted((Path(data_dir) / "runs").glob(f"*/{rebuild_service.PLAN_FILE}")):
+        directory = plan_file.parent
+        plan = rebuild_service.load_plan(directory)
+        report = rebuild_service.progress_report(store, plan, directory)
+        finished = (directory / rebuild_service.REPORT_FILE).exists()
+        found.append({
+            "run": plan.plan_id,
+            "from": plan.start_date,
+            "state": "finished" if finished and not report["chunks_pending"] else "in progress",
+            "chunks done": f"{report['chunks_done']}/{report['chunks']}",
+            "pending": _abbreviate(report["chunks_pending"]),
+            "failed": _abbreviate([f["chunk_id"] for f in report["failed_chunks"] if not f["redone"]]),
+            "saved rows": report["saved_rows"],
+        })
+    return found
+
+
+def ingests(store: Store, limit: int = 5) -> list[dict[str, Any]]:
+    markers = [m for m in store.markers(prefix="IngestDate/")][-limit:]
+    return [
+        {
+            "date": m["marker_id"].split("/", 1)[1],
+            "requested": m["stats"].get("symbols_requested"),
+            "stored": m["stats"].get("bars_stored"),
+            "rejected": m["stats"].get("bars_rejected"),
+            "reasons": ", ".join(f"{k} {v}" for k, v in m["stats"].get("rejected_by_reason", {}).items()),
+            "failed fetches": m["stats"].get("failed_fetches"),
+            "splits": ", ".join(m["stats"].get("splits_detected", [])),
+        }
+        for m in markers
+    ]
+
+
+def _abbreviate(values: Sequence[int], most: int = 12) -> str:
+    shown = ", ".join(map(str, values[:most]))
+    return shown + (f" (+{len(values) - most})" if len(values) > most else "")
+
+
+def _print_table(title: str, rows: list[dict[str, Any]], out) -> None:
+    print(f"\n{title}", file=out)
+    if rows:
+        print(tabulate(rows, headers="keys", tablefmt="simple", intfmt=","), file=out)
+    else:
+        print("  (none)", file=out)
+
+
+def cmd_status(args, out) -> int:
+    settings = config.stockpipe()
+    store = open_store(config.store_url())
+    _, last, count = store.bars_extent()
+    since = args.since or (trading_calendar.sessions_back(settings.calendar, last, 9) if last else dt.date.today())
+    print(f"store {store.redacted_url()}: {count:,} bars, latest {last or '-'}", file=out)
+    rows = coverage(store, since, settings.calendar)
+    _print_table(f"coverage since {since}", rows, out)
+    _print_table("rebuild and daily runs", rebuilds(store, config.data_dir()), out)
+    _print_table("recent ingests", ingests(store), out)
+    return 1 if any(r["problems"] for r in rows) else 0
+
+
+def cmd_restore(args, out) -> int:
+    store = open_store(config.store_url())
+    result = rebuild_service.restore(store, Path(args.backup))
+    print(tabulate([result], headers="keys", tablefmt="simple", intfmt=","), file=out)
+    return 0
+
+
+def cmd_init_db(args, out) -> int:
+    store = open_store(config.store_url())
+    found, now = store.upgrade_schema()
+    if found is None:
+        print(f"created stockpipe schema version {now} in {store.redacted_url()}", file=out)
+    elif found == now:
+        print(f"{store.redacted_url()} is already at schema version {now}", file=out)
+    else:
+        print(f"upgraded {store.redacted_url()} from schema version {found} to {now}", file=out)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, out=None) -> int:
+    out = out or sys.stdout
+    parser = argparse.ArgumentParser(prog="stockpipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    status = commands.add_parser("status", help="coverage, gaps, rebuild progress and ingest quality")
+    status.add_argument("--since", type=dt.date.fromisoformat, help="first date shown (default: the last 10 sessions)")
+    status.set_defaults(run=cmd_status)
+    restore = commands.add_parser("restore", help="put back the rows saved before a rebuild")
+    restore.add_argument("backup", help="data/runs/<run>/backup.parquet")
+    restore.set_defaults(run=cmd_restore)
+    init_db = commands.add_parser("init-db", help="create or upgrade the schema")
+    init_db.set_defaults(run=cmd_init_db)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args, out)
+    except (StoreError, RuntimeError, OSError) as exc:
+        print(f"stockpipe {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
