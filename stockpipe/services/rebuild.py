@@ -11,6 +11,7 @@ A run's files live in `<data_dir>/runs/<plan_id>/`:
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import logging
 import os
@@ -92,6 +93,18 @@ def create_plan(
     directory = Path(directory)
     if (directory / PLAN_FILE).exists():
         return load_plan(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    # Two processes started on the same run must not both plan it: the second one's backup would be
+    # taken after the first had started replacing rows.
+    with open(directory / ".plan.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (directory / PLAN_FILE).exists():
+            return load_plan(directory)
+        return _create_plan_locked(store, directory, plan_id=plan_id, kind=kind, start=start, symbols=symbols,
+                                   chunk_size=chunk_size, backup=backup)
+
+
+def _create_plan_locked(store, directory, *, plan_id, kind, start, symbols, chunk_size, backup) -> Plan:
     replaces = store.indicator_summary(symbols, start)
     log.info(
         "%s will replace %d indicator rows of %d symbols (%s..%s) from %s; %d symbols in %d chunks",

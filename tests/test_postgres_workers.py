@@ -1,0 +1,104 @@
+"""PostgreSQL with several workers and processes, and a server that goes away mid-chunk."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+import psycopg2
+import pytest
+from sqlalchemy.engine import make_url
+
+from stockpipe.store import open_store
+from tests.conftest import luigi_command, run_luigi, write_luigi_cfg
+
+pytestmark = pytest.mark.slow
+START = "2025-09-29"
+
+
+def _dsn(url: str) -> str:
+    parsed = make_url(url)
+    return f"host={parsed.host} port={parsed.port or 5432} user={parsed.username} dbname={parsed.database}"
+
+
+def _prepared(tmp_path, postgres_url, **settings):
+    write_luigi_cfg(tmp_path, postgres_url, **settings)
+    code, output = run_luigi(tmp_path, "Daily", "--date", "2025-10-10", "--local-scheduler")
+    assert code == 0, output
+    return open_store(postgres_url)
+
+
+def _assert_indicators_whole(store):
+    rows = store.query("SELECT count(*) AS n, count(DISTINCT (symbol, date)) AS keys FROM indicators").to_pylist()[0]
+    bars = store.bars_extent()[2]
+    assert rows["n"] == rows["keys"] == bars
+
+
+def test_rebuild_with_four_workers_has_no_duplicate_or_missing_row(tmp_path, postgres_url):
+    store = _prepared(tmp_path, postgres_url, stockpipe={"chunk_size": 3})
+    code, output = run_luigi(tmp_path, "RebuildFrom", "--start-date", START, "--local-scheduler", "--workers", "4")
+    assert code == 0, output
+    assert len(store.markers(prefix=f"IndicatorChunk/rebuild-{START}/")) == 10
+    _assert_indicators_whole(store)
+
+
+def test_two_processes_on_one_rebuild_never_write_the_same_chunk(tmp_path, postgres_url):
+    store = _prepared(tmp_path, postgres_url, stockpipe={"chunk_size": 3})
+    # --no-lock: Luigi's own pid lock would stop an identical second command line; this shows the
+    # store's advisory lock keeps two independent processes from writing one chunk.
+    command = ("RebuildFrom", "--start-date", START, "--local-scheduler", "--workers", "2", "--no-lock")
+    first = luigi_command(tmp_path, *command)
+    second = luigi_command(tmp_path, *command)
+    outputs = [p.communicate(timeout=300)[0] for p in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], outputs
+    written = re.findall(r"\[chunk (\d+)/10\] \[\d+/\d+\] .* saved", "\n".join(outputs))
+    skipped = re.findall(r"\[chunk (\d+)/10\] already completed by another worker", "\n".join(outputs))
+    # A chunk logs its batches only after its own write committed: each chunk exactly once.
+    assert sorted(set(written), key=int) == [str(i) for i in range(1, 11)]
+    assert len(written) == 10, written
+    assert len(store.markers(prefix=f"IndicatorChunk/rebuild-{START}/")) == 10
+    _assert_indicators_whole(store)
+    ran = sum(len(re.findall(r"running\s+IndicatorChunk", o)) for o in outputs)
+    # Any chunk both processes ran was written by one and skipped by the other.
+    assert ran - 10 == len(skipped), (ran, skipped)
+
+
+def test_server_killing_the_backend_mid_chunk_fails_cleanly_and_rerun_completes(tmp_path, postgres_url):
+    store = _prepared(tmp_path, postgres_url, stockpipe={"chunk_size": 30})
+    before = store.read_indicators(start=__import__("datetime").date(2025, 9, 29))
+    holder = psycopg2.connect(_dsn(postgres_url))
+    with holder.cursor() as cursor:
+        # Hold a row the chunk updates after its DELETE and COPY, so it waits mid-transaction.
+        cursor.execute("SELECT symbol FROM symbols ORDER BY symbol LIMIT 1 FOR UPDATE")
+    process = luigi_command(tmp_path, "RebuildFrom", "--start-date", START, "--local-scheduler")
+    admin = psycopg2.connect(_dsn(postgres_url))
+    admin.autocommit = True
+    killed = None
+    deadline = time.monotonic() + 60
+    while killed is None and time.monotonic() < deadline:
+        with admin.cursor() as cursor:
+            cursor.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' "
+                "AND query ILIKE 'UPDATE symbols%%'"
+            )
+            row = cursor.fetchone()
+            if row:
+                cursor.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+                killed = row[0]
+        time.sleep(0.05)
+    output, _ = process.communicate(timeout=120)
+    holder.rollback()
+    holder.close()
+    admin.close()
+    assert killed is not None, output
+    assert process.returncode == 30, output
+    assert "terminating connection due to administrator command" in output or "server closed the connection" in output
+    after_failure = store.read_indicators(start=__import__("datetime").date(2025, 9, 29))
+    assert after_failure.equals(before), "the failed chunk must leave the previous rows in place"
+    assert store.markers(prefix=f"IndicatorChunk/rebuild-{START}/") == []
+
+    code, output = run_luigi(tmp_path, "RebuildFrom", "--start-date", START, "--local-scheduler")
+    assert code == 0, output
+    assert len(store.markers(prefix=f"IndicatorChunk/rebuild-{START}/")) == 1
+    _assert_indicators_whole(store)
