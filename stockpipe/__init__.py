@@ -12,7 +12,13 @@ from stockpipe.tasks import (  # noqa: F401 - re-exported so `luigi --module sto
     IngestDate,
     PlanRebuild,
     RebuildFrom,
+    RedisCleanup,
+    RedisHealthCheck,
+    RedisSync,
+    Replicate,
+    ScanWatchlist,
 )
+from stockpipe import events as _events  # noqa: F401,E402 - registers the metrics and alert handlers
 
 from stockpipe.logs import configure as _configure_logging
 

@@ -55,3 +55,49 @@ def source_name() -> str:
 
 def data_dir() -> Path:
     return Path(stockpipe().data_dir)
+
+
+class watchlist(luigi.Config):  # noqa: N801
+    rules = luigi.Parameter(
+        default="",
+        description="JSON list of rules ({name, priority, conditions, order_by, limit}); empty = the built-in three",
+    )
+
+    def parsed_rules(self):
+        import json
+
+        from stockpipe.watchlist.rules import DEFAULT_RULES, parse_rules
+
+        try:
+            return parse_rules(json.loads(self.rules) if self.rules.strip() else DEFAULT_RULES)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"[watchlist] rules is not valid JSON: {exc}") from exc
+
+
+class replica(luigi.Config):  # noqa: N801
+    path = luigi.Parameter(default="", description="read-only DuckDB replica; empty = <data_dir>/replica.duckdb")
+
+
+class redis(luigi.Config):  # noqa: N801
+    url = luigi.Parameter(default="", description="redis:// or rediss:// URL; empty = no Redis steps")
+    prefix = luigi.Parameter(default="stockpipe:", description="every key stockpipe writes starts with this")
+    full_days = luigi.IntParameter(default=30, description="scan dates a full sync rewrites")
+    retention_days = luigi.IntParameter(default=7, description="RedisCleanup removes scan dates older than this")
+    list_length = luigi.IntParameter(default=1000, description="length cap of the task_runs and alerts lists")
+
+
+class alerts(luigi.Config):  # noqa: N801
+    urls = luigi.Parameter(
+        default="",
+        description="apprise URLs for failure alerts and the Daily summary, space separated "
+        "(slack://..., discord://..., json://host/path); use ${ENV} for their secrets",
+    )
+    notify_success = luigi.BoolParameter(default=True, description="send the one-line Daily summary too")
+
+
+def redis_url() -> str:
+    return os.environ.get(ENV_REDIS_URL) or redis().url
+
+
+def replica_path() -> Path:
+    return Path(replica().path) if replica().path else data_dir() / "replica.duckdb"

@@ -13,7 +13,10 @@ from stockpipe.progress import luigi_progress
 from stockpipe.services import indicators as indicator_service
 from stockpipe.services import ingest as ingest_service
 from stockpipe.services import rebuild as rebuild_service
+from stockpipe.services import redis_sync
+from stockpipe.services import replica as replica_service
 from stockpipe.services import symbols as symbol_service
+from stockpipe.services import watchlist as watchlist_service
 from stockpipe.sources import open_source
 from stockpipe.store import open_store
 
@@ -236,8 +239,97 @@ class DailyIndicators(StockpipeTask):
         store.touch(self.output().marker(self, {k: report[k] for k in ("symbols", "chunks", "saved_rows")}))
 
 
+class ScanWatchlist(StockpipeTask):
+    """The watchlist rules over `date`'s bars, indicators and symbols."""
+
+    date = luigi.DateParameter()
+
+    def requires(self):
+        return DailyIndicators(self.date)
+
+    def output(self):
+        return self.marker_target(self.date)
+
+    def run(self):
+        watchlist_service.scan_watchlist(self.store(), self.date, config.watchlist().parsed_rules(), self.run_marker())
+
+
+class Replicate(StockpipeTask):
+    """A verified, read-only DuckDB replica of the store, swapped in atomically."""
+
+    date = luigi.DateParameter()
+
+    def requires(self):
+        return ScanWatchlist(self.date)
+
+    def output(self):
+        return self.marker_target(self.date)
+
+    def run(self):
+        stats = replica_service.publish_replica(self.store(), config.replica_path())
+        self.store().touch(self.output().marker(self, stats))
+
+
+class RedisTask(StockpipeTask):
+    """Redis steps: they fail alone when Redis is down; everything else still completes."""
+
+    def client(self):
+        return redis_sync.connect(config.redis_url())
+
+
+class RedisSync(RedisTask):
+    date = luigi.DateParameter()
+    force_full = luigi.BoolParameter(default=False, description="rewrite the last [redis] full_days days")
+
+    def requires(self):
+        return ScanWatchlist(self.date) if trading_calendar.is_session(config.stockpipe().calendar, self.date) else []
+
+    @property
+    def full(self) -> bool:
+        return self.force_full or self.date.weekday() >= 5
+
+    def output(self):
+        return self.marker_target(self.date, "full" if self.full else "incremental")
+
+    def run(self):
+        settings = config.redis()
+        stats = redis_sync.sync_watchlist(self.store(), self.client(), settings.prefix, self.date,
+                                          full=self.full, full_days=settings.full_days)
+        self.store().touch(self.output().marker(self, stats))
+
+
+class RedisHealthCheck(RedisTask):
+    date = luigi.DateParameter()
+
+    def requires(self):
+        return RedisSync(self.date)
+
+    def output(self):
+        return self.marker_target(self.date)
+
+    def run(self):
+        stats = redis_sync.health_check(self.client(), config.redis().prefix)
+        self.store().touch(self.output().marker(self, stats))
+
+
+class RedisCleanup(RedisTask):
+    date = luigi.DateParameter()
+
+    def output(self):
+        return self.marker_target(self.date)
+
+    def run(self):
+        settings = config.redis()
+        stats = redis_sync.cleanup(self.client(), settings.prefix, self.date, settings.retention_days)
+        self.store().touch(self.output().marker(self, stats))
+
+
 class Daily(StockpipeTask):
-    """The cron job: symbols -> bars -> indicators for `date` (nothing on a non-trading day)."""
+    """The cron job: symbols -> bars -> indicators -> watchlist -> replica -> Redis for `date`.
+
+    On a non-trading day it fetches and computes nothing and says so; on a weekend with Redis
+    configured it runs the full Redis sync and the cleanup instead.
+    """
 
     date = luigi.DateParameter()
 
@@ -245,7 +337,13 @@ class Daily(StockpipeTask):
         return trading_calendar.is_session(config.stockpipe().calendar, self.date)
 
     def requires(self):
-        return [DailyIndicators(self.date)] if self.trading_day() else []
+        redis_on = bool(config.redis_url())
+        if self.trading_day():
+            steps = [Replicate(self.date)]
+            return steps + ([RedisHealthCheck(self.date), RedisCleanup(self.date)] if redis_on else [])
+        if redis_on and self.date.weekday() >= 5:
+            return [RedisSync(self.date), RedisCleanup(self.date)]
+        return []
 
     def output(self):
         return self.marker_target(self.date)
@@ -270,4 +368,9 @@ __all__ = [
     "IngestDate",
     "PlanRebuild",
     "RebuildFrom",
+    "RedisCleanup",
+    "RedisHealthCheck",
+    "RedisSync",
+    "Replicate",
+    "ScanWatchlist",
 ]

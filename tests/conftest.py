@@ -86,6 +86,25 @@ def store(store_url):
     return open_store(store_url)
 
 
+# -- Redis --------------------------------------------------------------------------------------
+@pytest.fixture
+def redis_prefix():
+    """A key prefix of this test's own on the real Redis server, emptied afterwards."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_TEST_URL, decode_responses=True, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        service_missing("Redis", f"{REDIS_TEST_URL}: {exc}")
+    prefix = f"stockpipe-test-{uuid.uuid4().hex[:10]}:"
+    yield prefix
+    keys = list(client.scan_iter(match=prefix + "*", count=500))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
 # -- Luigi ----------------------------------------------------------------------------------------
 def _reset_luigi_state() -> None:
     Register.clear_instance_cache()

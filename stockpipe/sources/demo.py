@@ -24,6 +24,7 @@ EPOCH = dt.date(2005, 1, 3)
 SYNTHETIC_LABEL = "[synthetic]"
 _PER_YEAR = 262  # more sessions than any exchange year has
 _BATCH = 200  # symbols generated together
+_SELL_OFF = 6  # sessions a bad-news sell-off lasts
 
 _FIRST = ["Aurora", "Summit", "Cobalt", "Harbor", "Granite", "Vertex", "Nimbus", "Sable", "Orchid", "Beacon",
           "Cedar", "Falcon", "Helix", "Juniper", "Keystone", "Lumen", "Meridian", "Northwind", "Onyx", "Pioneer",
@@ -131,17 +132,24 @@ class DemoSource(Source):
             state = 0.97 * state + 0.08 * d["vol_noise"][t]
             log_vol[t] = state
         sigma = base_sigma * np.exp(log_vol)
-        # About 1.2% of sessions carry news: a 4-9% move on a volume spike.
-        shocked = d["shock_on"] > 2.25
-        shock = np.where(shocked, (0.065 + 0.02 * d["shock_size"]) * np.sign(d["shock_sign"]), 0.0)
-        returns = 0.0002 + sigma * d["z"] + shock
+        # About 4% of sessions carry news. Good news gaps the price up 4-9% on a 3.5-5.5x volume spike
+        # (breakouts); bad news starts a six-session sell-off on heavy volume (oversold RSI, lower-band
+        # touches), so every watchlist rule finds cases on most days of a 100-symbol market.
+        shocked = d["shock_on"] > 1.75
+        good = shocked & (d["shock_sign"] > 0)
+        bad = shocked & ~good
+        started = np.cumsum(bad, axis=0)
+        selling = (started - np.vstack([np.zeros((_SELL_OFF, len(symbols))), started[:-_SELL_OFF]])) > 0
+        shock = np.where(good, 0.065 + 0.012 * d["shock_size"], np.where(bad, -0.035 - 0.01 * np.abs(d["shock_size"]), 0.0))
+        returns = 0.0003 + sigma * d["z"] + shock - 0.012 * (selling & ~bad)
         close = np.maximum(start_price * np.exp(np.cumsum(returns, axis=0)), 1.0)
         previous = np.vstack([start_price[None, :], close[:-1]])
-        open_ = previous * np.exp(0.3 * sigma * d["gap"])
+        gap = np.where(good, 0.0, 0.3 * sigma * d["gap"])
+        open_ = previous * np.exp(gap)
         high = np.maximum(open_, close) * (1.0 + 0.5 * sigma * np.abs(d["wick_hi"]))
         low = np.minimum(open_, close) * (1.0 - 0.5 * sigma * np.abs(d["wick_lo"]))
-        spike = np.where(shocked, 3.5 + 2.0 * np.abs(d["volume"]), 1.0)
-        volume = base_volume * np.exp(0.25 * d["volume"]) * (1.0 + 8.0 * np.abs(returns)) * spike
+        spike = np.where(good, 3.5 + 2.0 * np.abs(d["volume"]) / 3, np.where(selling, 2.2, 1.0))
+        volume = base_volume * np.exp(0.2 * d["volume"]) * (1.0 + 4.0 * np.abs(returns)) * spike
         open_c, close_c = np.round(open_, 2), np.round(close, 2)
         return {
             "open": open_c,

@@ -24,6 +24,7 @@ import pyarrow as pa
 from stockpipe.store.schema import (
     BARS,
     BULK_TABLES,
+    DAILY_WATCHLIST,
     INDICATORS,
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -424,6 +425,74 @@ class Store(ABC):
             if forget_markers:
                 session.execute("DELETE FROM task_markers WHERE marker_id = ANY(:ids)", {"ids": list(forget_markers)})
         return rows.num_rows
+
+    # -- watchlist ------------------------------------------------------------------------------
+    def scan_frame(self, day: dt.date) -> pa.Table:
+        """One date's bars, indicators (as of that date) and symbol facts, for the watchlist rules."""
+        with self.session(write=False) as session:
+            return session.fetch_arrow(
+                "SELECT b.symbol, s.name, s.sector, s.market_cap, s.is_etf, b.open, b.high, b.low, b.close, b.volume, "
+                "i.sma_20, i.sma_50, i.rsi_14, i.macd, i.macd_signal, i.macd_hist, i.bb_upper, i.bb_middle, "
+                "i.bb_lower, i.bb_position, i.avg_volume_30 "
+                "FROM bars b JOIN indicators i ON i.symbol = b.symbol AND i.date = b.date "
+                "JOIN symbols s ON s.symbol = b.symbol WHERE b.date = :d AND s.is_active ORDER BY b.symbol",
+                {"d": day},
+            )
+
+    def replace_watchlist(self, day: dt.date, rows: pa.Table, marker: Marker | None = None) -> bool:
+        """That date's watchlist rows replaced, with the marker, in one transaction."""
+        rows = DAILY_WATCHLIST.conform(rows)
+        with self.session() as session:
+            if not self._claim(session, marker):
+                return False
+            session.execute("DELETE FROM daily_watchlist WHERE scan_date = :d", {"d": day})
+            if rows.num_rows:
+                session.insert(DAILY_WATCHLIST, rows)
+            self._touch(session, marker)
+        return True
+
+    def read_watchlist(self, since: dt.date | None = None, until: dt.date | None = None) -> pa.Table:
+        filters, params = [], {}
+        if since is not None:
+            filters.append("scan_date >= :since")
+            params["since"] = since
+        if until is not None:
+            filters.append("scan_date <= :until")
+            params["until"] = until
+        where = (" WHERE " + " AND ".join(filters)) if filters else ""
+        with self.session(write=False) as session:
+            return session.fetch_arrow(
+                f"SELECT * FROM daily_watchlist{where} ORDER BY scan_date, priority, symbol", params,
+                schema=DAILY_WATCHLIST.schema,
+            )
+
+    # -- replica --------------------------------------------------------------------------------
+    def replica_tables(self) -> list[Table]:
+        return [SCHEMA_VERSION_TABLE, *TABLES]
+
+    def export_replica(self, path) -> dict[str, int]:
+        """Copy every table into a new DuckDB file from one consistent snapshot; returns row counts."""
+        import duckdb
+
+        counts: dict[str, int] = {}
+        target = duckdb.connect(str(path))
+        try:
+            with self.session(write=False) as session:
+                self._snapshot(session)
+                for table in self.replica_tables():
+                    rows = session.fetch_arrow(f"SELECT * FROM {table.name}", schema=table.schema)
+                    target.execute(table.ddl(declare_key=False))
+                    target.register("_rows", rows)
+                    target.execute(f"INSERT INTO {table.name} SELECT * FROM _rows")
+                    target.unregister("_rows")
+                    counts[table.name] = rows.num_rows
+            target.execute("CHECKPOINT")
+        finally:
+            target.close()
+        return counts
+
+    def _snapshot(self, session: Session) -> None:
+        """Make the session's reads one consistent snapshot (a no-op where they already are)."""
 
     # -- reports --------------------------------------------------------------------------------
     def query(self, sql: str, params: dict[str, Any] | None = None) -> pa.Table:

@@ -207,6 +207,22 @@ class DuckDBStore(Store):
             )
             return int(session.fetch(f"SELECT count(*) FROM indicators WHERE {where} AND date >= :d", params)[0][0])
 
+    def export_replica(self, path) -> dict[str, int]:
+        # A read-only DuckDB cannot attach a new file, so this takes the writer lock for the copy.
+        target = str(path).replace("'", "''")
+        counts: dict[str, int] = {}
+        with self.session(write=True) as session:
+            session.execute(f"ATTACH '{target}' AS replica")
+            try:
+                for table in self.replica_tables():
+                    session.execute(f"CREATE TABLE replica.{table.name} AS SELECT * FROM main.{table.name}")
+                    counts[table.name] = int(session.fetch(f"SELECT count(*) FROM main.{table.name}")[0][0])
+            finally:
+                session.execute("COMMIT")
+                session.execute("DETACH replica")
+                session.execute("BEGIN TRANSACTION")
+        return counts
+
     # -- sessions --------------------------------------------------------------------------------
     @contextmanager
     def _open_session(self, write: bool) -> Iterator[Session]:

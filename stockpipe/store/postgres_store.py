@@ -136,6 +136,9 @@ class PostgresStore(Store):
                 pass
             connection.close()
 
+    def _snapshot(self, session) -> None:
+        session.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+
     def close(self) -> None:
         if self._engine is not None:
             self._engine.dispose()

@@ -1,0 +1,146 @@
+"""Metrics and alerts through Luigi event handlers, registered once for every stockpipe task.
+
+Each task's run is recorded in the store's `task_runs` table (and pushed to a capped Redis list when
+Redis is configured). A failure sends an alert (task, parameters, error, time) to the `[alerts]`
+URLs through apprise (Slack, Discord, generic JSON webhooks, ...) and to a capped Redis list. A
+successful Daily sends a one-line summary. Reporting never fails the task it reports on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import socket
+import time
+from typing import Any
+
+import luigi
+
+from stockpipe import config
+
+log = logging.getLogger("stockpipe.events")
+_STARTED: dict[str, float] = {}
+
+
+def _params(task: luigi.Task) -> dict[str, str]:
+    return task.to_str_params()
+
+
+def notify(title: str, body: str) -> bool:
+    urls = config.alerts().urls.split()
+    if not urls:
+        return False
+    import apprise
+
+    sender = apprise.Apprise()
+    for url in urls:
+        if not sender.add(url):
+            log.warning("alerts: apprise does not understand the URL %s", url.split("://")[0] + "://...")
+    return bool(sender.notify(title=title, body=body))
+
+
+def _redis_push(key_name: str, payload: dict[str, Any]) -> None:
+    url = config.redis_url()
+    if not url:
+        return
+    from stockpipe.services import redis_sync
+
+    try:
+        client = redis_sync.connect(url)
+        keys = redis_sync.Keys(config.redis().prefix)
+        redis_sync.push_capped(client, getattr(keys, key_name), payload, config.redis().list_length)
+    except Exception as exc:  # noqa: BLE001 - Redis being down must not fail a data task
+        log.warning("could not push %s to Redis: %s", key_name, exc)
+
+
+def record(task: luigi.Task, status: str, error: str | None = None) -> dict[str, Any]:
+    from stockpipe.store import open_store
+    from stockpipe.store.base import utcnow
+    from stockpipe.store.schema import TASK_RUNS
+
+    import pyarrow as pa
+
+    finished = utcnow()
+    started_monotonic = _STARTED.pop(task.task_id, None)
+    duration = round(time.monotonic() - started_monotonic, 3) if started_monotonic is not None else None
+    started = finished - dt.timedelta(seconds=duration or 0)
+    row: dict[str, Any] = {
+        "task_id": task.task_id, "task_family": task.get_task_family(),
+        "params": json.dumps(_params(task), sort_keys=True), "status": status, "attempt": 1,
+        "started_at": started, "finished_at": finished, "duration_seconds": duration,
+        "error": error, "host": socket.gethostname(),
+    }
+    try:
+        store = open_store(config.store_url())
+        with store.session(write=False) as session:
+            previous = session.fetch("SELECT count(*) FROM task_runs WHERE task_id = :t", {"t": task.task_id})[0][0]
+        row["attempt"] = int(previous) + 1
+        with store.session() as session:
+            session.insert(TASK_RUNS, TASK_RUNS.conform(pa.Table.from_pylist([row], schema=TASK_RUNS.schema)))
+    except Exception as exc:  # noqa: BLE001 - a store that is down is reported by the task itself
+        log.warning("could not record the run of %s: %s", task.task_id, exc)
+    _redis_push("task_runs", row)
+    return row
+
+
+@luigi.Task.event_handler(luigi.Event.START)
+def _on_start(task: luigi.Task) -> None:
+    if _is_ours(task):
+        _STARTED[task.task_id] = time.monotonic()
+
+
+@luigi.Task.event_handler(luigi.Event.SUCCESS)
+def _on_success(task: luigi.Task) -> None:
+    if not _is_ours(task):
+        return
+    row = record(task, "DONE")
+    if task.get_task_family() == "Daily":
+        summary = daily_summary(task, row.get("duration_seconds"))
+        log.info("%s", summary)
+        if config.alerts().notify_success:
+            try:
+                notify("stockpipe Daily done", summary)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("could not send the Daily summary: %s", exc)
+
+
+@luigi.Task.event_handler(luigi.Event.FAILURE)
+def _on_failure(task: luigi.Task, exception: BaseException) -> None:
+    if not _is_ours(task):
+        return
+    error = f"{type(exception).__name__}: {exception}"
+    row = record(task, "FAILED", error)
+    alert = {"task": task.task_id, "task_family": task.get_task_family(), "params": _params(task),
+             "error": error, "time": row["finished_at"].isoformat(), "host": row["host"], "attempt": row["attempt"]}
+    _redis_push("alerts", alert)
+    body = (f"{task.get_task_family()} failed (attempt {row['attempt']}) on {row['host']} at {alert['time']}\n"
+            f"parameters: {json.dumps(alert['params'], sort_keys=True)}\nerror: {error}")
+    try:
+        notify(f"stockpipe: {task.get_task_family()} failed", body)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not send the failure alert: %s", exc)
+
+
+def daily_summary(task: luigi.Task, seconds: float | None) -> str:
+    from stockpipe.store import open_store
+
+    store = open_store(config.store_url())
+    day = getattr(task, "date", None)
+    symbols = len(store.active_symbols())
+    ingest = store.read_marker(f"IngestDate/{day}") or {"stats": {}}
+    scan = store.read_marker(f"ScanWatchlist/{day}") or {"stats": {}}
+    collected = store.read_marker(f"CollectSymbols/{day}")
+    if collected is not None:
+        # The whole chain, from its first task's completion, not just the wrapper's own run.
+        from stockpipe.store.base import utcnow
+
+        seconds = round((utcnow() - collected["completed_at"]).total_seconds(), 1)
+    return (f"stockpipe Daily {day}: {symbols} symbols, {ingest['stats'].get('bars_stored', 0)} bars, "
+            f"watchlist {scan['stats'].get('hits', 0)}, {seconds if seconds is not None else '?'} s")
+
+
+def _is_ours(task: luigi.Task) -> bool:
+    from stockpipe.tasks import StockpipeTask
+
+    return isinstance(task, StockpipeTask)

@@ -1,0 +1,69 @@
+"""Publish a read-only DuckDB replica for dashboards and analysts.
+
+Written to a temporary file, verified (every table present, row counts equal to the source's in the
+same snapshot), made read-only, then atomically renamed over the previous replica, which is kept as
+`<name>.previous.duckdb`. A reader that has the old replica open keeps its file; a failed refresh
+leaves the previous replica in place. (Copying a live database file can copy a half-written one.)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+from stockpipe.store import Store
+
+log = logging.getLogger("stockpipe.replica")
+
+
+class ReplicaError(RuntimeError):
+    pass
+
+
+def verify_replica(path: Path, expected: dict[str, int]) -> None:
+    import duckdb
+
+    connection = duckdb.connect(str(path), read_only=True)
+    try:
+        present = {r[0] for r in connection.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        missing = sorted(set(expected) - present)
+        if missing:
+            raise ReplicaError(f"replica {path} lacks table(s) {', '.join(missing)}")
+        for table, rows in expected.items():
+            found = connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            if found != rows:
+                raise ReplicaError(f"replica {path}: {table} has {found} rows, the store had {rows}")
+    finally:
+        connection.close()
+
+
+def publish_replica(store: Store, path: Path) -> dict[str, Any]:
+    started = time.monotonic()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    for leftover in (temporary, temporary.with_name(temporary.name + ".wal")):
+        leftover.unlink(missing_ok=True)
+    try:
+        counts = store.export_replica(temporary)
+        verify_replica(temporary, counts)
+        os.chmod(temporary, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        previous = path.with_name(path.stem + ".previous" + path.suffix)
+        if path.exists():
+            # Keep the outgoing replica as the backup without a moment where `path` is missing.
+            link = previous.with_name(f".{previous.name}.{os.getpid()}.tmp")
+            link.unlink(missing_ok=True)
+            os.link(path, link)
+            os.replace(link, previous)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    stats = {"path": str(path), "tables": counts, "seconds": round(time.monotonic() - started, 3),
+             "bytes": path.stat().st_size}
+    log.info("replica %s refreshed: %s", path, ", ".join(f"{t} {n}" for t, n in counts.items()))
+    return stats
