@@ -101,3 +101,21 @@ def redis_url() -> str:
 
 def replica_path() -> Path:
     return Path(replica().path) if replica().path else data_dir() / "replica.duckdb"
+
+
+class yahoo(luigi.Config):  # noqa: N801
+    universe = luigi.Parameter(
+        default="nasdaq",
+        description="nasdaq (NASDAQ directory + screener) or the path of a universe CSV (e.g. KRX codes)",
+    )
+    batch_size = luigi.IntParameter(default=100, description="tickers per yf.download call")
+    pause_seconds = luigi.FloatParameter(default=1.0, description="pause between batches")
+    max_attempts = luigi.IntParameter(default=5, description="attempts for rate-limited tickers before failing")
+    backoff_seconds = luigi.FloatParameter(default=2.0, description="exponential backoff base (with jitter)")
+    min_market_cap = luigi.FloatParameter(default=100e6, description="screener filter; ETFs are kept")
+    nasdaq_listed_url = luigi.Parameter(default="https://www.nasdaqtrader.com/dynamic/SymDir/nasdaqlisted.txt")
+    other_listed_url = luigi.Parameter(default="https://www.nasdaqtrader.com/dynamic/SymDir/otherlisted.txt")
+    screener_url = luigi.Parameter(
+        default="https://api.nasdaq.com/api/screener/stocks?tableonly=true&limit=25&offset=0&download=true",
+        description="empty = no screener (no market caps, no market-cap filter)",
+    )

@@ -126,6 +126,7 @@ class IndicatorChunk(StockpipeTask):
             marker=self.run_marker(),
             label=f"[chunk {self.chunk_id + 1}/{len(plan.chunks)}]",
             progress=self.progress(),
+            full_history=plan.full_history,
         )
         self.output().record_done()
 
@@ -233,6 +234,7 @@ class DailyIndicators(StockpipeTask):
             symbols=store.active_symbols(),
             chunk_size=settings.chunk_size,
             backup=False,
+            full_history=(store.read_marker(f"IngestDate/{self.date}") or {"stats": {}})["stats"].get("splits_detected", []),
         )
         yield _chunk_tasks(plan)
         report = rebuild_service.write_final_report(store, plan, directory)

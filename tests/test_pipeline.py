@@ -106,10 +106,10 @@ def test_failed_chunk_is_reported_and_the_rerun_redoes_only_it(pipeline, monkeyp
     original = type(store).replace_indicators
     plan_id = f"rebuild-{REBUILD_FROM}"
 
-    def database_fails_for_chunk_1(self, symbols, start, rows, marker=None):
+    def database_fails_for_chunk_1(self, symbols, start, rows, marker=None, **options):
         if marker is not None and marker.marker_id.endswith(f"{plan_id}/1"):
             raise RuntimeError("connection lost while writing chunk 1")
-        return original(self, symbols, start, rows, marker)
+        return original(self, symbols, start, rows, marker, **options)
 
     monkeypatch.setattr(type(store), "replace_indicators", database_fails_for_chunk_1)
     assert not pipeline.build(tasks.RebuildFrom(start_date=REBUILD_FROM))

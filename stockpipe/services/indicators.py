@@ -27,6 +27,7 @@ def compute_chunk(
     marker: Marker | None,
     label: str = "",
     progress: Progress = silent,
+    full_history: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Indicators of `symbols` from `start` to their latest bar, replacing the stored rows and
     touching `marker` in one transaction.
@@ -43,7 +44,9 @@ def compute_chunk(
     symbols = sorted(symbols)
     progress(5, f"{label} reading bars of {len(symbols)} symbols")
     latest = store.latest_indicator_dates(symbols, before=start)
-    from_dates = {s: (min(start, latest[s] + dt.timedelta(days=1)) if s in latest else dt.date.min) for s in symbols}
+    rescaled = set(full_history) & set(symbols)  # e.g. a split: every stored value is stale
+    from_dates = {s: (min(start, latest[s] + dt.timedelta(days=1)) if s in latest and s not in rescaled else dt.date.min)
+                  for s in symbols}
     needs_all = warmup_bars == 0 or any(d == dt.date.min for d in from_dates.values())
     earliest = min(from_dates.values()) if symbols else start
     bars = store.read_bars(symbols, start=None if needs_all else earliest, warmup_bars=0 if needs_all else warmup_bars)
@@ -56,12 +59,13 @@ def compute_chunk(
         "bars_read": bars.num_rows,
         "rows_saved": rows.num_rows,
         "from_date": str(start),
-        "healed_symbols": sorted(s for s in symbols if from_dates[s] < start)[:50],
+        "healed_symbols": sorted(s for s in symbols if from_dates[s] < start and s not in rescaled)[:50],
+        "full_history_symbols": sorted(rescaled),
         "read_seconds": round(read_seconds, 3),
     }
     if marker is not None:
         marker = Marker(marker.marker_id, marker.task_family, marker.params, stats)
-    wrote = store.replace_indicators(symbols, start, rows, marker)
+    wrote = store.replace_indicators(symbols, start, rows, marker, whole_symbols=sorted(rescaled))
     if not wrote:
         log.info("%s already completed by another worker: nothing written", label)
         stats["skipped"] = True

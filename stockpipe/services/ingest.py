@@ -88,8 +88,14 @@ def ingest_date(
         rejected += bad
         fetches.append(fetched)
         done += len(group)
-        if fetched.refetch_history:
-            history, refetched, bad = _fetch_valid(source, sorted(fetched.refetch_history), history_start, day)
+        rescaled = fetched.refetch_history | rescaled_symbols(store, valid)
+        if rescaled:
+            # A split rescales the whole history the source returns: take all of it again.
+            log.warning("history rescaled (split) for %s: re-ingesting their full history", ", ".join(sorted(rescaled)))
+            first = _first_bar_dates(store, sorted(rescaled))
+            since = min([history_start, *first.values()])
+            history, refetched, bad = _fetch_valid(source, sorted(rescaled), since, day)
+            refetched.refetch_history |= rescaled
             parts.append(history)
             rejected += bad
             fetches.append(refetched)
@@ -117,6 +123,36 @@ def ingest_date(
     store.write_bars(rows_table, marker)
     progress(100, f"stored {rows_table.num_rows} bars for {len(symbols)} symbols, rejected {len(rejected)}")
     return stats
+
+
+def rescaled_symbols(store: Store, fetched: pa.Table, jump: float = 0.02, agreement: float = 0.005) -> set[str]:
+    """Symbols whose fetched closes differ from the stored ones on every overlapping day by one
+    constant ratio (a split or reverse split rescaled the source's history)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    if fetched.num_rows == 0:
+        return set()
+    dates = fetched.column("date")
+    stored = store.read_bars(sorted(set(fetched.column("symbol").to_pylist())), start=pc.min(dates).as_py(), end=pc.max(dates).as_py())
+    if stored.num_rows == 0:
+        return set()
+    joined = fetched.select(["symbol", "date", "close"]).join(
+        stored.select(["symbol", "date", "close"]).rename_columns(["symbol", "date", "stored_close"]), ["symbol", "date"]
+    )
+    found = set()
+    for symbol, group in joined.to_pandas().groupby("symbol"):
+        ratio = (group["close"] / group["stored_close"]).to_numpy()
+        median = float(np.median(ratio))
+        if abs(median - 1.0) > jump and np.all(np.abs(ratio / median - 1.0) < agreement):
+            found.add(str(symbol))
+    return found
+
+
+def _first_bar_dates(store: Store, symbols: list[str]) -> dict[str, dt.date]:
+    with store.session(write=False) as session:
+        rows = session.fetch("SELECT symbol, min(date) FROM bars WHERE symbol = ANY(:s) GROUP BY symbol", {"s": symbols})
+    return {r[0]: r[1] for r in rows}
 
 
 def _last_wins(rows: pa.Table) -> pa.Table:

@@ -44,6 +44,7 @@ class Plan:
     created_at: str
     replaces: dict[str, Any] = field(default_factory=dict)
     backup: str | None = None
+    full_history: list[str] = field(default_factory=list)  # symbols recomputed from their first bar
 
     @property
     def start(self) -> dt.date:
@@ -87,6 +88,7 @@ def create_plan(
     symbols: Sequence[str],
     chunk_size: int,
     backup: bool,
+    full_history: Sequence[str] = (),
 ) -> Plan:
     """Write (or, when one exists, reuse) the plan of a run. The backup is written before the plan,
     so a plan on disk always has its backup."""
@@ -101,10 +103,10 @@ def create_plan(
         if (directory / PLAN_FILE).exists():
             return load_plan(directory)
         return _create_plan_locked(store, directory, plan_id=plan_id, kind=kind, start=start, symbols=symbols,
-                                   chunk_size=chunk_size, backup=backup)
+                                   chunk_size=chunk_size, backup=backup, full_history=full_history)
 
 
-def _create_plan_locked(store, directory, *, plan_id, kind, start, symbols, chunk_size, backup) -> Plan:
+def _create_plan_locked(store, directory, *, plan_id, kind, start, symbols, chunk_size, backup, full_history) -> Plan:
     replaces = store.indicator_summary(symbols, start)
     log.info(
         "%s will replace %d indicator rows of %d symbols (%s..%s) from %s; %d symbols in %d chunks",
@@ -129,6 +131,7 @@ def _create_plan_locked(store, directory, *, plan_id, kind, start, symbols, chun
         created_at=utcnow().isoformat(),
         replaces={k: (str(v) if isinstance(v, dt.date) else v) for k, v in replaces.items()},
         backup=backup_name,
+        full_history=sorted(set(full_history)),
     )
     _write_json_atomically(directory / PLAN_FILE, asdict(plan))
     return plan

@@ -349,7 +349,8 @@ class Store(ABC):
         return {r[0]: r[1] for r in rows}
 
     def replace_indicators(
-        self, symbols: Sequence[str], start: dt.date, rows: pa.Table, marker: Marker | None = None
+        self, symbols: Sequence[str], start: dt.date, rows: pa.Table, marker: Marker | None = None,
+        whole_symbols: Sequence[str] = (),
     ) -> bool:
         """Replace the symbols' indicator rows from `start` on, with the marker, in one transaction:
         readers see the old rows or the new ones, never neither. False if already completed."""
@@ -359,6 +360,9 @@ class Store(ABC):
                 return False
             params: dict[str, Any] = {"d": start}
             session.execute(f"DELETE FROM indicators WHERE {symbol_filter('symbol', symbols, params)} AND date >= :d", params)
+            if whole_symbols:
+                whole: dict[str, Any] = {}
+                session.execute(f"DELETE FROM indicators WHERE {symbol_filter('symbol', whole_symbols, whole, 'w')}", whole)
             if rows.num_rows:
                 session.insert(INDICATORS, rows)
                 latest = _latest_per_symbol(rows, "avg_volume_30")
