@@ -14,10 +14,13 @@ import textwrap
 import uuid
 from pathlib import Path
 
-import luigi
-import luigi.configuration
-import pytest
-from luigi.task_register import Register
+# yfinance picks its HTTP backend at import: the requests one lets tests answer Yahoo offline.
+os.environ.setdefault("YF_DISABLE_CURL_CFFI", "1")
+
+import luigi  # noqa: E402
+import luigi.configuration  # noqa: E402
+import pytest  # noqa: E402
+from luigi.task_register import Register  # noqa: E402
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_ADMIN_DSN = os.environ.get("STOCKPIPE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -35,15 +35,25 @@ class Listing:
     is_etf: bool
 
 
-def yahoo_symbol(symbol: str) -> str:
-    """Directory/CQS form to Yahoo's: class shares `BRK.B` -> `BRK-B`, preferred `PBR$A` -> `PBR-PA`,
-    `ABC$` -> `ABC-P`, warrants `XYZ.WS` -> `XYZ-WT`, units `.U` -> `-U`, rights `.R`/`^` -> `-R`."""
+def yahoo_symbol(symbol: str, notation: str = "cqs") -> str:
+    """A listing's symbol in Yahoo's form.
+
+    Directory files use CQS notation: class `BRK.B` -> `BRK-B`, preferred `PBR$A` -> `PBR-PA` (`ABC$`
+    -> `ABC-P`), warrants `XYZ.WS` -> `XYZ-WT`, units `XYZ.U` -> `XYZ-UN`, rights `XYZ.RT` -> `XYZ-RI`.
+    The screener uses NASDAQ notation: class `BRK/B` -> `BRK-B`, preferred `PBR^A` -> `PBR-PA`.
+    """
     s = symbol.strip().upper()
+    if notation == "screener":
+        if "^" in s:
+            base, _, series = s.partition("^")
+            return f"{base}-P{series}"
+        return s.replace("/", "-")
     if "$" in s:
         base, _, series = s.partition("$")
         return f"{base}-P{series}"
-    s = re.sub(r"\.WS(\.([A-Z]))?$", lambda m: "-WT" + (m.group(2) or ""), s)
-    s = s.replace("^", "-R").replace("=", "-U").replace("/", "-")
+    for suffix, yahoo in ((".WS", "-WT"), (".U", "-UN"), (".RT", "-RI"), (".R", "-RI")):
+        if s.endswith(suffix):
+            return s[: -len(suffix)].replace(".", "-") + yahoo
     return s.replace(".", "-")
 
 
@@ -104,7 +114,7 @@ def parse_screener(text: str, name: str = "screener") -> dict[str, dict[str, Any
         symbol = str(row.get("symbol") or "").strip()
         if not symbol:
             raise SourceError(f"{name}: data.rows[{index}] has no symbol")
-        found[yahoo_symbol(symbol)] = {
+        found[yahoo_symbol(symbol, "screener")] = {
             "name": row.get("name"),
             "market_cap": _market_cap(row.get("marketCap"), name, symbol),
             "sector": row.get("sector") or None,

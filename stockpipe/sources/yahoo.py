@@ -22,6 +22,7 @@ import datetime as dt
 import logging
 import re
 import time
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -222,14 +223,17 @@ class YahooSource(Source):
         capture = _Capture()
         yf_logger = logging.getLogger("yfinance")
         yf_logger.addHandler(capture)
-        try:
-            frame = yf.download(
-                tickers, start=start.isoformat(), end=(end + dt.timedelta(days=1)).isoformat(),  # end is exclusive
-                interval="1d", auto_adjust=False, actions=True, group_by="column", progress=False,
-                threads=self.threads, multi_level_index=True,
-            )
-        finally:
-            yf_logger.removeHandler(capture)
+        with warnings.catch_warnings():
+            # yfinance's own pandas deprecation warnings are not the user's to act on.
+            warnings.filterwarnings("ignore", module=r"yfinance(\.|$)")
+            try:
+                frame = yf.download(
+                    tickers, start=start.isoformat(), end=(end + dt.timedelta(days=1)).isoformat(),  # end is exclusive
+                    interval="1d", auto_adjust=False, actions=True, group_by="column", progress=False,
+                    threads=self.threads, multi_level_index=True,
+                )
+            finally:
+                yf_logger.removeHandler(capture)
         table, found, splits = frame_to_bars(frame, tickers)
         if table.num_rows:
             in_range = np.array([start <= d <= end for d in table.column("date").to_pylist()])
