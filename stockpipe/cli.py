@@ -4,6 +4,7 @@
                                        rebuilds in progress, the last ingests' data quality
     stockpipe restore BACKUP           put back the rows a rebuild replaced
     stockpipe init-db                  create or upgrade the schema
+    stockpipe assist [--workers N]     lend this machine's workers to luigid until stopped
 
 The store and data_dir come from luigi.cfg (and STOCKPIPE_STORE_URL), like the tasks'.
 """
@@ -136,6 +137,29 @@ def cmd_init_db(args, out) -> int:
     return 0
 
 
+def cmd_assist(args, out) -> int:
+    """Lend this machine's workers to luigid: run any pending stockpipe task (e.g. rebuild chunks
+    another machine scheduled) until stopped."""
+    import luigi
+
+    import stockpipe  # noqa: F401 - registers every task so the scheduler's work can be instantiated
+
+    settings = luigi.configuration.get_config()
+    if not settings.has_section("worker"):
+        settings.add_section("worker")
+    settings.set("worker", "keep_alive", "true")  # an assistant waits for work instead of leaving
+    # SIGTERM (kill, systemd) becomes Luigi's graceful stop: finish running tasks, take no new ones.
+    import os
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGUSR1))
+
+    print(f"assisting luigid at {luigi.interface.core().scheduler_host}:{luigi.interface.core().scheduler_port} "
+          f"with {args.workers} worker(s); Ctrl-C to stop", file=out, flush=True)
+    ok = luigi.build([], workers=args.workers, assistant=True, local_scheduler=False)
+    return 0 if ok else 1
+
+
 def main(argv: Sequence[str] | None = None, out=None) -> int:
     out = out or sys.stdout
     parser = argparse.ArgumentParser(prog="stockpipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -148,6 +172,9 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
     restore.set_defaults(run=cmd_restore)
     init_db = commands.add_parser("init-db", help="create or upgrade the schema")
     init_db.set_defaults(run=cmd_init_db)
+    assist = commands.add_parser("assist", help="run pending tasks from luigid (another machine's rebuild chunks)")
+    assist.add_argument("--workers", type=int, default=1)
+    assist.set_defaults(run=cmd_assist)
     args = parser.parse_args(argv)
     try:
         return args.run(args, out)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 import uuid
 from pathlib import Path
 
@@ -184,30 +183,18 @@ def _restore_luigi_config():
 # -- the real `luigi` command ---------------------------------------------------------------------
 def write_luigi_cfg(directory: Path, store_url: str, **sections: dict) -> Path:
     """A luigi.cfg like the committed one, pointing at an isolated store and data_dir."""
-    settings = {
+    settings: dict[str, dict] = {
+        "core": {"autoload_range": "false"},
+        "worker": {"cache_task_completion": "true"},
+        "retcode": {"already_running": 10, "missing_data": 20, "not_run": 25, "task_failed": 30,
+                    "scheduling_error": 35, "unhandled_exception": 40},
         "stockpipe": {"store_url": store_url, "source": "demo", "data_dir": str(directory / "data"),
                       "chunk_size": 10, "min_symbols": 5, "backfill_sessions": 600},
         "demo": {"tickers": 30},
     }
     for section, values in sections.items():
         settings.setdefault(section, {}).update(values)
-    text = textwrap.dedent(
-        """
-        [core]
-        no_configure_logging = false
-        [worker]
-        cache_task_completion = true
-        [retcode]
-        already_running = 10
-        missing_data = 20
-        not_run = 25
-        task_failed = 30
-        scheduling_error = 35
-        unhandled_exception = 40
-        """
-    )
-    for section, values in settings.items():
-        text += f"[{section}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items())
+    text = "".join(f"[{section}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items()) for section, values in settings.items())
     path = directory / "luigi.cfg"
     path.write_text(text)
     return path

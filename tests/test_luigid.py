@@ -1,0 +1,114 @@
+"""Several workers sharing one real `luigid`: each chunk runs once, and the scheduler shows each
+chunk's status message and progress percentage."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from stockpipe.store import open_store
+from tests.conftest import luigi_command, run_luigi, service_missing, write_luigi_cfg
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def luigid(tmp_path):
+    binary = shutil.which("luigid")
+    if binary is None:
+        service_missing("luigid", "the luigid command is not on PATH")
+    port = _free_port()
+    (tmp_path / "luigid-logs").mkdir()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--address", "127.0.0.1", "--state-path", str(tmp_path / "luigid.state"),
+         "--logdir", str(tmp_path / "luigid-logs")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/task_list?data={{}}", timeout=1)
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                service_missing("luigid", f"it did not start on port {port}")
+            time.sleep(0.2)
+    yield port
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def _tasks(port: int, status: str) -> dict:
+    query = urllib.request.quote(json.dumps({"status": status, "upstream_status": "", "search": "IndicatorChunk"}))
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/task_list?data={query}", timeout=10) as response:
+        return json.loads(response.read())["response"]
+
+
+def test_an_assistant_on_another_machine_shares_chunks_through_luigid(tmp_path, luigid, postgres_url):
+    write_luigi_cfg(tmp_path, postgres_url, stockpipe={"chunk_size": 1},
+                    core={"scheduler_host": "127.0.0.1", "scheduler_port": luigid},
+                    worker={"wait_interval": "0.1", "wait_jitter": "0.05", "keep_alive": "true"})
+    code, output = run_luigi(tmp_path, "Daily", "--date", "2025-10-10")
+    assert code == 0, output
+    # Another machine lends workers: an assistant runs whatever the scheduler has pending.
+    assistant = subprocess.Popen(
+        ["stockpipe", "assist", "--workers", "2"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("STOCKPIPE_")}, "LUIGI_CONFIG_PATH": str(tmp_path / "luigi.cfg")},
+    )
+    store = open_store(postgres_url)
+    try:
+        code, output = run_luigi(tmp_path, "RebuildFrom", "--start-date", "2025-09-29", "--workers", "1")
+        # When the assistant ran the last tasks, the scheduling command says so (already_running /
+        # not_run) instead of 0; the job itself completes either way.
+        assert code in (0, 10, 25), output
+        deadline = time.monotonic() + 60
+        while store.read_marker("RebuildFrom/rebuild-2025-09-29") is None:
+            assert time.monotonic() < deadline, "the rebuild never completed"
+            time.sleep(0.2)
+    finally:
+        assistant.terminate()  # stockpipe assist turns SIGTERM into Luigi's graceful stop
+        helped = assistant.communicate(timeout=60)[0]
+    assert assistant.returncode == 0, helped[-3000:]
+    again, confirm = run_luigi(tmp_path, "RebuildFrom", "--start-date", "2025-09-29")
+    assert again == 0 and "running   IndicatorChunk" not in confirm
+    mine = re.findall(r"running\s+IndicatorChunk\(date=2025-09-29, plan_id=rebuild-2025-09-29, chunk_id=(\d+)\)", output)
+    theirs = re.findall(r"running\s+IndicatorChunk\(date=2025-09-29, plan_id=rebuild-2025-09-29, chunk_id=(\d+)\)", helped)
+    assert sorted(map(int, mine + theirs)) == list(range(30)), "luigid hands each chunk to exactly one worker"
+    assert theirs, "the assistant took part of the rebuild"
+    done = _tasks(luigid, "DONE")
+    chunks = {k: v for k, v in done.items()
+              if v["name"] == "IndicatorChunk" and v["params"]["plan_id"] == "rebuild-2025-09-29"}
+    assert len(chunks) == 30
+    for task in chunks.values():
+        assert task["progress_percentage"] == 100
+        assert "saved" in task["status_message"]
+    assert len(store.markers(prefix="IndicatorChunk/rebuild-2025-09-29/")) == 30
+
+
+def test_a_second_identical_job_elsewhere_defers_to_the_one_running(tmp_path, luigid, postgres_url):
+    write_luigi_cfg(tmp_path, postgres_url, stockpipe={"chunk_size": 3},
+                    core={"scheduler_host": "127.0.0.1", "scheduler_port": luigid})
+    code, output = run_luigi(tmp_path, "Daily", "--date", "2025-10-10")
+    assert code == 0, output
+    command = ("RebuildFrom", "--start-date", "2025-09-29", "--workers", "2", "--no-lock")
+    workers = [luigi_command(tmp_path, *command) for _ in range(2)]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    codes = sorted(w.returncode for w in workers)
+    # One runs the rebuild; the other finds it taken and exits with already_running (10) or not_run (25).
+    assert codes in ([0, 0], [0, 10], [0, 25]), outputs
+    assert sum(o.count("running   IndicatorChunk") for o in outputs) == 10
