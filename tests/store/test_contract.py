@@ -148,3 +148,25 @@ def test_restore_puts_rows_back_and_forgets_markers(store):
 def test_unknown_url_is_named():
     with pytest.raises(StoreError, match="sqlite:///x"):
         open_store("sqlite:///x")
+
+
+def test_bulk_writes_round_trip_values_exactly(store):
+    rng = np.random.default_rng(5)
+    n = 2000
+    values = rng.normal(0, 1, n) * 10.0 ** rng.integers(-300, 300, n)
+    values[::97] = np.nan  # NULL in the store
+    symbols = [f"S{i:05d}" for i in range(n)]
+    columns = {name: values for name in INDICATORS.columns if name not in ("symbol", "date", "created_at")}
+    rows = pa.table({"symbol": symbols, "date": pa.array([dt.date(1999, 12, 31)] * n, pa.date32()),
+                     **{k: pa.array(v, from_pandas=True) for k, v in columns.items()},
+                     "created_at": pa.array([dt.datetime(1970, 1, 1, 0, 0, 0, 1)] * n, pa.timestamp("us"))})
+    store.replace_indicators(symbols, dt.date(1999, 1, 1), rows)
+    back = store.read_indicators(symbols)
+    got = back.column("macd").to_numpy(zero_copy_only=False).astype(float)
+    np.testing.assert_array_equal(got, values)  # bit-exact, NaN where NULL
+    assert back.column("macd").null_count == len(values[::97])
+    assert back.column("created_at")[0].as_py() == dt.datetime(1970, 1, 1, 0, 0, 0, 1)
+    store.replace_universe(symbols_rows("삼성전자.KS", "É", name=["한글 이름, \"quoted\"\nline", ""], is_etf=[True, False]))
+    names = {r["symbol"]: r for r in store.read_symbols().to_pylist()}
+    assert names["삼성전자.KS"]["name"] == "한글 이름, \"quoted\"\nline" and names["삼성전자.KS"]["is_etf"] is True
+    assert names["É"]["name"] == ""
