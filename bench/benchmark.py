@@ -38,10 +38,13 @@ def luigi_cfg(directory: Path, store_url: str, tickers: int) -> Path:
     return path
 
 
+WORKERS = ["--workers", "1"]
+
+
 def measure(directory: Path, *args: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKPIPE_")}
     env["LUIGI_CONFIG_PATH"] = str(directory / "luigi.cfg")
-    command = [sys.executable, str(HERE / "measure.py"), "luigi", "--module", "stockpipe", *args, "--local-scheduler"]
+    command = [sys.executable, str(HERE / "measure.py"), "luigi", "--module", "stockpipe", *args, "--local-scheduler", *WORKERS]
     result = json.loads(subprocess.run(command, cwd=directory, env=env, capture_output=True, text=True, check=True).stdout)
     if result["returncode"] != 0:
         raise SystemExit(f"luigi {' '.join(args)} failed:\n{result['stderr_tail']}")
@@ -58,7 +61,9 @@ def main() -> None:
     parser.add_argument("--end", default="2025-10-10", help="last backfilled session")
     parser.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--keep", action="store_true", help="keep bench/out and the database afterwards")
+    parser.add_argument("--workers", type=int, default=1, help="luigi --workers for the rebuilds and Daily")
     options = parser.parse_args()
+    WORKERS[1] = str(options.workers)
 
     sys.path.insert(0, str(HERE.parent))
     from stockpipe import trading_calendar
@@ -86,7 +91,7 @@ def main() -> None:
         store_url = options.pg_admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://") + f"/{database}"
     luigi_cfg(directory, store_url, options.tickers)
 
-    figures: dict = {"store": options.store, "symbols": options.tickers, "sessions": 252 * options.years,
+    figures: dict = {"store": options.store, "workers": options.workers, "symbols": options.tickers, "sessions": 252 * options.years,
                      "from": str(start), "to": str(end), "cpus": os.cpu_count()}
     figures["backfill"] = measure(directory, "Backfill", "--start-date", str(start), "--end-date", str(end))
     figures["rebuild_full"] = measure(directory, "RebuildFrom", "--start-date", str(start))

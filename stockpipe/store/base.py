@@ -474,8 +474,9 @@ class Store(ABC):
     def replica_tables(self) -> list[Table]:
         return [SCHEMA_VERSION_TABLE, *TABLES]
 
-    def export_replica(self, path) -> dict[str, int]:
-        """Copy every table into a new DuckDB file from one consistent snapshot; returns row counts."""
+    def export_replica(self, path, batch_symbols: int = 100) -> dict[str, int]:
+        """Copy every table into a new DuckDB file from one consistent snapshot; returns row counts.
+        Bulk tables go over in symbol ranges so memory stays bounded by a batch, not the table."""
         import duckdb
 
         counts: dict[str, int] = {}
@@ -484,12 +485,21 @@ class Store(ABC):
             with self.session(write=False) as session:
                 self._snapshot(session)
                 for table in self.replica_tables():
-                    rows = session.fetch_arrow(f"SELECT * FROM {table.name}", schema=table.schema)
                     target.execute(table.ddl(declare_key=False))
-                    target.register("_rows", rows)
-                    target.execute(f"INSERT INTO {table.name} SELECT * FROM _rows")
-                    target.unregister("_rows")
-                    counts[table.name] = rows.num_rows
+                    counts[table.name] = 0
+                    if table.name in BULK_TABLES:
+                        symbols = [r[0] for r in session.fetch(f"SELECT DISTINCT symbol FROM {table.name} ORDER BY 1")]
+                        ranges = [symbols[i : i + batch_symbols] for i in range(0, len(symbols), batch_symbols)]
+                        queries = [(f"SELECT * FROM {table.name} WHERE symbol BETWEEN :lo AND :hi", {"lo": r[0], "hi": r[-1]})
+                                   for r in ranges]
+                    else:
+                        queries = [(f"SELECT * FROM {table.name}", {})]
+                    for sql, params in queries:
+                        rows = session.fetch_arrow(sql, params, schema=table.schema)
+                        target.register("_rows", rows)
+                        target.execute(f"INSERT INTO {table.name} SELECT * FROM _rows")
+                        target.unregister("_rows")
+                        counts[table.name] += rows.num_rows
             target.execute("CHECKPOINT")
         finally:
             target.close()
