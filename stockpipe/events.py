@@ -57,9 +57,6 @@ def _redis_push(key_name: str, payload: dict[str, Any]) -> None:
 def record(task: luigi.Task, status: str, error: str | None = None) -> dict[str, Any]:
     from stockpipe.store import open_store
     from stockpipe.store.base import utcnow
-    from stockpipe.store.schema import TASK_RUNS
-
-    import pyarrow as pa
 
     finished = utcnow()
     started_monotonic = _STARTED.pop(task.task_id, None)
@@ -73,11 +70,18 @@ def record(task: luigi.Task, status: str, error: str | None = None) -> dict[str,
     }
     try:
         store = open_store(config.store_url())
-        with store.session(write=False) as session:
-            previous = session.fetch("SELECT count(*) FROM task_runs WHERE task_id = :t", {"t": task.task_id})[0][0]
-        row["attempt"] = int(previous) + 1
         with store.session() as session:
-            session.insert(TASK_RUNS, TASK_RUNS.conform(pa.Table.from_pylist([row], schema=TASK_RUNS.schema)))
+            # One statement: the attempt is this task's earlier runs + 1.
+            session.execute(
+                "INSERT INTO task_runs (task_id, task_family, params, status, attempt, started_at, finished_at, "
+                "duration_seconds, error, host) VALUES (:task_id, :task_family, :params, :status, "
+                "(SELECT count(*) + 1 FROM task_runs WHERE task_id = :task_id), :started_at, :finished_at, "
+                ":duration_seconds, :error, :host)",
+                {k: v for k, v in row.items() if k != "attempt"},
+            )
+            if status != "DONE" or config.redis_url():  # the alert and the Redis list show the attempt
+                row["attempt"] = int(session.fetch("SELECT max(attempt) FROM task_runs WHERE task_id = :t",
+                                                   {"t": task.task_id})[0][0])
     except Exception as exc:  # noqa: BLE001 - a store that is down is reported by the task itself
         log.warning("could not record the run of %s: %s", task.task_id, exc)
     _redis_push("task_runs", row)
