@@ -131,6 +131,19 @@ class PostgresStore(Store):
                 pass
             connection.close()
 
+    def latest_indicator_dates(self, symbols, before):
+        if not symbols:
+            return {}
+        # One max() per symbol is a backward seek on the (symbol, date) key; the GROUP BY that suits
+        # DuckDB aggregates every row of the chunk here (60 ms a chunk).
+        with self.session(write=False) as session:
+            rows = session.fetch(
+                "SELECT x.symbol, (SELECT max(i.date) FROM indicators i WHERE i.symbol = x.symbol AND i.date < :d) "
+                "FROM unnest(CAST(:s AS varchar[])) AS x(symbol)",
+                {"s": sorted(symbols), "d": before},
+            )
+        return {r[0]: r[1] for r in rows if r[1] is not None}
+
     def _snapshot(self, session) -> None:
         session.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
 
