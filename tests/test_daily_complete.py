@@ -235,3 +235,23 @@ def test_two_overlapping_daily_runs_write_each_date_once(tmp_path):
     assert watch["n"] == watch["k"] > 0
     markers = store.query("SELECT marker_id FROM task_markers WHERE marker_id LIKE 'ScanWatchlist/%'").to_pylist()
     assert len(markers) == 1
+
+
+def test_slack_and_discord_alerts_are_delivered_in_their_formats(pipeline, webhook_server, monkeypatch):
+    """apprise's own Slack and Discord plugins build and send the alerts; their fixed service
+    endpoints are pointed at the local server (the library's HTTP target, not our code)."""
+    from apprise.plugins.discord import NotifyDiscord
+    from apprise.plugins.slack import NotifySlack
+
+    port, received = webhook_server
+    monkeypatch.setattr(NotifySlack, "webhook_url", f"http://127.0.0.1:{port}/slack/services")
+    monkeypatch.setattr(NotifyDiscord, "notify_url", f"http://127.0.0.1:{port}/discord/api/webhooks")
+    pipeline.configure("alerts", urls="slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ "
+                                      "discord://4174216298/JHMHI8qBe7bk2ZwO5U711o3dV_js")
+    pipeline.configure("stockpipe", min_symbols=1000)
+    assert not pipeline.build(tasks.CollectSymbols(date=DAY))
+    slack = [json.loads(r["body"]) for r in received if r["path"].startswith("/slack/services/T1JJ3T3L2/")]
+    discord = [json.loads(r["body"]) for r in received if r["path"].startswith("/discord/api/webhooks/4174216298/")]
+    assert len(slack) == 1 and len(discord) == 1, received
+    assert "CollectSymbols failed" in json.dumps(slack[0]) and "fewer than the minimum 1000" in json.dumps(slack[0])
+    assert "CollectSymbols failed" in json.dumps(discord[0]) and "fewer than the minimum 1000" in json.dumps(discord[0])

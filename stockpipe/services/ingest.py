@@ -175,31 +175,27 @@ def backfill(
     marker: Marker | None,
     progress: Progress = silent,
 ) -> dict[str, Any]:
-    """History for every active symbol, fetched and written `batch_size` symbols at a time (each batch
-    is an idempotent upsert; the last one commits with the marker)."""
+    """History for every active symbol, fetched and written `batch_size` symbols at a time. Each
+    batch is an idempotent upsert; the last one commits together with the marker."""
     started = time.monotonic()
     symbols = store.active_symbols()
-    batches = [symbols[i : i + batch_size] for i in range(0, len(symbols), batch_size)] or [[]]
+    if not symbols:
+        raise ValueError("Backfill found no active symbols: run CollectSymbols first")
+    batches = [symbols[i : i + batch_size] for i in range(0, len(symbols), batch_size)]
     rejected: list[RejectedBar] = []
     fetches: list[BarFetch] = []
     stored = 0
     for number, batch in enumerate(batches, 1):
-        valid, fetched, bad = _fetch_valid(source, batch, start, end) if batch else (None, BarFetch(pa.table({})), [])
+        valid, fetched, bad = _fetch_valid(source, batch, start, end)
         rejected += bad
         fetches.append(fetched)
-        last = number == len(batches)
         batch_marker = None
-        if last and marker is not None:
-            stored_total = stored + (valid.num_rows if valid is not None else 0)
-            stats = _stats(len(symbols), stored_total, rejected, fetches, start=str(start), end=str(end),
+        if number == len(batches) and marker is not None:
+            stats = _stats(len(symbols), stored + valid.num_rows, rejected, fetches, start=str(start), end=str(end),
                            source=source.name, seconds=round(time.monotonic() - started, 3))
             batch_marker = Marker(marker.marker_id, marker.task_family, marker.params, stats)
-        if valid is not None:
-            store.write_bars(valid, batch_marker)
-            stored += valid.num_rows
-        elif batch_marker is not None:
-            store.touch(batch_marker)
-        message = f"[{number}/{len(batches)}] {batch[0] if batch else '-'}..{batch[-1] if batch else '-'} saved {valid.num_rows if valid is not None else 0} bars"
-        progress(100.0 * number / len(batches), message)
+        store.write_bars(valid, batch_marker)
+        stored += valid.num_rows
+        progress(100.0 * number / len(batches), f"[{number}/{len(batches)}] {batch[0]}..{batch[-1]} saved {valid.num_rows} bars")
     return {"symbols": len(symbols), "bars_stored": stored, "bars_rejected": len(rejected),
             "seconds": round(time.monotonic() - started, 3)}

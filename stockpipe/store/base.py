@@ -325,17 +325,7 @@ class Store(ABC):
         return trimmed
 
     def _read_bar_range(self, symbols: Sequence[str] | None, start: dt.date | None, end: dt.date | None) -> pa.Table:
-        filters: list[str] = []
-        params: dict[str, Any] = {}
-        if symbols is not None:
-            filters.append(symbol_filter("symbol", symbols, params))
-        if start is not None:
-            filters.append("date >= :start")
-            params["start"] = start
-        if end is not None:
-            filters.append("date <= :end")
-            params["end"] = end
-        where = (" WHERE " + " AND ".join(filters)) if filters else ""
+        where, params = range_filter(symbols, start, end)
         sql = f"SELECT symbol, date, open, high, low, close, volume FROM bars{where} ORDER BY symbol, date"
         with self.session(write=False) as session:
             return session.fetch_arrow(sql, params, schema=BARS.schema)
@@ -379,17 +369,7 @@ class Store(ABC):
     def read_indicators(
         self, symbols: Sequence[str] | None = None, start: dt.date | None = None, end: dt.date | None = None
     ) -> pa.Table:
-        filters: list[str] = []
-        params: dict[str, Any] = {}
-        if symbols is not None:
-            filters.append(symbol_filter("symbol", symbols, params))
-        if start is not None:
-            filters.append("date >= :start")
-            params["start"] = start
-        if end is not None:
-            filters.append("date <= :end")
-            params["end"] = end
-        where = (" WHERE " + " AND ".join(filters)) if filters else ""
+        where, params = range_filter(symbols, start, end)
         with self.session(write=False) as session:
             return session.fetch_arrow(
                 f"SELECT * FROM indicators{where} ORDER BY symbol, date", params, schema=INDICATORS.schema
@@ -456,14 +436,7 @@ class Store(ABC):
         return True
 
     def read_watchlist(self, since: dt.date | None = None, until: dt.date | None = None) -> pa.Table:
-        filters, params = [], {}
-        if since is not None:
-            filters.append("scan_date >= :since")
-            params["since"] = since
-        if until is not None:
-            filters.append("scan_date <= :until")
-            params["until"] = until
-        where = (" WHERE " + " AND ".join(filters)) if filters else ""
+        where, params = range_filter(None, since, until, date_column="scan_date")
         with self.session(write=False) as session:
             return session.fetch_arrow(
                 f"SELECT * FROM daily_watchlist{where} ORDER BY scan_date, priority, symbol", params,
@@ -556,6 +529,23 @@ def _latest_per_symbol(rows: pa.Table, column: str) -> pa.Table:
         return rows.select(["symbol", "date", column])
     ends = pc.run_end_encode(symbols.combine_chunks()).run_ends.to_numpy() - 1
     return rows.take(pa.array(np.asarray(ends, dtype=np.int64))).select(["symbol", "date", column])
+
+
+def range_filter(
+    symbols: Sequence[str] | None, start: dt.date | None, end: dt.date | None, date_column: str = "date"
+) -> tuple[str, dict[str, Any]]:
+    """` WHERE ...` (or "") and its parameters for optional symbols and an inclusive date range."""
+    filters: list[str] = []
+    params: dict[str, Any] = {}
+    if symbols is not None:
+        filters.append(symbol_filter("symbol", symbols, params))
+    if start is not None:
+        filters.append(f"{date_column} >= :start")
+        params["start"] = start
+    if end is not None:
+        filters.append(f"{date_column} <= :end")
+        params["end"] = end
+    return (" WHERE " + " AND ".join(filters)) if filters else "", params
 
 
 def symbol_filter(column: str, symbols: Sequence[str], params: dict[str, Any], name: str = "s") -> str:

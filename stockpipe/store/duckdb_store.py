@@ -218,6 +218,8 @@ class DuckDBStore(Store):
                     session.execute(f"CREATE TABLE replica.{table.name} AS SELECT * FROM main.{table.name}")
                     counts[table.name] = int(session.fetch(f"SELECT count(*) FROM main.{table.name}")[0][0])
             finally:
+                # DuckDB detaches only outside a transaction: end this one, detach, and open the
+                # empty one the session will commit.
                 session.execute("COMMIT")
                 session.execute("DETACH replica")
                 session.execute("BEGIN TRANSACTION")

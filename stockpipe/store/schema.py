@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from stockpipe.indicators.engine import INDICATOR_COLUMNS
+
 # Bump when a table's layout changes, and add the upgrade step to MIGRATIONS.
 SCHEMA_VERSION = 1
 
@@ -95,22 +97,7 @@ INDICATORS = Table(
     "indicators",
     pa.schema(
         [("symbol", pa.string()), ("date", pa.date32())]
-        + [
-            (name, _f)
-            for name in (
-                "sma_20",
-                "sma_50",
-                "rsi_14",
-                "macd",
-                "macd_signal",
-                "macd_hist",
-                "bb_upper",
-                "bb_middle",
-                "bb_lower",
-                "bb_position",
-                "avg_volume_30",
-            )
-        ]
+        + [(name, _f) for name in INDICATOR_COLUMNS]
         + [("created_at", pa.timestamp("us"))]
     ),
     key=("symbol", "date"),
