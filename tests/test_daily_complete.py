@@ -17,7 +17,7 @@ import redis
 from stockpipe import config, tasks
 from stockpipe.services import redis_sync
 from stockpipe.services.replica import publish_replica
-from tests.conftest import REDIS_TEST_URL, luigi_command, run_luigi, write_luigi_cfg
+from tests.conftest import REDIS_TEST_URL, luigi_command, write_luigi_cfg
 
 DAY = dt.date(2025, 10, 10)
 
@@ -74,7 +74,7 @@ def test_failed_refresh_leaves_the_previous_replica(pipeline):
     before = path.read_bytes()
     blocker = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     blocker.mkdir()  # the refresh cannot create its temporary file
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match=r"(?i)directory"):
         publish_replica(pipeline.store, path)
     assert path.read_bytes() == before
 

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pytest
 
 from stockpipe import tasks
 from stockpipe.indicators import INDICATOR_COLUMNS, compute_indicators

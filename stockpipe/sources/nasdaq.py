@@ -10,7 +10,6 @@ is a plain decimal string ("2541133923800"), "" or "NA" when unknown, or "2,541,
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 

@@ -31,7 +31,6 @@ from stockpipe.store.schema import (
     SCHEMA_VERSION_TABLE,
     SYMBOLS,
     TABLES,
-    TASK_MARKERS,
     Table,
 )
 

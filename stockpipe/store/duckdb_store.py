@@ -67,12 +67,13 @@ class _DuckDBSession(Session):
         self._registered.append(name)
 
     def insert(self, table: Table, data: pa.Table) -> int:
-        self._con.register("_stockpipe_insert", data)
-        try:
-            columns = ", ".join(table.columns)
-            self._con.execute(f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM _stockpipe_insert")
-        finally:
-            self._con.unregister("_stockpipe_insert")
+        # The view is dropped by close(), after COMMIT or ROLLBACK: unregistering inside a failed
+        # transaction raises "transaction is aborted" and would hide the real error.
+        name = f"_stockpipe_insert_{len(self._registered)}"
+        self._con.register(name, data)
+        self._registered.append(name)
+        columns = ", ".join(table.columns)
+        self._con.execute(f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {name}")
         return data.num_rows
 
     def close(self) -> None:
