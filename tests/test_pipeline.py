@@ -154,3 +154,17 @@ def test_warmup_below_exact_minimum_is_refused(pipeline):
     pipeline.configure("stockpipe", warmup_bars=300)
     assert pipeline.build(tasks.IngestDate(date=DAY))
     assert not pipeline.build(tasks.DailyIndicators(date=DAY))
+
+
+def test_backfill_fetches_history_in_batches_and_bulk_complete_answers_in_one_query(pipeline):
+    pipeline.configure("stockpipe", backfill_batch=7)
+    assert pipeline.build(tasks.Backfill(start_date=dt.date(2025, 1, 2), end_date=dt.date(2025, 3, 31)))
+    store = pipeline.store
+    first, last, count = store.bars_extent()
+    assert (first, last) == (dt.date(2025, 1, 2), dt.date(2025, 3, 31))
+    stats = store.read_marker("Backfill/2025-01-02/2025-03-31")["stats"]
+    assert stats["bars_stored"] == count and stats["symbols_requested"] == 30
+    assert pipeline.build(tasks.RebuildFrom(start_date=dt.date(2025, 3, 3)))
+    plan_id = "rebuild-2025-03-03"
+    queried = [(dt.date(2025, 3, 3), plan_id, i) for i in range(5)]
+    assert tasks.IndicatorChunk.bulk_complete(queried) == queried[:3]  # 30 symbols / 10 per chunk
