@@ -2,6 +2,7 @@
 
     stockpipe status [--since DATE]    per-date coverage of bars and indicators, gaps flagged,
                                        rebuilds in progress, the last ingests' data quality
+    stockpipe watchlist [--date DATE]  a date's watchlist as a table (default: the latest)
     stockpipe restore BACKUP           put back the rows a rebuild replaced
     stockpipe init-db                  create or upgrade the schema
     stockpipe assist [--workers N]     lend this machine's workers to luigid until stopped
@@ -117,6 +118,29 @@ def cmd_status(args, out) -> int:
     return 1 if any(r["problems"] for r in rows) else 0
 
 
+def cmd_watchlist(args, out) -> int:
+    store = open_store(config.store_url())
+    day = args.date
+    if day is None:
+        latest = store.query("SELECT max(scan_date) AS d FROM daily_watchlist").column("d")[0].as_py()
+        if latest is None:
+            print("no watchlist yet: run `luigi --module stockpipe Daily --date ...`", file=out)
+            return 1
+        day = latest
+    rows = store.read_watchlist(since=day, until=day).to_pylist()
+    table = [
+        {"#": i, "symbol": r["symbol"], "name": r["name"], "reason": r["scan_reason"], "pri": r["priority"],
+         "tier": r["market_cap_tier"], "cap ($B)": round(r["market_cap"] / 1e9, 1) if r["market_cap"] else None,
+         "close": r["close"], "volume": r["volume"],
+         "rsi": None if r["rsi_14"] is None else round(r["rsi_14"], 1),
+         "bb pos": None if r["bb_position"] is None else round(r["bb_position"], 2),
+         "vol x": None if r["volume_ratio"] is None else round(r["volume_ratio"], 2)}
+        for i, r in enumerate(rows, 1)
+    ]
+    _print_table(f"watchlist {day}: {len(rows)} symbols", table, out)
+    return 0
+
+
 def cmd_restore(args, out) -> int:
     store = open_store(config.store_url())
     result = rebuild_service.restore(store, Path(args.backup))
@@ -166,6 +190,9 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
     status = commands.add_parser("status", help="coverage, gaps, rebuild progress and ingest quality")
     status.add_argument("--since", type=dt.date.fromisoformat, help="first date shown (default: the last 10 sessions)")
     status.set_defaults(run=cmd_status)
+    watch = commands.add_parser("watchlist", help="a date's watchlist as a table (default: the latest)")
+    watch.add_argument("--date", type=dt.date.fromisoformat)
+    watch.set_defaults(run=cmd_watchlist)
     restore = commands.add_parser("restore", help="put back the rows saved before a rebuild")
     restore.add_argument("backup", help="data/runs/<run>/backup.parquet")
     restore.set_defaults(run=cmd_restore)

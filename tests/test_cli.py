@@ -71,3 +71,14 @@ def test_restore_of_a_file_that_is_not_a_backup_names_it(pipeline, tmp_path, cap
     code, _ = run_cli("restore", str(bogus))
     assert code == 2
     assert f"{bogus} is not a stockpipe rebuild backup" in capsys.readouterr().err
+
+
+def test_watchlist_command_shows_the_latest_scan_as_a_table(pipeline):
+    code, text = run_cli("watchlist")
+    assert code == 1 and "no watchlist yet" in text
+    assert pipeline.build(tasks.ScanWatchlist(date=DAY))
+    rows = pipeline.store.read_watchlist(since=DAY, until=DAY).to_pylist()
+    code, text = run_cli("watchlist")
+    assert code == 0 and f"watchlist {DAY}: {len(rows)} symbols" in text
+    for row in rows:
+        assert row["symbol"] in text and row["scan_reason"] in text

@@ -25,6 +25,7 @@ SYNTHETIC_LABEL = "[synthetic]"
 _PER_YEAR = 262  # more sessions than any exchange year has
 _BATCH = 200  # symbols generated together
 _SELL_OFF = 6  # sessions a bad-news sell-off lasts
+_FLOOR_LOG = float(np.log(2.0))
 
 _FIRST = ["Aurora", "Summit", "Cobalt", "Harbor", "Granite", "Vertex", "Nimbus", "Sable", "Orchid", "Beacon",
           "Cedar", "Falcon", "Helix", "Juniper", "Keystone", "Lumen", "Meridian", "Northwind", "Onyx", "Pioneer",
@@ -142,7 +143,10 @@ class DemoSource(Source):
         selling = (started - np.vstack([np.zeros((_SELL_OFF, len(symbols))), started[:-_SELL_OFF]])) > 0
         shock = np.where(good, 0.065 + 0.012 * d["shock_size"], np.where(bad, -0.035 - 0.01 * np.abs(d["shock_size"]), 0.0))
         returns = 0.0003 + sigma * d["z"] + shock - 0.012 * (selling & ~bad)
-        close = np.maximum(start_price * np.exp(np.cumsum(returns, axis=0)), 1.0)
+        # A collapsing stock bounces off a $2 floor (log-price reflected) instead of flatlining at a
+        # clamp, which would give zero-width bands and an RSI of 0 forever.
+        log_price = np.log(start_price) + np.cumsum(returns, axis=0)
+        close = np.exp(_FLOOR_LOG + np.abs(log_price - _FLOOR_LOG))
         previous = np.vstack([start_price[None, :], close[:-1]])
         gap = np.where(good, 0.0, 0.3 * sigma * d["gap"])
         open_ = previous * np.exp(gap)
