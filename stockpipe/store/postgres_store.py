@@ -41,13 +41,17 @@ class _PostgresSession(Session):
 
     def fetch_arrow(self, sql: str, params: dict[str, Any] | None = None, schema: pa.Schema | None = None) -> pa.Table:
         buffer = io.BytesIO()
-        self._cur.copy_expert(f"COPY ({self._sql(sql, params)}) TO STDOUT WITH (FORMAT csv, HEADER true)", buffer)
+        # NULL as \N: with CSV's default empty NULL, a one-column NULL row is a blank line and vanishes.
+        self._cur.copy_expert(
+            f"COPY ({self._sql(sql, params)}) TO STDOUT WITH (FORMAT csv, HEADER true, NULL '\\N')", buffer
+        )
         buffer.seek(0)
         names = [d.name for d in self._cur.description] if self._cur.description else None
         if buffer.getbuffer().nbytes == 0:
             return schema.empty_table() if schema is not None else pa.table({})
         convert = pacsv.ConvertOptions(
             column_types={f.name: f.type for f in schema} if schema is not None else None,
+            null_values=["\\N"],
             strings_can_be_null=True,
             quoted_strings_can_be_null=False,
             true_values=["t", "true"],

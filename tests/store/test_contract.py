@@ -170,3 +170,8 @@ def test_bulk_writes_round_trip_values_exactly(store):
     names = {r["symbol"]: r for r in store.read_symbols().to_pylist()}
     assert names["삼성전자.KS"]["name"] == "한글 이름, \"quoted\"\nline" and names["삼성전자.KS"]["is_etf"] is True
     assert names["É"]["name"] == ""
+
+
+def test_a_row_of_only_nulls_is_still_a_row(store):
+    result = store.query("SELECT max(date) AS latest FROM bars")
+    assert result.num_rows == 1 and result.column("latest")[0].as_py() is None
