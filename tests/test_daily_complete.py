@@ -255,3 +255,15 @@ def test_slack_and_discord_alerts_are_delivered_in_their_formats(pipeline, webho
     assert len(slack) == 1 and len(discord) == 1, received
     assert "CollectSymbols failed" in json.dumps(slack[0]) and "fewer than the minimum 1000" in json.dumps(slack[0])
     assert "CollectSymbols failed" in json.dumps(discord[0]) and "fewer than the minimum 1000" in json.dumps(discord[0])
+
+
+def test_a_second_sync_waits_for_the_first_and_releases_only_its_own_lock(pipeline, redis_prefix, redis_client):
+    assert pipeline.build(tasks.ScanWatchlist(date=DAY))
+    keys = redis_sync.Keys(redis_prefix)
+    redis_client.set(keys.lock, "someone-else", ex=60)
+    with pytest.raises(RuntimeError, match=r"another Redis sync holds .*tmp:sync-lock \(someone-else\)"):
+        redis_sync.sync_watchlist(pipeline.store, redis_client, redis_prefix, DAY, full=False, full_days=30)
+    assert redis_client.get(keys.lock) == "someone-else"
+    redis_client.delete(keys.lock)
+    redis_sync.sync_watchlist(pipeline.store, redis_client, redis_prefix, DAY, full=False, full_days=30)
+    assert redis_client.get(keys.lock) is None

@@ -30,6 +30,7 @@ from stockpipe.store.base import utcnow
 log = logging.getLogger("stockpipe.redis")
 
 _LOCK_SECONDS = 300
+_RELEASE_IF_OURS = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 _SCAN_BATCH = 500
 
 
@@ -120,12 +121,13 @@ def sync_watchlist(store: Store, client, prefix: str, day: dt.date, *, full: boo
         for scan_day in days:
             docs = wanted.get(scan_day, {})
             rows_by_symbol = {s: json.loads(d) for s, d in docs.items()}
-            current_members = set(client.zrange(keys.ranking(scan_day), 0, -1))
+            current_members: set[str] = set()
             if full:
                 stale = set(_scan(client, f"{keys.ranking(scan_day)}:*"))
                 current = {}
             else:
                 stale = set()
+                current_members = set(client.zrange(keys.ranking(scan_day), 0, -1))
                 members = sorted(current_members | set(docs))
                 values = client.mget([keys.document(scan_day, s) for s in members]) if members else []
                 current = {s: v for s, v in zip(members, values) if v is not None}
@@ -154,8 +156,8 @@ def sync_watchlist(store: Store, client, prefix: str, day: dt.date, *, full: boo
         pipe.set(keys.last_sync, json.dumps(summary))
         pipe.execute()
     finally:
-        if client.get(keys.lock) == token:
-            client.delete(keys.lock)
+        # Delete the lock only if it is still ours (it may have expired and been taken), atomically.
+        client.eval(_RELEASE_IF_OURS, 1, keys.lock, token)
     log.info("redis %s sync for %s: %d written, %d deleted, %d unchanged over %d date(s)",
              summary["mode"], day, written, deleted, unchanged, len(days))
     return summary
