@@ -38,8 +38,12 @@ def prefetch(store_url: str, marker_ids: Iterable[str]) -> set[str]:
     return done
 
 
-def forget(store_url: str) -> None:
-    """Drop cached answers (after markers were deleted, e.g. by a restore)."""
+def forget(store_url: str | None = None) -> None:
+    """Drop cached answers for one store, or for all (after markers were deleted, e.g. by a restore)."""
+    if store_url is None:
+        _done.clear()
+        _checked_missing.clear()
+        return
     _done.pop(store_url, None)
     _checked_missing.pop(store_url, None)
 

@@ -111,8 +111,7 @@ def _reset_luigi_state() -> None:
     Register.clear_instance_cache()
     from stockpipe import targets
 
-    targets._done.clear()
-    targets._checked_missing.clear()
+    targets.forget()
 
 
 @pytest.fixture
@@ -197,6 +196,24 @@ def write_luigi_cfg(directory: Path, store_url: str, **sections: dict) -> Path:
     path = directory / "luigi.cfg"
     path.write_text(text)
     return path
+
+
+def prepared_store(directory: Path, store_url: str, **sections: dict):
+    """A luigi.cfg for `store_url` and one offline Daily already run: the starting point of a rebuild test."""
+    from stockpipe.store import open_store
+
+    write_luigi_cfg(directory, store_url, **sections)
+    code, output = run_luigi(directory, "Daily", "--date", "2025-10-10", "--local-scheduler")
+    assert code == 0, output
+    return open_store(store_url)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def luigi_command(directory: Path, *args: str, env: dict | None = None, **popen) -> subprocess.Popen:

@@ -7,23 +7,15 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
 
 import pytest
 
-from stockpipe.store import open_store
-from tests.conftest import luigi_command, run_luigi, service_missing, write_luigi_cfg
+from tests.conftest import free_port, luigi_command, prepared_store, run_luigi, service_missing
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture
@@ -31,7 +23,7 @@ def luigid(tmp_path):
     binary = shutil.which("luigid")
     if binary is None:
         service_missing("luigid", "the luigid command is not on PATH")
-    port = _free_port()
+    port = free_port()
     (tmp_path / "luigid-logs").mkdir()
     process = subprocess.Popen(
         [binary, "--port", str(port), "--address", "127.0.0.1", "--state-path", str(tmp_path / "luigid.state"),
@@ -60,17 +52,14 @@ def _tasks(port: int, status: str) -> dict:
 
 
 def test_an_assistant_on_another_machine_shares_chunks_through_luigid(tmp_path, luigid, postgres_url):
-    write_luigi_cfg(tmp_path, postgres_url, stockpipe={"chunk_size": 1},
-                    core={"scheduler_host": "127.0.0.1", "scheduler_port": luigid},
-                    worker={"wait_interval": "0.1", "wait_jitter": "0.05", "keep_alive": "true"})
-    code, output = run_luigi(tmp_path, "Daily", "--date", "2025-10-10")
-    assert code == 0, output
+    store = prepared_store(tmp_path, postgres_url, stockpipe={"chunk_size": 1},
+                           core={"scheduler_host": "127.0.0.1", "scheduler_port": luigid},
+                           worker={"wait_interval": "0.1", "wait_jitter": "0.05", "keep_alive": "true"})
     # Another machine lends workers: an assistant runs whatever the scheduler has pending.
     assistant = subprocess.Popen(
         ["stockpipe", "assist", "--workers", "2"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**{k: v for k, v in os.environ.items() if not k.startswith("STOCKPIPE_")}, "LUIGI_CONFIG_PATH": str(tmp_path / "luigi.cfg")},
     )
-    store = open_store(postgres_url)
     try:
         code, output = run_luigi(tmp_path, "RebuildFrom", "--start-date", "2025-09-29", "--workers", "1")
         # When the assistant ran the last tasks, the scheduling command says so (already_running /
@@ -101,11 +90,9 @@ def test_an_assistant_on_another_machine_shares_chunks_through_luigid(tmp_path, 
 
 
 def test_a_second_identical_job_elsewhere_never_writes_a_chunk_twice(tmp_path, luigid, postgres_url):
-    write_luigi_cfg(tmp_path, postgres_url, stockpipe={"chunk_size": 3},
-                    core={"scheduler_host": "127.0.0.1", "scheduler_port": luigid},
-                    worker={"keep_alive": "true", "wait_interval": "0.1", "wait_jitter": "0.05"})
-    code, output = run_luigi(tmp_path, "Daily", "--date", "2025-10-10")
-    assert code == 0, output
+    store = prepared_store(tmp_path, postgres_url, stockpipe={"chunk_size": 3},
+                           core={"scheduler_host": "127.0.0.1", "scheduler_port": luigid},
+                           worker={"keep_alive": "true", "wait_interval": "0.1", "wait_jitter": "0.05"})
     command = ("RebuildFrom", "--start-date", "2025-09-29", "--workers", "2", "--no-lock")
     workers = [luigi_command(tmp_path, *command) for _ in range(2)]
     outputs = [w.communicate(timeout=300)[0] for w in workers]
@@ -117,4 +104,4 @@ def test_a_second_identical_job_elsewhere_never_writes_a_chunk_twice(tmp_path, l
     assert sorted(map(int, ran)) == list(range(10)), ran
     code, confirm = run_luigi(tmp_path, "RebuildFrom", "--start-date", "2025-09-29", "--workers", "2")
     assert code == 0 and "running   IndicatorChunk" not in confirm, confirm
-    assert open_store(postgres_url).read_marker("RebuildFrom/rebuild-2025-09-29") is not None
+    assert store.read_marker("RebuildFrom/rebuild-2025-09-29") is not None

@@ -9,8 +9,7 @@ import psycopg2
 import pytest
 from sqlalchemy.engine import make_url
 
-from stockpipe.store import open_store
-from tests.conftest import luigi_command, run_luigi, write_luigi_cfg
+from tests.conftest import luigi_command, prepared_store, run_luigi
 
 pytestmark = pytest.mark.slow
 START = "2025-09-29"
@@ -21,13 +20,6 @@ def _dsn(url: str) -> str:
     return f"host={parsed.host} port={parsed.port or 5432} user={parsed.username} dbname={parsed.database}"
 
 
-def _prepared(tmp_path, postgres_url, **settings):
-    write_luigi_cfg(tmp_path, postgres_url, **settings)
-    code, output = run_luigi(tmp_path, "Daily", "--date", "2025-10-10", "--local-scheduler")
-    assert code == 0, output
-    return open_store(postgres_url)
-
-
 def _assert_indicators_whole(store):
     rows = store.query("SELECT count(*) AS n, count(DISTINCT (symbol, date)) AS keys FROM indicators").to_pylist()[0]
     bars = store.bars_extent()[2]
@@ -35,7 +27,7 @@ def _assert_indicators_whole(store):
 
 
 def test_rebuild_with_four_workers_has_no_duplicate_or_missing_row(tmp_path, postgres_url):
-    store = _prepared(tmp_path, postgres_url, stockpipe={"chunk_size": 3})
+    store = prepared_store(tmp_path, postgres_url, stockpipe={"chunk_size": 3})
     code, output = run_luigi(tmp_path, "RebuildFrom", "--start-date", START, "--local-scheduler", "--workers", "4")
     assert code == 0, output
     assert len(store.markers(prefix=f"IndicatorChunk/rebuild-{START}/")) == 10
@@ -43,7 +35,7 @@ def test_rebuild_with_four_workers_has_no_duplicate_or_missing_row(tmp_path, pos
 
 
 def test_two_processes_on_one_rebuild_never_write_the_same_chunk(tmp_path, postgres_url):
-    store = _prepared(tmp_path, postgres_url, stockpipe={"chunk_size": 3})
+    store = prepared_store(tmp_path, postgres_url, stockpipe={"chunk_size": 3})
     # --no-lock: Luigi's own pid lock would stop an identical second command line; this shows the
     # store's advisory lock keeps two independent processes from writing one chunk.
     command = ("RebuildFrom", "--start-date", START, "--local-scheduler", "--workers", "2", "--no-lock")
@@ -64,7 +56,7 @@ def test_two_processes_on_one_rebuild_never_write_the_same_chunk(tmp_path, postg
 
 
 def test_server_killing_the_backend_mid_chunk_fails_cleanly_and_rerun_completes(tmp_path, postgres_url):
-    store = _prepared(tmp_path, postgres_url, stockpipe={"chunk_size": 30})
+    store = prepared_store(tmp_path, postgres_url, stockpipe={"chunk_size": 30})
     before = store.read_indicators(start=__import__("datetime").date(2025, 9, 29))
     holder = psycopg2.connect(_dsn(postgres_url))
     with holder.cursor() as cursor:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-import socket
 import subprocess
 import time
 
@@ -13,15 +12,9 @@ import redis
 
 from stockpipe import tasks
 from stockpipe.services.redis_sync import RedisUnavailable, connect
-from tests.conftest import service_missing
+from tests.conftest import free_port, service_missing
 
 DAY = dt.date(2025, 10, 10)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture
@@ -38,7 +31,7 @@ def tls_redis(tmp_path):
     (certs / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
     run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
         "-extfile", "san.cnf", "-out", "server.crt")
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [server, "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(certs / "server.crt"),
          "--tls-key-file", str(certs / "server.key"), "--tls-ca-cert-file", str(certs / "ca.crt"),

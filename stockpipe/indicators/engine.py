@@ -110,8 +110,3 @@ def compute_indicators(
         per_row = pc.take(keep_from, pa.array(column))
         table = table.filter(pc.greater_equal(table.column("date"), per_row))
     return table
-def _unique_in_order(sorted_symbols: np.ndarray) -> list[str]:
-    if sorted_symbols.shape[0] == 0:
-        return []
-    starts = np.flatnonzero(np.r_[True, sorted_symbols[1:] != sorted_symbols[:-1]])
-    return [str(s) for s in sorted_symbols[starts]]
