@@ -49,7 +49,7 @@ def _sections() -> list[type[luigi.Config]]:
     return [v for v in vars(config).values() if isinstance(v, type) and issubclass(v, luigi.Config) and v.__module__ == config.__name__]
 
 
-def _where() -> str:
+def where() -> str:
     files = config.config_files()
     if files:
         return "settings read from " + ", ".join(files)
@@ -120,7 +120,7 @@ def check_config(*, calendar: bool = True) -> None:
         return
     problems = config_problems(calendar=calendar)
     if problems:
-        raise UserError("; ".join(problems) + f" ({_where()})")
+        raise UserError("; ".join(problems) + f" ({where()})")
     _valid.add(key)
 
 
