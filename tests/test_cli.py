@@ -44,7 +44,7 @@ def test_status_shows_a_rebuild_in_progress(pipeline):
     assert pipeline.build(tasks.Daily(date=DAY))
     store = pipeline.store
     plan = rebuild_service.create_plan(
-        store, rebuild_service.run_dir(pipeline.data_dir, "rebuild-2025-09-29"), plan_id="rebuild-2025-09-29",
+        store, rebuild_service.run_dir(pipeline.store_dir, "rebuild-2025-09-29"), plan_id="rebuild-2025-09-29",
         kind="rebuild", start=dt.date(2025, 9, 29), symbols=store.active_symbols(), chunk_size=10, backup=True,
     )
     assert len(plan.chunks) == 3
@@ -58,7 +58,7 @@ def test_restore_command_puts_rows_back(pipeline):
     assert pipeline.build(tasks.Daily(date=DAY))
     before = pipeline.store.read_indicators(start=dt.date(2025, 9, 29)).drop(["created_at"])
     assert pipeline.build(tasks.RebuildFrom(start_date=dt.date(2025, 9, 29)))
-    backup = rebuild_service.run_dir(pipeline.data_dir, "rebuild-2025-09-29") / "backup.parquet"
+    backup = rebuild_service.run_dir(pipeline.store_dir, "rebuild-2025-09-29") / "backup.parquet"
     code, text = run_cli("restore", str(backup))
     assert code == 0 and "rows_restored" in text
     after = pipeline.store.read_indicators(start=dt.date(2025, 9, 29)).drop(["created_at"])

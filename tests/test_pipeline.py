@@ -8,8 +8,10 @@ import json
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pytest
 
 from stockpipe import tasks
+from stockpipe.preflight import UserError
 from stockpipe.indicators import INDICATOR_COLUMNS, compute_indicators
 from stockpipe.services import rebuild as rebuild_service
 from tests.indicators.test_parity import ATOL, RTOL
@@ -76,7 +78,7 @@ def test_rebuild_from_date_equals_full_recompute(pipeline):
     before = store.read_indicators(start=REBUILD_FROM)
     assert pipeline.build(tasks.RebuildFrom(start_date=REBUILD_FROM))
     assert_same_indicators(indicator_frame(store), full)
-    directory = rebuild_service.run_dir(pipeline.data_dir, f"rebuild-{REBUILD_FROM}")
+    directory = rebuild_service.run_dir(pipeline.store_dir, f"rebuild-{REBUILD_FROM}")
     report = json.loads((directory / "report.json").read_text())
     assert report["replaced_rows"] == before.num_rows
     assert report["saved_rows"] == before.num_rows
@@ -112,7 +114,7 @@ def test_failed_chunk_is_reported_and_the_rerun_redoes_only_it(pipeline, monkeyp
 
     monkeypatch.setattr(type(store), "replace_indicators", database_fails_for_chunk_1)
     assert not pipeline.build(tasks.RebuildFrom(start_date=REBUILD_FROM))
-    directory = rebuild_service.run_dir(pipeline.data_dir, plan_id)
+    directory = rebuild_service.run_dir(pipeline.store_dir, plan_id)
     assert json.loads((directory / "failed" / "1.json").read_text())["error"] == "connection lost while writing chunk 1"
     done = {m["marker_id"]: m["completed_at"] for m in store.markers(prefix=f"IndicatorChunk/{plan_id}/")}
     assert sorted(done) == [f"IndicatorChunk/{plan_id}/0", f"IndicatorChunk/{plan_id}/2"]
@@ -138,22 +140,34 @@ def test_restore_puts_back_what_a_rebuild_replaced(pipeline):
     marked = indicator_frame(store)
     assert pipeline.build(tasks.RebuildFrom(start_date=REBUILD_FROM))
     assert not pc.any(pc.equal(store.read_indicators(start=REBUILD_FROM).column("rsi_14"), 1.5)).as_py()
-    result = restore(store, rebuild_service.run_dir(pipeline.data_dir, f"rebuild-{REBUILD_FROM}") / "backup.parquet")
+    result = restore(store, rebuild_service.run_dir(pipeline.store_dir, f"rebuild-{REBUILD_FROM}") / "backup.parquet")
     assert result["rows_restored"] == store.read_indicators(start=REBUILD_FROM).num_rows
     assert_same_indicators(indicator_frame(store), marked, exact=True)
     assert store.markers(prefix=f"IndicatorChunk/rebuild-{REBUILD_FROM}/") == []
 
 
-def test_collect_symbols_below_minimum_fails_clearly(pipeline):
-    pipeline.configure("stockpipe", min_symbols=1000)
+def test_collect_symbols_below_minimum_fails_clearly_rather_than_shrink_the_universe(pipeline):
+    assert pipeline.build(tasks.CollectSymbols(date=dt.date(2025, 10, 9)))
+    active = pipeline.store.active_symbols()
+    pipeline.configure("stockpipe", min_symbols=20)
+    pipeline.configure("demo", tickers=10)
     assert not pipeline.build(tasks.CollectSymbols(date=DAY))
-    assert pipeline.store.active_symbols() == []
+    assert pipeline.store.active_symbols() == active
 
 
-def test_warmup_below_exact_minimum_is_refused(pipeline):
+def test_min_symbols_does_not_refuse_a_small_first_universe(pipeline):
+    # The repository's CSV sample has 3 symbols: on an empty store there is nothing to protect.
+    pipeline.configure("stockpipe", min_symbols=1000)
+    pipeline.configure("demo", tickers=3)
+    assert pipeline.build(tasks.CollectSymbols(date=DAY))
+    assert len(pipeline.store.active_symbols()) == 3
+
+
+def test_warmup_below_exact_minimum_is_refused_before_any_work(pipeline):
     pipeline.configure("stockpipe", warmup_bars=300)
-    assert pipeline.build(tasks.IngestDate(date=DAY))
-    assert not pipeline.build(tasks.DailyIndicators(date=DAY))
+    with pytest.raises(UserError, match=r"\[stockpipe\] warmup_bars = 300 is refused: use 0 .* or at least 500"):
+        tasks.IngestDate(date=DAY)
+    assert pipeline.store.bars_extent()[2] == 0
 
 
 def test_backfill_fetches_history_in_batches_and_bulk_complete_answers_in_one_query(pipeline):
