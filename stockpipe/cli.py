@@ -277,12 +277,12 @@ def luigid_problem(url: str, timeout: float = 3.0) -> str | None:
         return exc.strerror or str(exc)
 
 
-def daily_date(code: str) -> dt.date:
+def daily_date(code: str, now: dt.datetime | None = None) -> dt.date:
     """The exchange's today once its session has closed (or when it is no session: Daily says so and
     does nothing), else the session before: the one that has just closed."""
-    today = trading_calendar.local_today(code)
-    if trading_calendar.is_session(code, today) and trading_calendar.not_happened(code, today):
-        return trading_calendar.last_closed_session(code)
+    today = trading_calendar.local_today(code, now)
+    if trading_calendar.is_session(code, today) and trading_calendar.not_happened(code, today, now):
+        return trading_calendar.last_closed_session(code, now)
     return today
 
 
