@@ -7,22 +7,27 @@ root task finished by another worker as "not run" (25): a cron job would report 
 complete job, and no `[retcode]` setting can tell the two apart.
 
 So stockpipe corrects the classification where Luigi computes it, `luigi.execution_summary._summary_dict`
-(used by both the printed summary and the exit code): a stockpipe task filed as run by another
-worker, not run, or pending behind one, whose output exists when the run ends, counts as already
-done. Failed tasks, missing external data and scheduling errors are left as Luigi filed them, so
-their exit codes stand; a job that is really unfinished still exits 10 or 25.
+(used by both the printed summary and the exit code): a stockpipe task Luigi left pending (run by
+another worker, not run, waiting on dependencies) whose output exists when the run ends counts as
+already done. Failed tasks and scheduling errors are left as Luigi filed them, so their exit codes
+stand, and a job that is really unfinished still exits 10, 20 or 25.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 import luigi.execution_summary
 
 log = logging.getLogger("stockpipe.outcome")
 
 # Where Luigi files tasks this worker did not finish for a reason that may since have gone away.
-_RECONSIDERED = ("run_by_other_worker", "upstream_run_by_other_worker", "not_run", "still_pending_not_ext")
+# A task whose dynamic dependencies (a rebuild's chunks) another worker finished, and which that
+# worker then completed, is last seen here as pending and not runnable: "missing external
+# dependencies" (exit 20). Missing external data itself is never complete, so it stays missing.
+_RECONSIDERED = ("run_by_other_worker", "upstream_run_by_other_worker", "not_run", "still_pending_not_ext",
+                 "still_pending_ext", "upstream_missing_dependency")
 
 
 def _finished_elsewhere(tasks) -> set:
@@ -50,8 +55,46 @@ def _finished_elsewhere(tasks) -> set:
     return found
 
 
+def _await_other_workers(worker, set_tasks) -> None:
+    """A scheduling worker leaves as soon as everything left of its job is running on other workers
+    (its `keep_alive` counts only pending tasks), often while one of them finishes the root task.
+    Wait while the scheduler shows the root task in progress elsewhere, so the verdict is about the
+    finished job: the wait ends when it is done or failed, or when the scheduler forgets a dead worker's
+    tasks."""
+    root = luigi.execution_summary._root_task(worker)
+    if root in set_tasks["completed"] or not (set_tasks["run_by_other_worker"] or
+                                                          set_tasks["upstream_run_by_other_worker"]):
+        return
+    from stockpipe import targets
+    from stockpipe.tasks import StockpipeTask
+
+    if not isinstance(root, StockpipeTask):
+        return
+    deadline = time.monotonic() + _MAX_WAIT_SECONDS
+    announced = 0.0
+    while time.monotonic() < deadline:
+        targets.forget()
+        if root.complete():
+            return
+        try:
+            # PENDING too: a rebuild another worker runs is PENDING while its chunks run.
+            state = (worker._scheduler.dep_graph(root.task_id).get(root.task_id) or {}).get("status")
+        except Exception as exc:  # noqa: BLE001 - no scheduler to ask: keep Luigi's verdict
+            log.warning("could not ask the scheduler about %s: %s", root, exc)
+            return
+        if state not in ("PENDING", "RUNNING"):
+            return
+        if time.monotonic() - announced > 30:
+            announced = time.monotonic()
+            log.info("%s is %s with other workers: waiting for it to finish", root, state.lower())
+        time.sleep(_POLL_SECONDS)
+
+
 def summary_dict(worker):
     set_tasks = _luigi_summary_dict(worker)
+    if id(worker) not in _awaited:  # Luigi asks twice: for the printed summary, then for the exit code
+        _awaited.add(id(worker))
+        _await_other_workers(worker, set_tasks)
     candidates = set().union(*(set_tasks[name] for name in _RECONSIDERED))
     done = _finished_elsewhere(candidates)
     if done:
@@ -63,6 +106,9 @@ def summary_dict(worker):
 
 
 _luigi_summary_dict = luigi.execution_summary._summary_dict
+_awaited: set[int] = set()
+_POLL_SECONDS = 0.5
+_MAX_WAIT_SECONDS = 3600.0  # a task hung elsewhere is ended by its own timeout long before this
 
 
 def install() -> None:
