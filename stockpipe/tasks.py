@@ -25,11 +25,18 @@ outcome.install()  # exit 0 when the job's target is complete, whoever ran its t
 
 
 class StockpipeTask(luigi.Task):
-    """What every stockpipe task shares: its store, its source, progress and a marker target.
+    """What every stockpipe task shares: its store, its source, progress, a marker target and a timeout.
 
     Created, a task checks the configuration and its own parameters (stockpipe.preflight): Luigi
     creates the root task before scheduling, so a mistake is refused before any work.
     """
+
+    timeout_setting = "rebuild"  # which [timeouts] entry bounds this family's run
+
+    @property
+    def worker_timeout(self) -> int | None:
+        # Luigi runs a task with a timeout in a child process and terminates it when time is up.
+        return getattr(config.timeouts(), self.timeout_setting) or None
 
     # Tasks that read no trading calendar need not pay for importing one to check its name.
     uses_calendar = True
@@ -70,6 +77,8 @@ class StockpipeTask(luigi.Task):
 
 
 class CollectSymbols(StockpipeTask):
+    timeout_setting = "collect_symbols"
+
     date = luigi.DateParameter()
 
     def output(self):
@@ -83,6 +92,7 @@ class CollectSymbols(StockpipeTask):
 
 class IngestDate(StockpipeTask):
     needs_session = True
+    timeout_setting = "ingest"
 
     date = luigi.DateParameter()
 
@@ -106,6 +116,8 @@ class IngestDate(StockpipeTask):
 
 
 class Backfill(StockpipeTask):
+    timeout_setting = "backfill"
+
     start_date = luigi.DateParameter()
     end_date = luigi.DateParameter()
 
@@ -136,13 +148,15 @@ class IndicatorChunk(StockpipeTask):
     """Indicators of one chunk of a plan's symbols from `date` to the latest bar."""
 
     uses_calendar = False
+    timeout_setting = "chunk"
 
     date = luigi.DateParameter(description="first date whose indicator rows are replaced")
     plan_id = luigi.Parameter(description="run whose plan.json lists the chunk's symbols")
     chunk_id = luigi.IntParameter()
 
     def output(self):
-        return targets.MarkerTarget(rebuild_service.chunk_marker_id(self.plan_id, self.chunk_id))
+        return targets.MarkerTarget(rebuild_service.chunk_marker_id(self.plan_id, self.chunk_id),
+                                     advisory_prefix=rebuild_service.chunk_marker_id(self.plan_id, ""))
 
     def preflight(self):
         """Checked by the rebuild or daily run that planned the chunk."""
@@ -215,6 +229,8 @@ class PlanRebuild(StockpipeTask):
     """Status report, backup and chunk plan of a rebuild (written once; a resumed run reuses them)."""
 
     uses_calendar = False
+    timeout_setting = "plan"
+
     start_date = luigi.DateParameter()
     run_id = luigi.Parameter(default="")
 
@@ -323,6 +339,8 @@ class ScanWatchlist(StockpipeTask):
     """The watchlist rules over `date`'s bars, indicators and symbols."""
 
     needs_session = True
+    timeout_setting = "scan"
+
     date = luigi.DateParameter()
 
     def requires(self):
@@ -339,6 +357,8 @@ class Replicate(StockpipeTask):
     """A verified, read-only DuckDB replica of the store, swapped in atomically."""
 
     needs_session = True
+    timeout_setting = "replicate"
+
     date = luigi.DateParameter()
 
     def requires(self):
@@ -354,6 +374,8 @@ class Replicate(StockpipeTask):
 
 class RedisTask(StockpipeTask):
     """Redis steps: they fail alone when Redis is down; everything else still completes."""
+
+    timeout_setting = "redis"
 
     def client(self):
         return redis_sync.connect(config.redis_url())
@@ -412,6 +434,8 @@ class Daily(StockpipeTask):
     On a non-trading day it fetches and computes nothing and says so; on a weekend with Redis
     configured it runs the full Redis sync and the cleanup instead.
     """
+
+    timeout_setting = "daily"
 
     date = luigi.DateParameter()
 
