@@ -136,10 +136,12 @@ def store_slug(url: str) -> str:
 
 
 def config_files() -> list[str]:
-    """The configuration files Luigi read, lowest priority first (for error messages)."""
+    """The user's configuration files Luigi read (not the package's defaults), lowest priority first,
+    for error messages."""
     from luigi.configuration.cfg_parser import LuigiConfigParser
 
-    return [p for p in LuigiConfigParser._config_paths if os.path.isfile(p)]
+    return [p for p in LuigiConfigParser._config_paths
+            if os.path.isfile(p) and Path(p).resolve() != PACKAGE_DEFAULTS.resolve()]
 
 
 class watchlist(luigi.Config):  # noqa: N801

@@ -5,7 +5,6 @@ directory without the project's luigi.cfg, and through luigi.build."""
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import os
 import subprocess
 from pathlib import Path
@@ -155,15 +154,14 @@ def test_ingest_date_for_a_saturday_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "store.duckdb").exists()
 
 
-def test_session_tasks_refuse_a_non_trading_day_while_daily_says_so_and_completes(pipeline, caplog):
+def test_session_tasks_refuse_a_non_trading_day_while_daily_completes_doing_nothing(pipeline):
     for make in (tasks.IngestDate, tasks.DailyIndicators, tasks.ScanWatchlist, tasks.Replicate):
         with pytest.raises(UserError, match="is not a XNYS trading day"):
             make(date=SATURDAY)
     with pytest.raises(UserError, match="2026-01-01 \\(Thursday\\) is not a XNYS trading day"):
         tasks.ScanWatchlist(date=dt.date(2026, 1, 1))
-    with caplog.at_level(logging.INFO, logger="stockpipe"):
-        assert pipeline.build(tasks.Daily(date=SATURDAY))
-    assert "2025-10-11 is not a XNYS trading day: nothing to do" in caplog.text
+    assert pipeline.build(tasks.Daily(date=SATURDAY))
+    assert pipeline.store.read_marker(f"Daily/{SATURDAY}")["stats"] == {"trading_day": False}
     assert pipeline.store.bars_extent()[2] == 0
     assert pipeline.store.query("SELECT count(*) AS n FROM daily_watchlist").column("n")[0].as_py() == 0
 
@@ -191,12 +189,13 @@ def test_backfill_with_its_dates_reversed_is_refused(pipeline):
 
 
 # -- saying what happened ---------------------------------------------------------------------------
-def test_first_daily_says_there_was_nothing_to_replace_and_that_redis_was_skipped(pipeline, caplog, monkeypatch):
-    monkeypatch.delenv("STOCKPIPE_REDIS_URL", raising=False)
-    pipeline.configure("redis", url="")
-    with caplog.at_level(logging.INFO, logger="stockpipe"):
-        assert pipeline.build(tasks.Daily(date=DAY))
-    assert "daily-2025-10-10: no indicator rows stored from 2025-10-03 yet, nothing to replace" in caplog.text
-    assert "None..None" not in caplog.text
-    assert "Daily 2025-10-10: Redis steps skipped: no [redis] url or STOCKPIPE_REDIS_URL is configured" in caplog.text
-    assert open_store(pipeline.store_url).read_marker("Daily/2025-10-10")["stats"]["redis"] is False
+@pytest.mark.slow
+def test_first_daily_says_there_was_nothing_to_replace_and_that_redis_was_skipped(tmp_path):
+    url = f"duckdb:///{tmp_path / 'store.duckdb'}"
+    write_luigi_cfg(tmp_path, url)
+    code, out, err = luigi_elsewhere(tmp_path, "Daily", "--date", str(DAY))
+    assert code == 0, out + err
+    assert "daily-2025-10-10: no indicator rows stored from 2025-10-03 yet, nothing to replace" in err
+    assert "None..None" not in err
+    assert "Daily 2025-10-10: Redis steps skipped: no [redis] url or STOCKPIPE_REDIS_URL is configured" in err
+    assert open_store(url).read_marker("Daily/2025-10-10")["stats"]["redis"] is False
