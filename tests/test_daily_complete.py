@@ -185,23 +185,12 @@ def webhook_server():
     server.shutdown()
 
 
-def _universe_that_would_shrink(pipeline) -> None:
-    """30 active symbols stored, a source of 10 and min_symbols 1000: CollectSymbols must fail (a
-    shrinking universe below the minimum is refused rather than deactivate the rest)."""
-    from stockpipe.services.symbols import collect_symbols
-    from stockpipe.sources import open_source
-
-    collect_symbols(pipeline.store, open_source("demo"), DAY, 0, None)
-    pipeline.configure("demo", tickers=10)
-    pipeline.configure("stockpipe", min_symbols=1000)
-
-
 def test_failure_alert_reaches_webhooks_and_redis_and_counts_attempts(pipeline, webhook_server, redis_prefix, monkeypatch):
     port, received = webhook_server
     # json:// is a generic webhook; mmost:// posts Slack's incoming-webhook payload to any host.
     pipeline.configure("alerts", urls=f"json://127.0.0.1:{port}/alert mmost://127.0.0.1:{port}/slackcompatibletoken0001")
     pipeline.configure("redis", prefix=redis_prefix)
-    _universe_that_would_shrink(pipeline)
+    pipeline.configure("stockpipe", min_symbols=1000)
     monkeypatch.setenv("STOCKPIPE_REDIS_URL", REDIS_TEST_URL)
     assert not pipeline.build(tasks.CollectSymbols(date=DAY))
     assert not pipeline.build(tasks.CollectSymbols(date=DAY))
@@ -259,7 +248,7 @@ def test_slack_and_discord_alerts_are_delivered_in_their_formats(pipeline, webho
     monkeypatch.setattr(NotifyDiscord, "notify_url", f"http://127.0.0.1:{port}/discord/api/webhooks")
     pipeline.configure("alerts", urls="slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ "
                                       "discord://4174216298/JHMHI8qBe7bk2ZwO5U711o3dV_js")
-    _universe_that_would_shrink(pipeline)
+    pipeline.configure("stockpipe", min_symbols=1000)
     assert not pipeline.build(tasks.CollectSymbols(date=DAY))
     slack = [json.loads(r["body"]) for r in received if r["path"].startswith("/slack/services/T1JJ3T3L2/")]
     discord = [json.loads(r["body"]) for r in received if r["path"].startswith("/discord/api/webhooks/4174216298/")]

@@ -41,15 +41,10 @@ def test_daily_and_rebuild_exit_zero_with_two_workers_on_one_duckdb_file(tmp_pat
 
 
 def test_a_failing_task_makes_luigi_exit_non_zero(tmp_path):
-    url = f"duckdb:///{tmp_path / 'store.duckdb'}"
-    write_luigi_cfg(tmp_path, url)
-    code, output = run_luigi(tmp_path, "CollectSymbols", "--date", "2025-10-09", "--local-scheduler")
-    assert code == 0, output
-    # A universe shrinking below min_symbols would deactivate the rest: CollectSymbols fails.
-    write_luigi_cfg(tmp_path, url, stockpipe={"min_symbols": 1000}, demo={"tickers": 10})
+    write_luigi_cfg(tmp_path, f"duckdb:///{tmp_path / 'store.duckdb'}", stockpipe={"min_symbols": 1000})
     code, output = run_luigi(tmp_path, "Daily", "--date", "2025-10-10", "--local-scheduler")
     assert code == 30, output
-    assert "returned 10 symbols for 2025-10-10, fewer than the minimum 1000" in output
+    assert "returned 30 symbols for 2025-10-10, fewer than the minimum 1000" in output
 
 
 def test_killed_rebuild_resumes_to_the_uninterrupted_result_without_redoing_chunks(tmp_path):

@@ -146,21 +146,26 @@ def test_restore_puts_back_what_a_rebuild_replaced(pipeline):
     assert store.markers(prefix=f"IndicatorChunk/rebuild-{REBUILD_FROM}/") == []
 
 
-def test_collect_symbols_below_minimum_fails_clearly_rather_than_shrink_the_universe(pipeline):
-    assert pipeline.build(tasks.CollectSymbols(date=dt.date(2025, 10, 9)))
-    active = pipeline.store.active_symbols()
-    pipeline.configure("stockpipe", min_symbols=20)
-    pipeline.configure("demo", tickers=10)
-    assert not pipeline.build(tasks.CollectSymbols(date=DAY))
-    assert pipeline.store.active_symbols() == active
-
-
-def test_min_symbols_does_not_refuse_a_small_first_universe(pipeline):
-    # The repository's CSV sample has 3 symbols: on an empty store there is nothing to protect.
+def test_collect_symbols_below_minimum_fails_clearly(pipeline):
     pipeline.configure("stockpipe", min_symbols=1000)
-    pipeline.configure("demo", tickers=3)
-    assert pipeline.build(tasks.CollectSymbols(date=DAY))
-    assert len(pipeline.store.active_symbols()) == 3
+    assert not pipeline.build(tasks.CollectSymbols(date=DAY))
+    assert pipeline.store.active_symbols() == []
+
+
+def test_the_repositorys_csv_sample_below_min_symbols_says_what_to_set(tmp_path):
+    from pathlib import Path
+
+    from stockpipe.services.symbols import TooFewSymbolsError, collect_symbols
+    from stockpipe.sources.csv_source import CsvSource
+    from stockpipe.store import open_store
+
+    sample = Path(__file__).parent / "samples" / "csv_bars"
+    store = open_store(f"duckdb:///{tmp_path / 'store.duckdb'}")
+    with pytest.raises(TooFewSymbolsError, match=r"returned 2 symbols .* fewer than the minimum 100 \(\[stockpipe\] "
+                                                 r"min_symbols\): refusing it as a possibly truncated universe; if the "
+                                                 r"universe really is this small, set min_symbols = 2 or lower"):
+        collect_symbols(store, CsvSource(str(sample)), DAY, 100, None)
+    assert len(collect_symbols(store, CsvSource(str(sample)), DAY, 2, None)) and len(store.active_symbols()) == 2
 
 
 def test_warmup_below_exact_minimum_is_refused_before_any_work(pipeline):
