@@ -148,6 +148,10 @@ class DuckDBStore(Store):
             return held
         if held is not None:
             self._release()
+        if self._keeps_connection():
+            # Every task writes (its data, or at least its marker): opening for writing at once saves
+            # reopening the file when the first write comes (each open replays the WAL).
+            write = True
         if not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write = True  # the first operation on a new store creates the file
