@@ -131,6 +131,16 @@ def _dates(column: pa.ChunkedArray) -> pa.Array:
     return pc.cast(parsed, pa.date32())
 
 
+def _read(old: Session, table: str, sql: str, params: dict[str, Any] | None = None,
+          schema: pa.Schema | None = None) -> Any:
+    """Rows of the old `table` (a list of tuples, or Arrow with `schema`); a failure names the table."""
+    try:
+        return old.fetch(sql, params) if schema is None else old.fetch_arrow(sql, params, schema=schema)
+    except Exception as exc:  # noqa: BLE001 - any driver or conversion error, re-raised naming the table
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise LegacyImportError(f"reading the old table {table} failed: {first}") from exc
+
+
 def _batches(values: Sequence[Any], size: int) -> list[list[Any]]:
     return [list(values[i : i + size]) for i in range(0, len(values), size)]
 
@@ -159,7 +169,7 @@ def import_legacy(
         schema = LegacySchema(old)
         done = {m["marker_id"] for m in store.markers(prefix=f"{FAMILY}/{key}/")}
         known = _import_symbols(store, old, schema, key, shown, done)
-        tickers = sorted(r[0] for r in old.fetch(
+        tickers = sorted(r[0] for r in _read(old, "stock_data",
             f"SELECT DISTINCT {schema.columns['stock_data']['symbol']} FROM stock_data "
             f"WHERE {schema.columns['stock_data']['symbol']} IS NOT NULL"
         ))
@@ -167,7 +177,7 @@ def import_legacy(
         scan_dates: list[dt.date] = []
         if "daily_watchlist" in schema.columns:
             column = schema.columns["daily_watchlist"]["scan_date"]
-            scan_dates = sorted({d for d in (_as_date(r[0]) for r in old.fetch(
+            scan_dates = sorted({d for d in (_as_date(r[0]) for r in _read(old, "daily_watchlist",
                 f"SELECT DISTINCT {column} FROM daily_watchlist WHERE {column} IS NOT NULL")) if d is not None})
         watch_batches = _batches(scan_dates, watchlist_batch_dates)
         total = len(bar_batches) + len(watch_batches)
@@ -229,7 +239,8 @@ def _import_symbols(store: Store, old: Session, schema: LegacySchema, key: str, 
                  "industry": "VARCHAR", "market_cap": "DOUBLE PRECISION", "is_etf": "BOOLEAN", "is_active": "BOOLEAN"}
         types = {"symbol": pa.string(), "name": pa.string(), "exchange": pa.string(), "sector": pa.string(),
                  "industry": pa.string(), "market_cap": pa.float64(), "is_etf": pa.bool_(), "is_active": pa.bool_()}
-        rows = old.fetch_arrow(
+        rows = _read(
+            old, "nasdaq_symbols",
             "SELECT " + ", ".join(schema.select("nasdaq_symbols", c, kinds[c]) for c in kinds) + " FROM nasdaq_symbols",
             schema=pa.schema(list(types.items())),
         )
@@ -278,13 +289,18 @@ def _import_bar_batch(store: Store, old: Session, schema: LegacySchema, tickers:
     text_dates = schema.text_dates("stock_data")
     read_schema = pa.schema([("symbol", pa.string()), ("date", pa.string() if text_dates else pa.date32())]
                             + [(c, pa.float64()) for c in ("open", "high", "low", "close", "volume")])
-    rows = old.fetch_arrow(f"SELECT {', '.join(columns)} FROM stock_data WHERE {ticker} = ANY(:s)", {"s": tickers},
-                           schema=read_schema)
-    if text_dates:
-        rows = rows.set_column(1, "date", _dates(rows.column("date")))
+    rows = _read(old, "stock_data", f"SELECT {', '.join(columns)} FROM stock_data WHERE {ticker} = ANY(:s)",
+                 {"s": tickers}, schema=read_schema)
     read = rows.num_rows
-    rejected: list[Rejected] = []
-    unknown_rows = 0
+    rejected: list[Rejected] = []  # one line per bad row, or per unknown ticker
+    if text_dates:
+        raw = rows.column("date")
+        parsed = _dates(raw)
+        unreadable = pc.and_(pc.is_null(parsed), pc.is_valid(raw))
+        for row in rows.filter(unreadable).select(["symbol", "date"]).to_pylist():
+            rejected.append(Rejected("stock_data", row["symbol"] or "?", row["date"], f"date {row['date']!r} is not YYYY-MM-DD"))
+            log.warning("rejected %s", rejected[-1].describe())
+        rows = rows.set_column(1, "date", parsed).filter(pc.invert(unreadable))
     unknown = sorted(set(tickers) - known)
     if unknown:
         # Bars of a ticker with no symbol row could never get indicators or a watchlist entry:
@@ -292,7 +308,8 @@ def _import_bar_batch(store: Store, old: Session, schema: LegacySchema, tickers:
         is_unknown = pc.is_in(rows.column("symbol"), pa.array(unknown, pa.string()))
         for symbol in unknown:
             dates = rows.filter(pc.equal(rows.column("symbol"), symbol)).column("date")
-            unknown_rows += len(dates)
+            if not len(dates):
+                continue  # every row of it already rejected for its date
             rejected.append(Rejected("stock_data", symbol, f"{pc.min(dates).as_py()}..{pc.max(dates).as_py()}",
                                      f"{len(dates)} bars of a ticker not in nasdaq_symbols"))
             log.warning("rejected %s", rejected[-1].describe())
@@ -300,10 +317,11 @@ def _import_bar_batch(store: Store, old: Session, schema: LegacySchema, tickers:
     valid, bad = validate_bars(rows)
     rejected += [Rejected("stock_data", b.symbol, b.date, b.reason) for b in bad]
     dates = valid.column("date")
+    # Every row read is stored or rejected: what validation passed, less what it did not.
     stats = {"table": "stock_data", "tickers": len(tickers), "rows_read": read,
              "first_date": str(pc.min(dates).as_py()) if valid.num_rows else None,
              "last_date": str(pc.max(dates).as_py()) if valid.num_rows else None,
-             "rejected_count": len(bad) + unknown_rows,
+             "rejected_count": read - valid.num_rows,
              "rejected": [r.as_dict() for r in rejected[:_KEPT_PER_BATCH]]}
     marker = Marker(marker.marker_id, marker.task_family, marker.params, stats)
     added = store.add_rows(BARS, valid, marker)
@@ -321,12 +339,13 @@ def _import_watchlist_batch(store: Store, old: Session, schema: LegacySchema, da
     select = ", ".join(schema.select("daily_watchlist", c, kinds[c]) for c in DAILY_WATCHLIST.columns)
     if text_dates:
         # Text dates are matched as text: every spelling of the batch's dates is read, then parsed.
-        rows = old.fetch_arrow(f"SELECT {select} FROM daily_watchlist", schema=read_schema)
+        rows = _read(old, "daily_watchlist", f"SELECT {select} FROM daily_watchlist", schema=read_schema)
         rows = rows.set_column(0, "scan_date", _dates(rows.column("scan_date")))
         rows = rows.filter(pc.fill_null(pc.is_in(rows.column("scan_date"), pa.array(dates, pa.date32())), False))
     else:
-        rows = old.fetch_arrow(f"SELECT {select} FROM daily_watchlist WHERE CAST({mapping['scan_date']} AS DATE) = ANY(:d)",
-                               {"d": list(dates)}, schema=read_schema)
+        rows = _read(old, "daily_watchlist",
+                     f"SELECT {select} FROM daily_watchlist WHERE CAST({mapping['scan_date']} AS DATE) = ANY(:d)",
+                     {"d": list(dates)}, schema=read_schema)
     valid, rejected = validate_watchlist(rows)
     stats = {"table": "daily_watchlist", "rows_read": rows.num_rows, "rejected_count": len(rejected),
              "rejected": [r.as_dict() for r in rejected[:_KEPT_PER_BATCH]]}

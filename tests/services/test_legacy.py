@@ -178,3 +178,35 @@ def test_a_database_without_the_old_tables_is_named(tmp_path, duckdb_url, monkey
     assert code == 2 and "old table stock_data lacks column(s) open" in capsys.readouterr().err
     code, _ = run_import(duckdb_url, monkeypatch, str(tmp_path / "missing.duckdb"))
     assert code == 2 and "missing.duckdb: no such DuckDB file" in capsys.readouterr().err
+
+
+def test_text_dates_are_read_and_unreadable_values_are_named(tmp_path, duckdb_url, monkeypatch, capsys):
+    import duckdb
+
+    path = tmp_path / "text.duckdb"
+    connection = duckdb.connect(str(path))
+    connection.execute("CREATE TABLE nasdaq_symbols (symbol VARCHAR, market_cap DOUBLE)")
+    connection.execute("INSERT INTO nasdaq_symbols VALUES ('AAA', 1e9)")
+    connection.execute("CREATE TABLE stock_data (ticker VARCHAR, date VARCHAR, open DOUBLE, high DOUBLE, low DOUBLE, "
+                       "close VARCHAR, volume BIGINT)")
+    connection.execute("INSERT INTO stock_data VALUES ('AAA', '2024-01-02', 1, 2, 0.5, '1.5', 10), "
+                       "('AAA', '2024-01-03 00:00:00', 1, 2, 0.5, '1.5', 10), ('AAA', 'someday', 1, 2, 0.5, '1.5', 10)")
+    connection.close()
+    code, output = run_import(duckdb_url, monkeypatch, str(path))
+    assert code == 0, output
+    assert sorted(stored_bars(open_store(duckdb_url))) == [("AAA", dt.date(2024, 1, 2)), ("AAA", dt.date(2024, 1, 3))]
+    assert any("stock_data" in line and "AAA" in line and "someday" in line and "is not YYYY-MM-DD" in line for line in output.splitlines())
+
+    connection = duckdb.connect(str(path))
+    connection.execute("INSERT INTO stock_data VALUES ('AAA', '2024-01-04', 1, 2, 0.5, 'n/a', 10)")
+    connection.close()
+    code, _ = run_import(f"duckdb:///{tmp_path / 'second.duckdb'}", monkeypatch, str(path))
+    assert code == 2 and "reading the old table stock_data failed" in capsys.readouterr().err
+
+
+def test_a_stockpipe_store_is_not_taken_for_the_old_database(tmp_path, duckdb_url, monkeypatch, capsys):
+    other = f"duckdb:///{tmp_path / 'other.duckdb'}"
+    open_store(other).ensure_schema()
+    open_store(other).close()
+    code, _ = run_import(duckdb_url, monkeypatch, other)
+    assert code == 2 and "this is a stockpipe store, not the old system's database" in capsys.readouterr().err
