@@ -217,25 +217,32 @@ def cmd_import_legacy(args, out) -> int:
 
 
 class _progress_bar:
-    """A tqdm bar on a terminal; elsewhere (cron, CI, a pipe) one line per batch on stderr."""
+    """A tqdm bar on a terminal (log lines printed above it); elsewhere (cron, CI, a pipe) one line per
+    batch on stderr."""
 
     def __enter__(self):
-        self._bar = None
+        self._bar = self._redirect = None
         if sys.stderr.isatty():
-            from tqdm import tqdm
+            import logging
 
-            self._bar = tqdm(total=100, unit="%", file=sys.stderr, bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+            from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            self._bar = tqdm(total=100, file=sys.stderr, bar_format="{percentage:3.0f}%|{bar:30}| {elapsed}<{remaining} {desc}")
+            self._redirect = logging_redirect_tqdm(loggers=[logging.getLogger("stockpipe")])
+            self._redirect.__enter__()
         return self
 
     def __call__(self, percent: float, message: str) -> None:
         if self._bar is None:
             print(message, file=sys.stderr, flush=True)
             return
-        self._bar.set_postfix_str(message[:60], refresh=False)
+        self._bar.set_description_str(message, refresh=False)
         self._bar.update(percent - self._bar.n)
 
     def __exit__(self, *exc) -> None:
         if self._bar is not None:
+            self._redirect.__exit__(*exc)
             self._bar.close()
 
 
