@@ -115,9 +115,8 @@ class LegacySchema:
 def source_key(url: str) -> str:
     """A short stable name of the old database, for this import's markers."""
     if url.startswith(("postgresql:", "postgresql+psycopg2:", "postgres:")):
-        import re
-
-        identity = re.sub(r"//([^@/]*)@", "//", url.replace("postgresql+psycopg2:", "postgresql:", 1))
+        head, _, rest = _split_credentials(url.replace("postgresql+psycopg2:", "postgresql:", 1))
+        identity = head + rest  # who reads it (and with which password) does not change the data
     else:
         path = url[len("duckdb:///"):] if url.startswith("duckdb:///") else url
         identity = str(Path(path).resolve())
@@ -206,10 +205,26 @@ def import_legacy(
     return summary
 
 
-def redact(url: str) -> str:
-    import re
+def _split_credentials(url: str) -> tuple[str, str | None, str]:
+    """(scheme://, user[:password] or None, host/path...). The last '@' before the path ends the
+    credentials, so a password with an unencoded '@' never leaks into the host part."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url, None, ""
+    netloc, slash, path = rest.partition("/")
+    if "@" not in netloc:
+        return f"{scheme}://", None, rest
+    userinfo, _, host = netloc.rpartition("@")
+    return f"{scheme}://", userinfo, f"{host}{slash}{path}"
 
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+def redact(url: str) -> str:
+    """The URL as it may be printed and stored: the password replaced by ***."""
+    head, userinfo, rest = _split_credentials(url)
+    if userinfo is None:
+        return url
+    user, has_password, _ = userinfo.partition(":")
+    return f"{head}{user}{':***' if has_password else ''}@{rest}"
 
 
 def _refuse_same_database(store: Store, url: str) -> None:

@@ -210,3 +210,11 @@ def test_a_stockpipe_store_is_not_taken_for_the_old_database(tmp_path, duckdb_ur
     open_store(other).close()
     code, _ = run_import(duckdb_url, monkeypatch, other)
     assert code == 2 and "this is a stockpipe store, not the old system's database" in capsys.readouterr().err
+
+
+def test_source_urls_are_shown_without_passwords_and_named_without_credentials():
+    assert legacy.redact("postgresql://old:p@ss@oldhost:5432/stocks") == "postgresql://old:***@oldhost:5432/stocks"
+    assert legacy.redact("postgresql://reader@oldhost/stocks") == "postgresql://reader@oldhost/stocks"
+    assert legacy.redact("/srv/old.duckdb") == "/srv/old.duckdb"
+    same = {legacy.source_key(u) for u in ("postgresql://a:x@oldhost/stocks", "postgresql+psycopg2://b@oldhost/stocks")}
+    assert len(same) == 1 and legacy.source_key("postgresql://a@oldhost/other") not in same
