@@ -273,6 +273,27 @@ class DuckDBStore(Store):
                     self._release()
 
 
+@contextmanager
+def read_only_session(url_or_path: str) -> Iterator[Session]:
+    """A read-only session on any DuckDB file, outside stockpipe's locking (for files that are not
+    a stockpipe store, e.g. the old system's database being imported)."""
+    import duckdb
+
+    path = duckdb_path(url_or_path) if url_or_path.startswith("duckdb:") else Path(url_or_path)
+    if not path.is_file():
+        raise StoreError(f"{path}: no such DuckDB file")
+    try:
+        connection = duckdb.connect(str(path), read_only=True)
+    except duckdb.Error as exc:
+        raise StoreError(f"cannot open DuckDB file {path} for reading: {exc}") from exc
+    session = _DuckDBSession(connection)
+    try:
+        yield session
+    finally:
+        session.close()
+        connection.close()
+
+
 def _release_before_fork() -> None:
     # DuckDB caches open databases per process: a child forked while its parent holds one would
     # reuse the parent's copy (and both would write one file). Forks are rare (one per task), so
