@@ -6,6 +6,8 @@
     stockpipe restore BACKUP           put back the rows a rebuild replaced
     stockpipe init-db                  create or upgrade the schema
     stockpipe assist [--workers N]     lend this machine's workers to luigid until stopped
+    stockpipe report [--date DATE]     write the day's HTML report (default: the latest watchlist)
+    stockpipe cleanup [--dry-run]      apply [cleanup] retention; --dry-run lists what would go
 
 The store and data_dir come from luigi.cfg (and STOCKPIPE_STORE_URL), like the tasks'.
 """
@@ -183,6 +185,47 @@ def cmd_assist(args, out) -> int:
     return 0 if ok else 1
 
 
+def cmd_report(args, out) -> int:
+    from stockpipe.services import report as report_service
+
+    store = open_store(config.store_url())
+    day = args.date or _latest_scan_date(store)
+    if day is None:
+        print("no watchlist yet: run `luigi --module stockpipe Daily --date ...`", file=out)
+        return 1
+    settings = config.report()
+    stats = report_service.build_report(
+        store, day, config.data_dir(), calendar=config.stockpipe().calendar, sessions=settings.sessions,
+        chart_months=settings.chart_months, slowest_chunks=settings.slowest_chunks,
+    )
+    print(f"{stats['path']}: {stats['charts']} charts, {stats['bytes'] / 1e6:.1f} MB, {stats['seconds']} s", file=out)
+    return 0
+
+
+def cmd_cleanup(args, out) -> int:
+    from stockpipe.services import cleanup as cleanup_service
+
+    settings = config.cleanup()
+    result = cleanup_service.clean(
+        open_store(config.store_url()), data_dir=config.data_dir(), replica_path=config.replica_path(),
+        log_dir=Path(settings.log_dir), days=settings.days(), dry_run=args.dry_run,
+    )
+    rows = [{"kind": i["kind"], "path": i["path"], "MB": round(i["bytes"] / 1e6, 2), "days old": round(i["age_days"], 1),
+             "why": i["reason"]} for i in result["items"]]
+    _print_table("would be removed (dry run)" if args.dry_run else "removed", rows, out)
+    if args.verbose:
+        kept = [{"kind": i["kind"], "path": i["path"], "MB": round(i["bytes"] / 1e6, 2), "days old": round(i["age_days"], 1),
+                 "why": i["reason"]} for i in result["kept_items"]]
+        _print_table("kept", kept, out)
+    verb = "would free" if args.dry_run else "freed"
+    print(f"\n{len(rows)} path(s), {verb} {result['bytes_freed'] / 1e6:,.1f} MB ({result['bytes_freed']:,} bytes)", file=out)
+    return 0
+
+
+def _latest_scan_date(store: Store) -> dt.date | None:
+    return store.query("SELECT max(scan_date) AS d FROM daily_watchlist").column("d")[0].as_py()
+
+
 def main(argv: Sequence[str] | None = None, out=None) -> int:
     out = out or sys.stdout
     parser = argparse.ArgumentParser(prog="stockpipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -201,6 +244,13 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
     assist = commands.add_parser("assist", help="run pending tasks from luigid (another machine's rebuild chunks)")
     assist.add_argument("--workers", type=int, default=1)
     assist.set_defaults(run=cmd_assist)
+    report = commands.add_parser("report", help="write a date's HTML report to <data_dir>/reports/")
+    report.add_argument("--date", type=dt.date.fromisoformat, help="default: the latest watchlist date")
+    report.set_defaults(run=cmd_report)
+    cleanup = commands.add_parser("cleanup", help="delete old run directories, backups, reports, replica copies, logs")
+    cleanup.add_argument("--dry-run", action="store_true", help="list what would go and the space freed; delete nothing")
+    cleanup.add_argument("--verbose", action="store_true", help="also list what is kept, and why")
+    cleanup.set_defaults(run=cmd_cleanup)
     args = parser.parse_args(argv)
     try:
         return args.run(args, out)
