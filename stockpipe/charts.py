@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import mplfinance as mpf  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FixedFormatter, FixedLocator, FuncFormatter, MaxNLocator  # noqa: E402
 
 UP, DOWN = "#26a69a", "#ef5350"
 OHLCV = ["Open", "High", "Low", "Close", "Volume"]
@@ -35,7 +35,8 @@ _STYLE = mpf.make_mpf_style(base_mpf_style="yahoo", rc={"font.size": 8, "axes.ti
 
 def _png(figure, dpi: int) -> bytes:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi)
+    # zlib level 3: a third of level 6's time for files a few percent larger.
+    figure.savefig(buffer, format="png", dpi=dpi, pil_kwargs={"compress_level": 3})
     return buffer.getvalue()
 
 
@@ -43,7 +44,7 @@ class SymbolChart:
     """Candlesticks with SMA 20/50 and Bollinger bands, volume, RSI(14) with its 30/70 lines, and
     MACD with its signal and histogram, for one symbol at a time."""
 
-    def __init__(self, width: float = 9.0, height: float = 6.4, dpi: int = 72):
+    def __init__(self, width: float = 10.0, height: float = 6.6, dpi: int = 72):
         self.dpi = dpi
         self.figure = mpf.figure(figsize=(width, height), style=_STYLE)
         grid = self.figure.add_gridspec(4, 1, height_ratios=(4, 1, 1.3, 1.3), hspace=0.06,
@@ -55,8 +56,16 @@ class SymbolChart:
         self.panels = (self.price, self.volume, self.rsi, self.macd)
         for axis, label in zip(self.panels, ("Price", "Volume", "RSI 14", "MACD")):
             axis.set_ylabel(label)
+            # A fixed place: matplotlib otherwise measures every tick label of the sibling axes to
+            # place a label, on every draw.
+            axis.yaxis.set_label_coords(1.07, 0.5)
+        # Every tick is a gridline, a mark and a label on each draw: a few of them are enough.
+        self.price.yaxis.set_major_locator(MaxNLocator(nbins=5))
         for axis in self.panels[1:]:
             axis.yaxis.set_major_locator(MaxNLocator(nbins=3))
+        for axis in self.panels[:-1]:
+            axis.tick_params(axis="x", labelbottom=False, length=0)
+        self.volume.yaxis.set_major_formatter(FuncFormatter(_shares))
 
     def close(self) -> None:
         plt.close(self.figure)
@@ -66,25 +75,20 @@ class SymbolChart:
         for axis in self.panels:
             for artist in [*axis.lines, *axis.collections, *axis.patches, *axis.texts]:
                 artist.remove()
-            legend = axis.get_legend()
-            if legend is not None:
-                legend.remove()
 
-    def render(self, title: str, frame: pd.DataFrame) -> bytes:
+    def render(self, frame: pd.DataFrame) -> bytes:
         """`frame`: one row per session (DatetimeIndex) with Open, High, Low, Close, Volume and the
-        indicator columns (NaN where an indicator is not yet valid)."""
+        indicator columns (NaN where an indicator is not yet valid). Title and legend belong to the
+        page (HTML text costs nothing; matplotlib's text layout was a third of a chart's time)."""
         self._clear()
         x = np.arange(len(frame))
         overlays = [
-            mpf.make_addplot(frame[column], ax=self.price, color=colour, width=width, label=label)
-            for column, colour, width, label in PRICE_OVERLAYS
+            mpf.make_addplot(frame[column], ax=self.price, color=colour, width=width)
+            for column, colour, width, _ in PRICE_OVERLAYS
             if frame[column].notna().any()
         ]
         mpf.plot(frame[OHLCV], ax=self.price, type="candle", addplot=overlays, style=_STYLE,
                  datetime_format="%b %d", xrotation=0, warn_too_much_data=10_000)
-        if overlays:
-            self.price.legend(loc="upper left", fontsize=7, frameon=False, ncols=4)
-        self.price.set_title(title, loc="left")
 
         rising = (frame["Close"] >= frame["Open"]).to_numpy()
         colours = np.where(rising, UP, DOWN)
@@ -102,18 +106,46 @@ class SymbolChart:
         self.macd.plot(x, frame["macd_signal"].to_numpy(dtype=float), color="#ff7f0e", linewidth=0.9, label="signal")
         self.macd.axhline(0, color="#616161", linewidth=0.5)
 
-        for axis in (self.volume, self.macd):
-            axis.relim()
-            axis.autoscale_view(scalex=False)
+        # Limits from the data: relim() ignores collections (candles, volume and histogram), and the
+        # previous symbol's limits would stay.
+        self.price.set_ylim(*_padded(frame[["Low", "High", "bb_lower", "bb_upper"]].to_numpy(dtype=float)))
+        self.volume.set_ylim(0, max(float(frame["Volume"].max()), 1.0) * 1.05)
+        self.macd.set_ylim(*_padded(frame[["macd", "macd_signal", "macd_hist"]].to_numpy(dtype=float), include_zero=True))
+        # Month starts as the date ticks (mplfinance's own locator puts up to a dozen).
+        months = frame.index.to_period("M")
+        starts = np.flatnonzero(np.r_[True, months[1:] != months[:-1]])
+        self.macd.xaxis.set_major_locator(FixedLocator(starts))
+        self.macd.xaxis.set_major_formatter(FixedFormatter([f"{d:%b %Y}" if d.month == 1 or i == 0 else f"{d:%b}"
+                                                            for i, d in enumerate(frame.index[starts])]))
+        self.price.set_xlim(-1, len(frame))
         for axis in self.panels[:-1]:
             axis.tick_params(axis="x", labelbottom=False)
         self.macd.tick_params(axis="x", labelbottom=True, labelrotation=0)
         return _png(self.figure, self.dpi)
 
 
+def _shares(value: float, _position=None) -> str:
+    for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= size:
+            return f"{value / size:g}{suffix}"
+    return f"{value:g}"
+
+
+def _padded(values: np.ndarray, include_zero: bool = False) -> tuple[float, float]:
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return (-1.0, 1.0)
+    low, high = float(finite.min()), float(finite.max())
+    if include_zero:
+        low, high = min(low, 0.0), max(high, 0.0)
+    pad = (high - low) * 0.04 or abs(high) * 0.04 or 1.0
+    return low - pad, high + pad
+
+
 def health_chart(dates: Sequence, bars: Sequence[int], symbols: Sequence[int], dpi: int = 72) -> bytes:
     """Bars stored per session (columns) and symbols with a bar (line), for the last sessions."""
-    figure, axis = plt.subplots(figsize=(9, 2.4))
+    figure, axis = plt.subplots(figsize=(10, 2.4))
+    figure.subplots_adjust(left=0.07, right=0.93, top=0.86, bottom=0.14)  # tight_layout took a second
     try:
         x = np.arange(len(dates))
         axis.bar(x, bars, color="#90caf9", label="bars")
@@ -128,7 +160,6 @@ def health_chart(dates: Sequence, bars: Sequence[int], symbols: Sequence[int], d
         axis.set_xlim(-0.6, len(dates) - 0.4)
         axis.set_title("bars and symbols per session", loc="left", fontsize=10)
         figure.legend(loc="upper right", fontsize=7, frameon=False, ncols=2)
-        figure.tight_layout()
         return _png(figure, dpi)
     finally:
         plt.close(figure)

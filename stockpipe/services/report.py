@@ -115,7 +115,8 @@ table{border-collapse:collapse;font-size:13px;margin:6px 0} th,td{padding:3px 8p
 th{background:#fafafa} td.n{text-align:right;font-variant-numeric:tabular-nums}
 .ok{color:#2e7d32} .bad{color:#c62828;font-weight:600} .chart{margin:12px 0 20px} .chart img{max-width:100%;height:auto}
 .kpis{display:flex;gap:18px;flex-wrap:wrap;margin:8px 0} .kpi{background:#f5f5f5;border-radius:6px;padding:8px 14px}
-.kpi b{display:block;font-size:20px} details{margin:6px 0}
+.kpi b{display:block;font-size:20px} details{margin:6px 0} figure{margin:0} figcaption{font-size:14px;margin:4px 0}
+.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(730px,1fr));gap:8px 24px}
 """
 
 
@@ -173,13 +174,6 @@ def render_html(day: dt.date, watchlist: list[dict[str, Any]], charts: dict[str,
         numeric={0, 4, 5, 6, 7, 8, 9},
         row_attrs=({"symbol": r["symbol"]} for r in watchlist),
     ))
-    for row in watchlist:
-        symbol = row["symbol"]
-        if symbol in charts:
-            body = _img(charts[symbol], f"{symbol} chart")
-        else:
-            body = '<p class="bad">no bars stored for the last months</p>'
-        parts.append(f'<figure class="chart" id="chart-{_esc(symbol)}" data-symbol="{_esc(symbol)}">{body}</figure>')
 
     # -- data health
     sessions = state["sessions"]
@@ -247,6 +241,23 @@ def render_html(day: dt.date, watchlist: list[dict[str, Any]], charts: dict[str,
                            for r in run["failed_runs"]),
                          *([_esc(f'chunk {f.get("chunk_id")} of daily-{day}'), _esc(f.get("at", "")), _esc(f.get("error"))]
                            for f in run["chunk_failures"])]))
+    parts.append(f'<h2 id="charts">Charts ({len(charts)})</h2>')
+    if watchlist:
+        parts.append('<p class="muted">Candles with <span style="color:#1f77b4">SMA 20</span>, '
+                     '<span style="color:#ff7f0e">SMA 50</span> and <span style="color:#9e9e9e">Bollinger bands '
+                     '(20, 2)</span>; volume; RSI 14 with its 30/70 lines; MACD (12, 26, 9) with its '
+                     '<span style="color:#ff7f0e">signal</span> and histogram.</p>')
+    parts.append('<div class="charts">')
+    for row in watchlist:
+        symbol = row["symbol"]
+        caption = (f'<figcaption><b>{_esc(symbol)}</b> {_esc(row["name"])} · {_esc(row["scan_reason"])} '
+                   f'(priority {_num(row["priority"])}) · close {_num(row["close"])}</figcaption>')
+        if symbol in charts:
+            body = _img(charts[symbol], f"{symbol} chart")
+        else:
+            body = '<p class="bad">no bars stored for the last months</p>'
+        parts.append(f'<figure class="chart" id="chart-{_esc(symbol)}" data-symbol="{_esc(symbol)}">{caption}{body}</figure>')
+    parts.append("</div>")
     parts.append("</body></html>\n")
     return "".join(parts)
 
@@ -285,15 +296,12 @@ def build_report(
     frames = chart_frames(store, symbols, day, chart_months)
     progress(5, f"read {sum(len(f) for f in frames.values())} bars of {len(frames)} watchlist symbols")
     rendered: dict[str, bytes] = {}
-    names = {r["symbol"]: r for r in watchlist}
     chart = charts.SymbolChart()
     try:
         for number, symbol in enumerate(symbols, 1):
             frame = frames.get(symbol)
             if frame is not None and len(frame):
-                row = names[symbol]
-                title = f"{symbol}  {row['name'] or ''}  ·  {row['scan_reason']} (priority {row['priority']})"
-                rendered[symbol] = chart.render(title, frame)
+                rendered[symbol] = chart.render(frame)
             if number % 10 == 0 or number == len(symbols):
                 progress(5 + 80 * number / len(symbols), f"charts {number}/{len(symbols)}")
     finally:
