@@ -363,7 +363,8 @@ class RedisCleanup(RedisTask):
 
 
 class Daily(StockpipeTask):
-    """The cron job: symbols -> bars -> indicators -> watchlist -> replica -> Redis for `date`.
+    """The cron job: symbols -> bars -> indicators -> watchlist -> replica -> report -> Redis for
+    `date`, and the retention of old files (every day).
 
     On a non-trading day it fetches and computes nothing and says so; on a weekend with Redis
     configured it runs the full Redis sync and the cleanup instead.
