@@ -29,15 +29,7 @@ from stockpipe.store import Store, StoreError, open_store
 
 def coverage(store: Store, since: dt.date, calendar: str) -> list[dict[str, Any]]:
     """Per date since `since`: bar and indicator symbols and rows, with problems named."""
-    table = store.query(
-        "SELECT coalesce(b.date, i.date) AS date, b.symbols AS bar_symbols, b.n AS bar_rows, "
-        "i.symbols AS indicator_symbols, i.n AS indicator_rows FROM "
-        "(SELECT date, count(DISTINCT symbol) AS symbols, count(*) AS n FROM bars WHERE date >= :since GROUP BY date) b "
-        "FULL OUTER JOIN "
-        "(SELECT date, count(DISTINCT symbol) AS symbols, count(*) AS n FROM indicators WHERE date >= :since GROUP BY date) i "
-        "ON b.date = i.date ORDER BY 1",
-        {"since": since},
-    ).to_pylist()
+    table = store.session_counts(since).to_pylist()
     by_date = {row["date"]: row for row in table}
     last = max(by_date) if by_date else since
     active = len(store.active_symbols())
@@ -254,7 +246,7 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args, out)
-    except (StoreError, RuntimeError, OSError) as exc:
+    except (StoreError, RuntimeError, OSError, ValueError) as exc:
         print(f"stockpipe {args.command}: {exc}", file=sys.stderr)
         return 2
 

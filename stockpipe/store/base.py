@@ -498,19 +498,20 @@ class Store(ABC):
         with self.session(write=False) as session:
             return session.fetch_arrow(sql, params or {})
 
-    def session_counts(self, start: dt.date, end: dt.date) -> pa.Table:
-        """Per stored date from `start` to `end`: symbols and rows of bars and of indicators
+    def session_counts(self, start: dt.date, end: dt.date | None = None) -> pa.Table:
+        """Per stored date from `start` (to `end`): symbols and rows of bars and of indicators
         (aggregated in the database: only one row per date comes back)."""
+        where, params = range_filter(None, start, end)
         with self.session(write=False) as session:
             return session.fetch_arrow(
                 "SELECT coalesce(b.date, i.date) AS date, coalesce(b.symbols, 0) AS bar_symbols, "
                 "coalesce(b.n, 0) AS bar_rows, coalesce(i.symbols, 0) AS indicator_symbols, "
                 "coalesce(i.n, 0) AS indicator_rows FROM "
-                "(SELECT date, count(DISTINCT symbol) AS symbols, count(*) AS n FROM bars "
-                "WHERE date BETWEEN :start AND :end GROUP BY date) b FULL OUTER JOIN "
-                "(SELECT date, count(DISTINCT symbol) AS symbols, count(*) AS n FROM indicators "
-                "WHERE date BETWEEN :start AND :end GROUP BY date) i ON b.date = i.date ORDER BY 1",
-                {"start": start, "end": end},
+                f"(SELECT date, count(DISTINCT symbol) AS symbols, count(*) AS n FROM bars{where} GROUP BY date) b "
+                "FULL OUTER JOIN "
+                f"(SELECT date, count(DISTINCT symbol) AS symbols, count(*) AS n FROM indicators{where} GROUP BY date) i "
+                "ON b.date = i.date ORDER BY 1",
+                params,
                 schema=pa.schema([("date", pa.date32()), ("bar_symbols", pa.int64()), ("bar_rows", pa.int64()),
                                   ("indicator_symbols", pa.int64()), ("indicator_rows", pa.int64())]),
             )
