@@ -77,6 +77,8 @@ class timeouts(luigi.Config):  # noqa: N801
     scan = luigi.IntParameter(default=600, description="ScanWatchlist")
     replicate = luigi.IntParameter(default=1800, description="Replicate: export, verify and swap the replica")
     redis = luigi.IntParameter(default=300, description="RedisSync, RedisHealthCheck, RedisCleanup")
+    report = luigi.IntParameter(default=600, description="Report: the day's charts and HTML")
+    cleanup = luigi.IntParameter(default=600, description="CleanupOldFiles: deleting old files")
     daily = luigi.IntParameter(default=300, description="Daily's own step (its dependencies have their own)")
     pg_connect = luigi.IntParameter(default=10, description="PostgreSQL: seconds to establish a connection")
     pg_statement = luigi.IntParameter(default=900, description="PostgreSQL: seconds one statement may run (0 = no limit)")

@@ -10,11 +10,11 @@ import luigi
 
 from stockpipe import config, targets, trading_calendar
 from stockpipe.progress import luigi_progress
+from stockpipe.services import cleanup as cleanup_service
 from stockpipe.services import indicators as indicator_service
 from stockpipe.services import ingest as ingest_service
 from stockpipe.services import rebuild as rebuild_service
 from stockpipe.services import redis_sync
-from stockpipe.services import cleanup as cleanup_service
 from stockpipe.services import replica as replica_service
 from stockpipe.services import report as report_service
 from stockpipe.services import symbols as symbol_service
@@ -299,6 +299,8 @@ class Replicate(StockpipeTask):
 class Report(StockpipeTask):
     """The day's HTML report (watchlist charts, data health, the run) in <data_dir>/reports/."""
 
+    timeout_setting = "report"
+
     date = luigi.DateParameter()
 
     def requires(self):
@@ -318,6 +320,8 @@ class Report(StockpipeTask):
 
 class CleanupOldFiles(StockpipeTask):
     """Retention of run directories, backups, reports, replica copies and logs ([cleanup])."""
+
+    timeout_setting = "cleanup"
 
     date = luigi.DateParameter()
 
