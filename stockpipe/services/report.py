@@ -94,7 +94,7 @@ def run_summary(store: Store, day: dt.date, data_dir: Path, slowest: int) -> dic
     directory = rebuild_service.run_dir(data_dir, f"daily-{day}")
     try:
         chunk_failures = list(rebuild_service.failures(directory).values())
-    except (OSError, ValueError) as exc:  # an unreadable failure file is itself worth showing
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # an unreadable failure file is itself worth showing
         chunk_failures = [{"chunk_id": "?", "error": f"unreadable failure record in {directory}: {exc}"}]
     return {
         "tasks": tasks,
