@@ -65,6 +65,10 @@ class SymbolChart:
             axis.yaxis.set_major_locator(MaxNLocator(nbins=3))
         for axis in self.panels[:-1]:
             axis.tick_params(axis="x", labelbottom=False, length=0)
+        for axis in (self.volume, self.rsi):  # their date gridlines add little and cost a third of the ticks
+            axis.xaxis.set_visible(False)
+        for axis in self.panels:  # fixed, so no draw measures the tick labels to place them
+            axis.xaxis.set_label_coords(0.5, -0.1)
         self.volume.yaxis.set_major_formatter(FuncFormatter(_shares))
 
     def close(self) -> None:
@@ -87,7 +91,7 @@ class SymbolChart:
             for column, colour, width, _ in PRICE_OVERLAYS
             if frame[column].notna().any()
         ]
-        mpf.plot(frame[OHLCV], ax=self.price, type="candle", addplot=overlays, style=_STYLE,
+        mpf.plot(frame[OHLCV], ax=self.price, type="candle", addplot=overlays,
                  datetime_format="%b %d", xrotation=0, warn_too_much_data=10_000)
 
         rising = (frame["Close"] >= frame["Open"]).to_numpy()
