@@ -116,11 +116,10 @@ def cmd_watchlist(args, out) -> int:
     store = open_store(config.store_url())
     day = args.date
     if day is None:
-        latest = store.query("SELECT max(scan_date) AS d FROM daily_watchlist").column("d")[0].as_py()
-        if latest is None:
+        day = _latest_scan_date(store)
+        if day is None:
             print("no watchlist yet: run `luigi --module stockpipe Daily --date ...`", file=out)
             return 1
-        day = latest
     rows = store.read_watchlist(since=day, until=day).to_pylist()
     table = [
         {"#": i, "symbol": r["symbol"], "name": r["name"], "reason": r["scan_reason"], "pri": r["priority"],
