@@ -61,7 +61,8 @@ def publish_replica(store: Store, path: Path) -> dict[str, Any]:
             os.replace(link, previous)
         os.replace(temporary, path)
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        for leftover in (temporary, temporary.with_name(temporary.name + ".wal")):
+            leftover.unlink(missing_ok=True)
         raise
     stats = {"path": str(path), "tables": counts, "seconds": round(time.monotonic() - started, 3),
              "bytes": path.stat().st_size}

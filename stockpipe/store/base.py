@@ -36,7 +36,9 @@ from stockpipe.store.schema import (
 
 log = logging.getLogger("stockpipe.store")
 
-_PLACEHOLDER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+# A quoted literal or identifier is matched first and kept as it is: a value inlined into SQL (a
+# backup's symbol list, a file path) may itself contain ':name'.
+_PLACEHOLDER = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|(?<![:\w]):([A-Za-z_]\w*)")
 
 
 class StoreError(RuntimeError):
@@ -559,7 +561,6 @@ def symbol_filter(column: str, symbols: Sequence[str], params: dict[str, Any], n
 
 
 def translate_placeholders(sql: str, style: str) -> str:
-    """`:name` -> `$name` (DuckDB) or `%(name)s` (psycopg2)."""
-    if style == "dollar":
-        return _PLACEHOLDER.sub(r"$\1", sql)
-    return _PLACEHOLDER.sub(r"%(\1)s", sql)
+    """`:name` -> `$name` (DuckDB) or `%(name)s` (psycopg2), outside quoted literals."""
+    template = "${}" if style == "dollar" else "%({})s"
+    return _PLACEHOLDER.sub(lambda m: template.format(m[1]) if m[1] else m[0], sql)
