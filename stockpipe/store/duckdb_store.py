@@ -197,7 +197,7 @@ class DuckDBStore(Store):
     def export_indicators(self, path, symbols, start, metadata) -> int:
         # DuckDB streams the rows to Parquet itself: no 6M-row Arrow copy in this process.
         params: dict[str, Any] = {"d": start}
-        where = symbol_filter("symbol", symbols, params)
+        where = symbol_filter("symbol", symbols, params, collate=self.codepoint_collation)
         options = ", ".join(f"{k}: '{v.replace(chr(39), chr(39) * 2)}'" for k, v in metadata.items())
         target = str(path).replace("'", "''")
         with self.session(write=False) as session:
