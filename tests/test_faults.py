@@ -42,8 +42,6 @@ TABLES = ("schema_version", "symbols", "bars", "indicators", "task_markers", "da
 # -- running and killing the real command ----------------------------------------------------------
 def configure(directory: Path, url: str, **sections) -> Path:
     merged = {k: dict(v) for k, v in SETTINGS.items()}
-    # Luigi's pid lock keys on the command line: other test runs on this machine use the same ones.
-    merged["core"] = {"lock_pid_dir": str(directory / "luigi-pids")}
     for section, values in sections.items():
         merged.setdefault(section, {}).update(values)
     return write_luigi_cfg(directory, url, **merged)
@@ -287,8 +285,8 @@ def test_sigkill_of_only_the_luigi_process_with_two_workers(kind, seeds, tmp_pat
     try:
         run_ok(tmp_path / "run", *REBUILD)
     finally:
-        # Luigi's completion-cache manager process (cache_task_completion) outlives a killed luigi.
-        reap_group(group, timeout=0)
+        left = reap_group(group, timeout=30)
+    assert left == [], "the orphaned worker never finished"
     assert_whole_and_exact(url, seeds.clean(*REBUILD))
 
 
@@ -477,7 +475,7 @@ def test_a_source_that_hangs_is_killed_by_the_worker_timeout_and_a_rerun_complet
     os.mkfifo(source / "bars.csv")  # nobody ever writes it: opening it blocks for ever
     url = f"duckdb:///{tmp_path / 'store.duckdb'}"
     configure(tmp_path, url, stockpipe={"source": "csv", "min_symbols": 1}, csv={"path": str(source)},
-              worker={"timeout": 5})
+              timeouts={"ingest": 5})
     started = time.monotonic()
     process = luigi_command(tmp_path, *DAILY, "--local-scheduler", start_new_session=True)
     try:
@@ -489,7 +487,7 @@ def test_a_source_that_hangs_is_killed_by_the_worker_timeout_and_a_rerun_complet
     assert process.returncode == 30, output
     assert elapsed < 60, f"the hung run took {elapsed:.0f} s to give up"
     assert re.search(r"IngestDate\S* timed out after 5(\.0)? seconds", output), output
-    reap_group(process.pid, timeout=10)  # nothing of the run is left blocked on the FIFO
+    assert reap_group(process.pid) == [], "a process of the run is still blocked on the FIFO"
     runs = open_store(url).query("SELECT task_family, status, error FROM task_runs WHERE status <> 'DONE'").to_pylist()
     open_store(url).close()
     assert [(r["task_family"], r["status"]) for r in runs] == [("IngestDate", "FAILED")], runs

@@ -225,10 +225,10 @@ class DuckDBStore(Store):
 
     def export_replica(self, path) -> dict[str, int]:
         # A read-only DuckDB cannot attach a new file, so this takes the writer lock for the copy.
-        target = str(path).replace("'", "''")
-        counts: dict[str, int] = {}
         import duckdb
 
+        target = str(path).replace("'", "''")
+        counts: dict[str, int] = {}
         with self.session(write=True) as session:
             session.execute(f"ATTACH '{target}' AS replica")
             try:
