@@ -277,10 +277,10 @@ def test_sigkill_then_the_same_command_completes_exactly(point, kind, seeds, tmp
     assert_whole_and_exact(url, seeds.clean(*command))
 
 
-def test_sigkill_of_only_the_luigi_process_with_two_workers(kind, seeds, tmp_path):
+def test_sigkill_of_only_the_luigi_process_with_two_workers(seeds, tmp_path):
     # The forked worker running chunk 2 is orphaned, not killed: it finishes on its own while the
-    # rerun starts, a second writer the store must keep out of the rerun's way.
-    url = seeds.clone(kind, tmp_path / "run")
+    # rerun starts, a second writer of the DuckDB file that the store must keep out of the way.
+    url = seeds.clone("duckdb", tmp_path / "run")
     _, group = kill_at(tmp_path / "run", r"\[chunk 2/3\] reading bars", *REBUILD, workers=2, whole_group=False)
     try:
         run_ok(tmp_path / "run", *REBUILD)
@@ -288,6 +288,14 @@ def test_sigkill_of_only_the_luigi_process_with_two_workers(kind, seeds, tmp_pat
         left = reap_group(group, timeout=30)
     assert left == [], "the orphaned worker never finished"
     assert_whole_and_exact(url, seeds.clean(*REBUILD))
+
+
+def hold_first_symbol_of_chunk_2(connection) -> None:
+    """Lock the row chunk 2 (symbols 10..19) updates after its DELETE and COPY, so that it waits
+    there mid-transaction. (FOR UPDATE with OFFSET would lock the skipped rows too.)"""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT symbol FROM symbols WHERE symbol = (SELECT symbol FROM symbols ORDER BY symbol "
+                       "OFFSET 10 LIMIT 1) FOR UPDATE")
 
 
 def test_sigkill_inside_an_open_chunk_transaction_on_postgresql(seeds, tmp_path):
@@ -298,8 +306,7 @@ def test_sigkill_inside_an_open_chunk_transaction_on_postgresql(seeds, tmp_path)
     holder = psycopg2.connect(_dsn(url))
     admin = psycopg2.connect(_dsn(url))
     admin.autocommit = True
-    with holder.cursor() as cursor:
-        cursor.execute("SELECT symbol FROM symbols ORDER BY symbol OFFSET 10 LIMIT 1 FOR UPDATE")  # chunk 2's first
+    hold_first_symbol_of_chunk_2(holder)
     process = luigi_command(tmp_path / "run", *REBUILD, "--local-scheduler", start_new_session=True)
     try:
         waiting = None
@@ -341,9 +348,8 @@ def test_pg_terminate_backend_of_every_store_connection_mid_chunk(seeds, tmp_pat
     before = contents(url)
     database = make_url(url).database
     holder = psycopg2.connect(_dsn(url))
+    hold_first_symbol_of_chunk_2(holder)
     with holder.cursor() as cursor:
-        # Chunk 2 (symbols 10..19) stops mid-transaction, after its DELETE and COPY, on this row.
-        cursor.execute("SELECT symbol FROM symbols ORDER BY symbol OFFSET 10 LIMIT 1 FOR UPDATE")
         cursor.execute("SELECT pg_backend_pid()")
         holder_pid = cursor.fetchone()[0]
     admin = _pg_admin()
@@ -421,10 +427,21 @@ def fill(disk: Path, leave: int) -> Path:
     return filler
 
 
-@pytest.mark.parametrize("leave, failing_file", [(0, "store.duckdb.wal"), (1_000_000, "replica.duckdb")],
-                         ids=["store-full", "no-room-for-the-replica"])
-def test_disk_full_fails_naming_the_file_keeps_the_store_and_a_rerun_completes(leave, failing_file, seeds, small_disk, tmp_path):
-    url = seeds.clone("duckdb", tmp_path / "run", home=small_disk)
+DISK_FULL = {
+    # The store and the data_dir on a disk with no byte left: the first write fails.
+    "store-full": ({}, 0, "store.duckdb"),
+    # The store has room, the replica's disk has none.
+    "replica-disk-full": ({"replica": "disk"}, 0, "replica.duckdb"),
+}
+
+
+@pytest.mark.parametrize("case", DISK_FULL)
+def test_disk_full_fails_naming_the_file_keeps_the_store_and_a_rerun_completes(case, seeds, small_disk, tmp_path):
+    where, leave, failing_file = DISK_FULL[case]
+    if where.get("replica") == "disk":
+        url = seeds.clone("duckdb", tmp_path / "run", replica={"path": str(small_disk / "replica.duckdb")})
+    else:
+        url = seeds.clone("duckdb", tmp_path / "run", home=small_disk)
     filler = fill(small_disk, leave)
 
     code, output = run_luigi(tmp_path / "run", *DAILY, "--local-scheduler")
@@ -432,13 +449,14 @@ def test_disk_full_fails_naming_the_file_keeps_the_store_and_a_rerun_completes(l
     failed = failures(output)
     assert failed, output
     task, error = next(iter(failed.items()))
+    # The error a task fails with (and task_runs and the alert repeat) says what and which file.
     assert "No space left on device" in error and str(small_disk) in error and failing_file in error, (task, error)
     scan_every_table(url)
 
     filler.unlink()
     run_ok(tmp_path / "run", *DAILY)
     assert_whole_and_exact(url, seeds.clean(*DAILY))
-    leftovers = [p.name for p in (small_disk / "data").iterdir() if ".tmp" in p.name]
+    leftovers = [p.name for p in small_disk.rglob("*") if ".tmp" in p.name]
     assert leftovers == [], "a failed write left its temporary files"
 
 
