@@ -53,27 +53,34 @@ def run_ok(directory: Path, *args: str) -> str:
     return output
 
 
-def kill_at(directory: Path, pattern: str, *args: str, workers: int = 1, whole_group: bool = True) -> tuple[str, int]:
+def kill_at(directory: Path, trigger: str, *args: str, workers: int = 1, whole_group: bool = True) -> tuple[str, int]:
     """Start `luigi *args` and SIGKILL it (its process group, or only the luigi process) the moment
-    a line matching `pattern` appears in its output; returns the output up to then and the group id."""
+    it logs a line matching `trigger`, or, for `file:<glob>`, the moment a file matching the glob
+    (under `directory`) exists. Returns the output up to then and the process group's id."""
     process = luigi_command(directory, *args, "--local-scheduler", "--workers", str(workers), start_new_session=True)
-    watchdog = threading.Timer(120, lambda: os.killpg(process.pid, signal.SIGKILL))
-    watchdog.start()
-    seen = []
-    try:
+    seen: list[str] = []
+    fired = threading.Event()
+
+    def read() -> None:
         for line in process.stdout:
             seen.append(line)
-            if re.search(pattern, line):
-                if whole_group:
-                    os.killpg(process.pid, signal.SIGKILL)
-                else:
-                    os.kill(process.pid, signal.SIGKILL)
-                break
-        else:
-            pytest.fail(f"the run ended without logging {pattern!r}:\n" + "".join(seen))
-        process.wait(timeout=30)
-    finally:
-        watchdog.cancel()
+            if not trigger.startswith("file:") and re.search(trigger, line):
+                fired.set()
+        fired.set()  # the run ended
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 120
+    while not fired.is_set() and time.monotonic() < deadline:
+        if trigger.startswith("file:") and any(directory.glob(trigger[5:])):
+            break
+        fired.wait(0.002)
+    if process.poll() is not None or time.monotonic() >= deadline:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail(f"the run never reached {trigger!r}:\n" + "".join(seen))
+    os.killpg(process.pid, signal.SIGKILL) if whole_group else os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    reader.join(timeout=30)
     assert process.returncode == -signal.SIGKILL, "".join(seen)
     return "".join(seen), process.pid
 
@@ -259,8 +266,8 @@ KILL_POINTS = {
     "daily-during-collect-symbols": (DAILY, r"running\s+CollectSymbols\("),
     "daily-during-ingest-writes": (DAILY, r"IngestDate_\S+ fetching \d+ symbols"),
     "daily-mid-chunks": (DAILY, r"\[chunk 2/3\] writing"),
-    "daily-during-replicate": (DAILY, r"running\s+Replicate\("),
-    "rebuild-during-backup": (REBUILD, r"running\s+PlanRebuild\("),
+    "daily-during-replicate": (DAILY, "file:data/.replica.duckdb.*.tmp"),
+    "rebuild-during-backup": (REBUILD, "file:data/runs/*/.backup.parquet.*.tmp"),
     "rebuild-mid-chunks": (REBUILD, r"\[chunk 2/3\] writing"),
 }
 
@@ -275,6 +282,8 @@ def test_sigkill_then_the_same_command_completes_exactly(point, kind, seeds, tmp
     assert open_store(url).read_marker(final) is None, "the kill came after the run finished"
     run_ok(tmp_path / "run", *command)
     assert_whole_and_exact(url, seeds.clean(*command))
+    leftovers = [str(p.relative_to(tmp_path)) for p in (tmp_path / "run").rglob("*") if ".tmp" in p.name]
+    assert leftovers == [], "the killed run's temporary files are never cleaned up"
 
 
 def test_sigkill_of_only_the_luigi_process_with_two_workers(seeds, tmp_path):

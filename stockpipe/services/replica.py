@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from stockpipe.store import Store
+from stockpipe.tempfiles import discard_orphans, temporary_for
 
 log = logging.getLogger("stockpipe.replica")
 
@@ -45,7 +46,8 @@ def publish_replica(store: Store, path: Path) -> dict[str, Any]:
     started = time.monotonic()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = temporary_for(path)
+    discard_orphans(path)
     for leftover in (temporary, temporary.with_name(temporary.name + ".wal")):
         leftover.unlink(missing_ok=True)
     try:
@@ -55,7 +57,8 @@ def publish_replica(store: Store, path: Path) -> dict[str, Any]:
         previous = path.with_name(path.stem + ".previous" + path.suffix)
         if path.exists():
             # Keep the outgoing replica as the backup without a moment where `path` is missing.
-            link = previous.with_name(f".{previous.name}.{os.getpid()}.tmp")
+            discard_orphans(previous)
+            link = temporary_for(previous)
             link.unlink(missing_ok=True)
             os.link(path, link)
             os.replace(link, previous)
