@@ -67,12 +67,12 @@ def test_replica_refresh_is_atomic_for_an_open_reader(pipeline):
 
 
 def test_failed_refresh_leaves_the_previous_replica(pipeline):
-    import os
+    from stockpipe.tempfiles import temporary_for
 
     assert pipeline.build(tasks.Daily(date=DAY))
     path = config.replica_path()
     before = path.read_bytes()
-    blocker = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    blocker = temporary_for(path)
     blocker.mkdir()  # the refresh cannot create its temporary file
     with pytest.raises(Exception, match=r"(?i)directory"):
         publish_replica(pipeline.store, path)

@@ -38,7 +38,9 @@ from stockpipe.store.schema import (
 
 log = logging.getLogger("stockpipe.store")
 
-_PLACEHOLDER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+# A quoted literal or identifier is matched first and kept as it is: a value inlined into SQL (a
+# backup's symbol list, a file path) may itself contain ':name'.
+_PLACEHOLDER = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|(?<![:\w]):([A-Za-z_]\w*)")
 
 
 class StoreError(RuntimeError):
@@ -90,6 +92,10 @@ class Session(ABC):
 
 class Store(ABC):
     dialect: str = ""
+    # Appended to a text column to compare it by code point, as Python sorts: a database that sorts
+    # by a language's rules (en_US puts 'BFAM' before 'BF-B') would otherwise drop symbols from a
+    # range whose ends Python chose.
+    codepoint_collation: str = ""
 
     def __init__(self, url: str):
         self.url = url
@@ -365,7 +371,7 @@ class Store(ABC):
         return trimmed
 
     def _read_bar_range(self, symbols: Sequence[str] | None, start: dt.date | None, end: dt.date | None) -> pa.Table:
-        where, params = range_filter(symbols, start, end)
+        where, params = range_filter(symbols, start, end, collate=self.codepoint_collation)
         sql = f"SELECT symbol, date, open, high, low, close, volume FROM bars{where} ORDER BY symbol, date"
         with self.session(write=False) as session:
             return session.fetch_arrow(sql, params, schema=BARS.schema)
@@ -373,7 +379,7 @@ class Store(ABC):
     # -- indicators -----------------------------------------------------------------------------
     def latest_indicator_dates(self, symbols: Sequence[str], before: dt.date) -> dict[str, dt.date]:
         params: dict[str, Any] = {"d": before}
-        where = symbol_filter("symbol", symbols, params)
+        where = symbol_filter("symbol", symbols, params, collate=self.codepoint_collation)
         with self.session(write=False) as session:
             rows = session.fetch(f"SELECT symbol, max(date) FROM indicators WHERE {where} AND date < :d GROUP BY symbol", params)
         return {r[0]: r[1] for r in rows}
@@ -389,10 +395,12 @@ class Store(ABC):
             if not self._claim(session, marker):
                 return False
             params: dict[str, Any] = {"d": start}
-            session.execute(f"DELETE FROM indicators WHERE {symbol_filter('symbol', symbols, params)} AND date >= :d", params)
+            where = symbol_filter("symbol", symbols, params, collate=self.codepoint_collation)
+            session.execute(f"DELETE FROM indicators WHERE {where} AND date >= :d", params)
             if whole_symbols:
                 whole: dict[str, Any] = {}
-                session.execute(f"DELETE FROM indicators WHERE {symbol_filter('symbol', whole_symbols, whole, 'w')}", whole)
+                where = symbol_filter("symbol", whole_symbols, whole, "w", collate=self.codepoint_collation)
+                session.execute(f"DELETE FROM indicators WHERE {where}", whole)
             if rows.num_rows:
                 session.insert(INDICATORS, rows)
                 latest = _latest_per_symbol(rows, "avg_volume_30")
@@ -409,7 +417,7 @@ class Store(ABC):
     def read_indicators(
         self, symbols: Sequence[str] | None = None, start: dt.date | None = None, end: dt.date | None = None
     ) -> pa.Table:
-        where, params = range_filter(symbols, start, end)
+        where, params = range_filter(symbols, start, end, collate=self.codepoint_collation)
         with self.session(write=False) as session:
             return session.fetch_arrow(
                 f"SELECT * FROM indicators{where} ORDER BY symbol, date", params, schema=INDICATORS.schema
@@ -639,13 +647,14 @@ def _latest_per_symbol(rows: pa.Table, column: str) -> pa.Table:
 
 
 def range_filter(
-    symbols: Sequence[str] | None, start: dt.date | None, end: dt.date | None, date_column: str = "date"
+    symbols: Sequence[str] | None, start: dt.date | None, end: dt.date | None, date_column: str = "date",
+    collate: str = "",
 ) -> tuple[str, dict[str, Any]]:
     """` WHERE ...` (or "") and its parameters for optional symbols and an inclusive date range."""
     filters: list[str] = []
     params: dict[str, Any] = {}
     if symbols is not None:
-        filters.append(symbol_filter("symbol", symbols, params))
+        filters.append(symbol_filter("symbol", symbols, params, collate=collate))
     if start is not None:
         filters.append(f"{date_column} >= :start")
         params["start"] = start
@@ -655,19 +664,20 @@ def range_filter(
     return (" WHERE " + " AND ".join(filters)) if filters else "", params
 
 
-def symbol_filter(column: str, symbols: Sequence[str], params: dict[str, Any], name: str = "s") -> str:
+def symbol_filter(column: str, symbols: Sequence[str], params: dict[str, Any], name: str = "s", collate: str = "") -> str:
     """`column = ANY(list)`, plus the list's range so a store can skip blocks of other symbols
-    (chunks are ranges of sorted symbols, and bulk tables are written in symbol order)."""
+    (chunks are ranges of sorted symbols, and bulk tables are written in symbol order). The range's
+    ends are Python's code-point order: `collate` makes the store compare the same way (see
+    `Store.codepoint_collation`)."""
     ordered = sorted(symbols)
     if not ordered:
         return "FALSE"
     params[name] = ordered
     params[f"{name}_lo"], params[f"{name}_hi"] = ordered[0], ordered[-1]
-    return f"{column} BETWEEN :{name}_lo AND :{name}_hi AND {column} = ANY(:{name})"
+    return f"{column}{collate} BETWEEN :{name}_lo AND :{name}_hi AND {column} = ANY(:{name})"
 
 
 def translate_placeholders(sql: str, style: str) -> str:
-    """`:name` -> `$name` (DuckDB) or `%(name)s` (psycopg2)."""
-    if style == "dollar":
-        return _PLACEHOLDER.sub(r"$\1", sql)
-    return _PLACEHOLDER.sub(r"%(\1)s", sql)
+    """`:name` -> `$name` (DuckDB) or `%(name)s` (psycopg2), outside quoted literals."""
+    template = "${}" if style == "dollar" else "%({})s"
+    return _PLACEHOLDER.sub(lambda m: template.format(m[1]) if m[1] else m[0], sql)
