@@ -271,9 +271,9 @@ KILL_POINTS = {
     "daily-during-collect-symbols": (DAILY, r"running\s+CollectSymbols\("),
     "daily-during-ingest-writes": (DAILY, r"IngestDate_\S+ fetching \d+ symbols"),
     "daily-mid-chunks": (DAILY, r"\[chunk 2/3\] writing"),
-    "daily-during-replicate": (DAILY, "file:data/.replica.duckdb.*.tmp"),
+    "daily-during-replicate": (DAILY, "file:data/*/.replica.duckdb.*.tmp"),
     # PostgreSQL's backup is written in one quick call: the line logged just before it starts.
-    "rebuild-during-backup": (REBUILD, {"duckdb": "file:data/runs/*/.backup.parquet.*.tmp",
+    "rebuild-during-backup": (REBUILD, {"duckdb": "file:data/*/runs/*/.backup.parquet.*.tmp",
                                         "postgres": r"will replace \d+ indicator rows"}),
     "rebuild-mid-chunks": (REBUILD, r"\[chunk 2/3\] writing"),
 }
