@@ -149,6 +149,13 @@ class Pipeline:
 
         return open_store(self.store_url)
 
+    @property
+    def store_dir(self) -> Path:
+        """This store's runs and replica: a subdirectory of data_dir named after the store."""
+        from stockpipe import config
+
+        return self.data_dir / config.store_slug(self.store_url)
+
 
 def _pipeline(tmp_path, store_url, monkeypatch) -> Pipeline:
     monkeypatch.setenv("STOCKPIPE_STORE_URL", store_url)

@@ -45,7 +45,7 @@ def test_status_shows_a_rebuild_in_progress(pipeline):
     assert pipeline.build(tasks.Daily(date=DAY))
     store = pipeline.store
     plan = rebuild_service.create_plan(
-        store, rebuild_service.run_dir(pipeline.data_dir, "rebuild-2025-09-29"), plan_id="rebuild-2025-09-29",
+        store, rebuild_service.run_dir(pipeline.store_dir, "rebuild-2025-09-29"), plan_id="rebuild-2025-09-29",
         kind="rebuild", start=dt.date(2025, 9, 29), symbols=store.active_symbols(), chunk_size=10, backup=True,
     )
     assert len(plan.chunks) == 3
@@ -59,7 +59,7 @@ def test_restore_command_puts_rows_back(pipeline):
     assert pipeline.build(tasks.Daily(date=DAY))
     before = pipeline.store.read_indicators(start=dt.date(2025, 9, 29)).drop(["created_at"])
     assert pipeline.build(tasks.RebuildFrom(start_date=dt.date(2025, 9, 29)))
-    backup = rebuild_service.run_dir(pipeline.data_dir, "rebuild-2025-09-29") / "backup.parquet"
+    backup = rebuild_service.run_dir(pipeline.store_dir, "rebuild-2025-09-29") / "backup.parquet"
     code, text = run_cli("restore", str(backup))
     assert code == 0 and "rows_restored" in text
     after = pipeline.store.read_indicators(start=dt.date(2025, 9, 29)).drop(["created_at"])
@@ -83,3 +83,86 @@ def test_watchlist_command_shows_the_latest_scan_as_a_table(pipeline):
     assert code == 0 and f"watchlist {DAY}: {len(rows)} symbols" in text
     for row in rows:
         assert row["symbol"] in text and row["scan_reason"] in text
+
+
+def test_status_flags_null_indicators_where_history_exists(pipeline):
+    assert pipeline.build(tasks.Daily(date=DAY))
+    code, text = run_cli("status", "--since", "2025-10-06")
+    assert code == 0 and "NULL indicators" not in text
+    # What an indicator computed without its history looks like: every row present, values NULL.
+    with pipeline.store.session() as session:
+        session.execute("UPDATE indicators SET sma_50 = NULL, macd_signal = NULL WHERE date = :d AND symbol IN "
+                        "(SELECT symbol FROM symbols ORDER BY symbol LIMIT 3)", {"d": dt.date(2025, 10, 8)})
+    code, text = run_cli("status", "--since", "2025-10-06")
+    assert code == 1, text
+    line = next(line for line in text.splitlines() if line.startswith("2025-10-08"))
+    assert "3 symbols with NULL indicators despite enough history (macd_signal 3, sma_50 3)" in line
+    assert "without indicators" not in line  # the rows exist: counting rows alone missed this
+
+
+def test_first_valid_positions_follow_the_ta_lib_conventions():
+    assert cli.first_valid_positions() == {"sma_20": 19, "sma_50": 49, "rsi_14": 14, "macd": 33, "macd_signal": 33,
+                                           "macd_hist": 33, "bb_upper": 19, "bb_middle": 19, "bb_lower": 19,
+                                           "avg_volume_30": 29}
+
+
+def test_a_restored_rebuild_is_not_shown_in_progress(pipeline):
+    assert pipeline.build(tasks.Daily(date=DAY))
+    assert pipeline.build(tasks.RebuildFrom(start_date=dt.date(2025, 9, 29)))
+    backup = rebuild_service.run_dir(pipeline.store_dir, "rebuild-2025-09-29") / "backup.parquet"
+    assert run_cli("restore", str(backup))[0] == 0
+    code, text = run_cli("status")
+    line = next(line for line in text.splitlines() if line.startswith("rebuild-2025-09-29"))
+    assert "restored (undone)" in line and "in progress" not in line and "0/3" in line
+
+
+def test_watchlist_tells_a_scan_without_hits_from_a_date_never_scanned(pipeline):
+    assert pipeline.build(tasks.Daily(date=DAY))
+    code, text = run_cli("watchlist", "--date", "2025-10-09")
+    assert code == 1 and "no watchlist scan for 2025-10-09: run `luigi --module stockpipe Daily --date 2025-10-09`" in text
+    pipeline.configure("watchlist", rules='[{"name": "nothing", "priority": 1, "limit": 5, "order_by": "close asc", '
+                                          '"conditions": ["close < 0"]}]')
+    assert pipeline.build(tasks.ScanWatchlist(date=dt.date(2025, 10, 9)))
+    code, text = run_cli("watchlist", "--date", "2025-10-09")
+    assert code == 0 and "watchlist 2025-10-09: no symbol matched the rules (30 symbols scanned)" in text
+    code, text = run_cli("watchlist")  # the latest scan, even one without hits
+    assert code == 0 and "watchlist 2025-10-10:" in text
+
+
+def test_status_into_a_closed_pipe_exits_as_documented_without_a_traceback(tmp_path):
+    import os
+    import subprocess
+
+    from tests.conftest import prepared_store, write_luigi_cfg
+
+    prepared_store(tmp_path, f"duckdb:///{tmp_path / 'store.duckdb'}")
+    write_luigi_cfg(tmp_path, f"duckdb:///{tmp_path / 'store.duckdb'}")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("STOCKPIPE_")}, "LUIGI_CONFIG_PATH": str(tmp_path / "luigi.cfg")}
+    whole = subprocess.run(["stockpipe", "status", "--since", "2025-09-01"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert whole.returncode in (0, 1) and len(whole.stdout.splitlines()) > 20, whole.stderr
+    # `stockpipe status | head -1`: the reader is gone before the report is written.
+    reader = subprocess.Popen(["stockpipe", "status", "--since", "2025-09-01"], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reader.stdout.close()
+    err = reader.stderr.read()
+    assert reader.wait(timeout=120) == whole.returncode
+    assert "Broken pipe" not in err and "Traceback" not in err, err
+
+
+def test_assist_without_luigid_says_where_it_looked_at_once(tmp_path):
+    import os
+    import subprocess
+    import time
+
+    from tests.conftest import free_port, write_luigi_cfg
+
+    port = free_port()
+    write_luigi_cfg(tmp_path, f"duckdb:///{tmp_path / 'store.duckdb'}", core={"scheduler_host": "127.0.0.1", "scheduler_port": port})
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("STOCKPIPE_")}, "LUIGI_CONFIG_PATH": str(tmp_path / "luigi.cfg")}
+    started = time.monotonic()
+    done = subprocess.run(["stockpipe", "assist"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - started < 30, "no minute of retries"
+    assert done.returncode == 2
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, lines
+    assert f"no luigid answers at http://127.0.0.1:{port}/" in lines[0] and "luigid --background" in lines[0]

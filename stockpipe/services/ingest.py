@@ -62,6 +62,7 @@ def ingest_date(
     heal. A symbol with no stored bar gets `backfill_sessions` of history, and a store whose latest bar
     is older than the overlap is filled from there, so no hole is left."""
     started = time.monotonic()
+    _refuse_unfinished(source, day)
     symbols = store.active_symbols()
     overlap_start = trading_calendar.sessions_back(source.calendar, day, days_back)
     history_start = trading_calendar.sessions_back(source.calendar, day, backfill_sessions - 1)
@@ -125,6 +126,14 @@ def ingest_date(
     return stats
 
 
+def _refuse_unfinished(source: Source, day: dt.date) -> None:
+    """No source is asked for a session that has not closed: demo would invent it, a live source would
+    return a bar still trading as if it were final (the tasks refuse it earlier; this guards callers)."""
+    reason = trading_calendar.not_happened(source.calendar, day)
+    if reason:
+        raise ValueError(f"ingest up to {day} refused: {reason}")
+
+
 def rescaled_symbols(store: Store, fetched: pa.Table, jump: float = 0.02, agreement: float = 0.005) -> set[str]:
     """Symbols whose fetched closes differ from the stored ones on every overlapping day by one
     constant ratio (a split or reverse split rescaled the source's history)."""
@@ -178,6 +187,7 @@ def backfill(
     """History for every active symbol, fetched and written `batch_size` symbols at a time. Each
     batch is an idempotent upsert; the last one commits together with the marker."""
     started = time.monotonic()
+    _refuse_unfinished(source, end)
     symbols = store.active_symbols()
     if not symbols:
         raise ValueError("Backfill found no active symbols: run CollectSymbols first")

@@ -110,11 +110,16 @@ def create_plan(
 
 def _create_plan_locked(store, directory, *, plan_id, kind, start, symbols, chunk_size, backup, full_history) -> Plan:
     replaces = store.indicator_summary(symbols, start)
-    log.info(
-        "%s will replace %d indicator rows of %d symbols (%s..%s) from %s; %d symbols in %d chunks",
-        plan_id, replaces["rows"], replaces["symbols"], replaces["first_date"], replaces["last_date"], start,
-        len(symbols), -(-len(symbols) // max(chunk_size, 1)),
-    )
+    chunks = -(-len(symbols) // max(chunk_size, 1))
+    if replaces["rows"]:
+        log.info(
+            "%s will replace %d indicator rows of %d symbols (%s..%s) from %s; %d symbols in %d chunks",
+            plan_id, replaces["rows"], replaces["symbols"], replaces["first_date"], replaces["last_date"], start,
+            len(symbols), chunks,
+        )
+    else:
+        log.info("%s: no indicator rows stored from %s yet, nothing to replace; %d symbols in %d chunks",
+                 plan_id, start, len(symbols), chunks)
     backup_name = None
     if backup:
         directory.mkdir(parents=True, exist_ok=True)
