@@ -193,9 +193,10 @@ class RebuildFrom(StockpipeTask):
         return self.marker_target(self.requires().plan_id)
 
     def run(self):
-        started = time.monotonic()
         directory = rebuild_service.run_dir(config.data_dir(), self.requires().plan_id)
-        plan = rebuild_service.load_plan(directory)
+        started = rebuild_service.attempt_started(directory)
+        plan = rebuild_service.open_plan(directory)
+        rebuild_service.remove_litter(directory)
         chunks = _chunk_tasks(plan)
         done = sum(1 for c in chunks if c.complete())
         self.set_status_message(f"{done}/{len(chunks)} chunks done")

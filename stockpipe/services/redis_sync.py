@@ -24,6 +24,7 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 
+from stockpipe.secrets import encode_userinfo, redact_url, scrub
 from stockpipe.store import Store
 from stockpipe.store.base import utcnow
 
@@ -39,7 +40,7 @@ class RedisUnavailable(RuntimeError):
 
 
 def redact(url: str) -> str:
-    return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)
+    return redact_url(url)
 
 
 def connect(url: str):
@@ -47,11 +48,11 @@ def connect(url: str):
 
     if not url:
         raise RedisUnavailable("Redis is not configured: set [redis] url or STOCKPIPE_REDIS_URL")
-    client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5)
+    client = redis.Redis.from_url(encode_userinfo(url), decode_responses=True, socket_timeout=10, socket_connect_timeout=5)
     try:
         client.ping()
     except redis.RedisError as exc:
-        raise RedisUnavailable(f"Redis at {redact(url)} is unreachable: {exc}") from exc
+        raise RedisUnavailable(scrub(f"Redis at {redact(url)} is unreachable: {exc}", url)) from None
     return client
 
 

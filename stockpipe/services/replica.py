@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from stockpipe import litter
 from stockpipe.store import Store
 
 log = logging.getLogger("stockpipe.replica")
@@ -48,6 +49,8 @@ def publish_replica(store: Store, path: Path) -> dict[str, Any]:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     for leftover in (temporary, temporary.with_name(temporary.name + ".wal")):
         leftover.unlink(missing_ok=True)
+    litter.remove_litter(path.parent, f".{path.name}.*.tmp*")
+    litter.remove_litter(path.parent, f".{path.stem}.previous{path.suffix}.*.tmp")
     try:
         counts = store.export_replica(temporary)
         verify_replica(temporary, counts)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import logging
 import os
 import threading
 import time
@@ -26,7 +27,7 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-from stockpipe.store.base import Session, Store, StoreError, symbol_filter, translate_placeholders
+from stockpipe.store.base import Session, Store, StoreError, translate_placeholders
 from stockpipe.store.schema import BULK_TABLES, Table
 
 _IDLE_RELEASE_SECONDS = 0.5
@@ -61,6 +62,12 @@ class _DuckDBSession(Session):
     def fetch_arrow(self, sql: str, params: dict[str, Any] | None = None, schema: pa.Schema | None = None) -> pa.Table:
         table = self._con.sql(translate_placeholders(sql, "dollar"), params=params or {}).to_arrow_table()
         return table.cast(schema) if schema is not None and table.schema != schema else table
+
+    def fetch_batches(self, sql: str, params: dict[str, Any] | None = None, schema: pa.Schema | None = None,
+                      rows: int = 262_144):
+        reader = self._con.execute(translate_placeholders(sql, "dollar"), params or {}).to_arrow_reader(rows)
+        for batch in reader:
+            yield batch.cast(schema) if schema is not None and batch.schema != schema else batch
 
     def stage(self, name: str, data: pa.Table, like: Table) -> None:
         self._con.register(name, data)
@@ -194,20 +201,6 @@ class DuckDBStore(Store):
         with self._guard:
             self._release()
 
-    def export_indicators(self, path, symbols, start, metadata) -> int:
-        # DuckDB streams the rows to Parquet itself: no 6M-row Arrow copy in this process.
-        params: dict[str, Any] = {"d": start}
-        where = symbol_filter("symbol", symbols, params)
-        options = ", ".join(f"{k}: '{v.replace(chr(39), chr(39) * 2)}'" for k, v in metadata.items())
-        target = str(path).replace("'", "''")
-        with self.session(write=False) as session:
-            session.execute(
-                f"COPY (SELECT * FROM indicators WHERE {where} AND date >= :d ORDER BY symbol, date) TO '{target}' "
-                f"(FORMAT parquet, COMPRESSION lz4_raw, KV_METADATA {{{options}}})",
-                params,
-            )
-            return int(session.fetch(f"SELECT count(*) FROM indicators WHERE {where} AND date >= :d", params)[0][0])
-
     def export_replica(self, path) -> dict[str, int]:
         # A read-only DuckDB cannot attach a new file, so this takes the writer lock for the copy.
         target = str(path).replace("'", "''")
@@ -218,12 +211,17 @@ class DuckDBStore(Store):
                 for table in self.replica_tables():
                     session.execute(f"CREATE TABLE replica.{table.name} AS SELECT * FROM main.{table.name}")
                     counts[table.name] = int(session.fetch(f"SELECT count(*) FROM main.{table.name}")[0][0])
-            finally:
-                # DuckDB detaches only outside a transaction: end this one, detach, and open the
-                # empty one the session will commit.
-                session.execute("COMMIT")
-                session.execute("DETACH replica")
-                session.execute("BEGIN TRANSACTION")
+            except BaseException as exc:
+                # A failed copy (e.g. a full disk) may have ended the transaction already: the copy's
+                # own error is the one to report, not the clean-up's.
+                _rollback_keeping(exc, lambda: session.execute("ROLLBACK"), lambda: session.execute("DETACH replica"),
+                                  lambda: session.execute("BEGIN TRANSACTION"))
+                raise
+            # DuckDB detaches only outside a transaction: end this one, detach, and open the
+            # empty one the session will commit.
+            session.execute("COMMIT")
+            session.execute("DETACH replica")
+            session.execute("BEGIN TRANSACTION")
         return counts
 
     # -- sessions --------------------------------------------------------------------------------
@@ -236,17 +234,24 @@ class DuckDBStore(Store):
             connection.execute("BEGIN TRANSACTION")
             try:
                 yield session
-            except BaseException:
-                try:
-                    connection.execute("ROLLBACK")
-                finally:
-                    session.close()
+            except BaseException as exc:
+                _rollback_keeping(exc, lambda: connection.execute("ROLLBACK"), session.close)
                 raise
             else:
                 connection.execute("COMMIT")
                 session.close()
             finally:
                 held.last_used = time.monotonic()
+
+
+def _rollback_keeping(error: BaseException, *steps) -> None:
+    """Run clean-up steps after `error`; their own failures (\"cannot rollback - no transaction is
+    active\" after a full disk ended the transaction) are logged, never raised in its place."""
+    for step in steps:
+        try:
+            step()
+        except Exception as cleanup_error:  # noqa: BLE001 - the original error is the one raised
+            logging.getLogger("stockpipe.store").debug("clean-up after %r failed: %s", error, cleanup_error)
 
 
 def _release_before_fork() -> None:

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from stockpipe.secrets import encode_userinfo, scrub
 from stockpipe.store import pg_binary
 from stockpipe.store.base import Session, Store, StoreError, translate_placeholders
 from stockpipe.store.schema import Table
@@ -79,6 +80,17 @@ class _PostgresSession(Session):
     def lock(self, key: str) -> None:
         self._cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%(k)s, 0))", {"k": key})
 
+    def lock_symbols(self, table: str, symbols) -> None:
+        # Symbols fall into 64 buckets per table (few locks per transaction, whatever the batch),
+        # taken in order so two writers never wait on each other in a cycle.
+        if not symbols:
+            return
+        self._cur.execute(
+            "SELECT pg_advisory_xact_lock(hashtext(%(t)s), b) FROM "
+            "(SELECT DISTINCT hashtext(s) & 63 AS b FROM unnest(CAST(%(s)s AS varchar[])) AS s ORDER BY 1) buckets",
+            {"t": f"stockpipe:{table}", "s": list(symbols)},
+        )
+
 
 class PostgresStore(Store):
     dialect = "postgresql"
@@ -98,7 +110,8 @@ class PostgresStore(Store):
             if self._engine is not None:
                 # A forked Luigi worker must not reuse its parent's sockets.
                 self._engine.dispose(close=False)
-            url = self.url.replace("postgresql:", "postgresql+psycopg2:", 1) if self.url.startswith("postgresql:") else self.url
+            url = encode_userinfo(self.url)
+            url = url.replace("postgresql:", "postgresql+psycopg2:", 1) if url.startswith("postgresql:") else url
             url = url.replace("postgres:", "postgresql+psycopg2:", 1) if url.startswith("postgres:") else url
             self._engine = create_engine(url, pool_pre_ping=True, pool_recycle=_POOL_RECYCLE_SECONDS, pool_size=2)
             self._engine_pid = os.getpid()
@@ -112,7 +125,7 @@ class PostgresStore(Store):
         try:
             connection = self.engine().raw_connection()
         except (sqlalchemy.exc.OperationalError, psycopg2.OperationalError) as exc:
-            raise StoreError(f"cannot connect to {self.redacted_url()}: {exc}".strip()) from exc
+            raise StoreError(scrub(f"cannot connect to {self.redacted_url()}: {exc}".strip(), self.url)) from None
         try:
             if not write:
                 connection.set_session(readonly=True)
@@ -127,13 +140,18 @@ class PostgresStore(Store):
                 raise
             connection.commit()
         finally:
-            try:
-                if not write:
-                    connection.rollback()
-                    connection.set_session(readonly=False)
-            except psycopg2.Error:
-                pass
-            connection.close()
+            if connection.dbapi_connection is None or connection.dbapi_connection.closed:
+                # A dropped connection goes out of the pool without the pool's reset, whose
+                # "connection already closed" traceback would be logged before the real error.
+                connection.invalidate()
+            else:
+                try:
+                    if not write:
+                        connection.rollback()
+                        connection.set_session(readonly=False)
+                except psycopg2.Error:
+                    pass
+                connection.close()
 
     def latest_indicator_dates(self, symbols, before):
         if not symbols:
