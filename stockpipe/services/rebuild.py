@@ -315,12 +315,12 @@ def check_backup(path: Path, *, quick: bool = False, expected_rows: int | None =
     path = Path(path)
     try:
         parquet = pq.ParquetFile(path)
-        raw = parquet.schema_arrow.metadata or {}
+        raw = parquet.metadata.metadata or {}
         meta = json.loads(raw[b"stockpipe"])
     except FileNotFoundError:
         raise RebuildError(f"backup {path} is missing") from None
     except (OSError, KeyError, ValueError, pa.ArrowInvalid) as exc:
-        raise RebuildError(f"{path} is not a readable stockpipe rebuild backup (truncated or damaged?): {exc}") from None
+        raise RebuildError(f"{path} is not a stockpipe rebuild backup (unreadable: truncated or damaged?): {exc}") from None
     recorded = raw.get(b"stockpipe.rows")
     found = parquet.metadata.num_rows
     if recorded is None:

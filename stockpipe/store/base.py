@@ -364,10 +364,11 @@ class Store(ABC):
             if not self._claim(session, marker):
                 return False
             session.lock_symbols("indicators", sorted(set(symbols) | set(whole_symbols)))
-            params: dict[str, Any] = {"d": start, "e": end}
+            bound: dict[str, Any] = {} if end is None else {"e": end}
+            params: dict[str, Any] = {"d": start, **bound}
             session.execute(f"DELETE FROM indicators WHERE {symbol_filter('symbol', symbols, params)} AND date >= :d{until}", params)
             if whole_symbols:
-                whole: dict[str, Any] = {"e": end}
+                whole: dict[str, Any] = dict(bound)
                 session.execute(f"DELETE FROM indicators WHERE {symbol_filter('symbol', whole_symbols, whole, 'w')}{until}", whole)
             if rows.num_rows:
                 session.insert(INDICATORS, rows)
@@ -444,7 +445,7 @@ class Store(ABC):
             session.lock_symbols("indicators", list(symbols))
             session.execute(
                 "DELETE FROM indicators WHERE symbol = ANY(:s) AND date >= :d" + ("" if end is None else " AND date <= :e"),
-                {"s": list(symbols), "d": start, "e": end},
+                {"s": list(symbols), "d": start, **({} if end is None else {"e": end})},
             )
             if rows.num_rows:
                 session.insert(INDICATORS, rows)

@@ -65,7 +65,7 @@ class _DuckDBSession(Session):
 
     def fetch_batches(self, sql: str, params: dict[str, Any] | None = None, schema: pa.Schema | None = None,
                       rows: int = 262_144):
-        reader = self._con.execute(translate_placeholders(sql, "dollar"), params or {}).to_arrow_reader(rows)
+        reader = self._con.sql(translate_placeholders(sql, "dollar"), params=params or {}).to_arrow_reader(rows)
         for batch in reader:
             yield batch.cast(schema) if schema is not None and batch.schema != schema else batch
 
