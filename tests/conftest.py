@@ -182,7 +182,7 @@ def _restore_luigi_config():
 def write_luigi_cfg(directory: Path, store_url: str, **sections: dict) -> Path:
     """A luigi.cfg like the committed one, pointing at an isolated store and data_dir."""
     settings: dict[str, dict] = {
-        "core": {"autoload_range": "false"},
+        "core": {"autoload_range": "false", "no_lock": "true"},
         "worker": {"cache_task_completion": "true"},
         "retcode": {"already_running": 10, "missing_data": 20, "not_run": 25, "task_failed": 30,
                     "scheduling_error": 35, "unhandled_exception": 40},

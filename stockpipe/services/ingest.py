@@ -120,7 +120,9 @@ def ingest_date(
     )
     if marker is not None:
         marker = Marker(marker.marker_id, marker.task_family, marker.params, stats)
-    store.write_bars(rows_table, marker)
+    if not store.write_bars(rows_table, marker):
+        progress(100, "done by another run meanwhile: nothing stored")
+        return {**stats, "bars_stored": 0, "skipped": True}
     progress(100, f"stored {rows_table.num_rows} bars for {len(symbols)} symbols, rejected {len(rejected)}")
     return stats
 

@@ -123,6 +123,14 @@ class Store(ABC):
         with self._open_session(write) as session:
             yield session
 
+    @contextmanager
+    def run_lock(self, key: str) -> Iterator[None]:
+        """Hold `key` against every other process using this store (not only this machine's, on
+        PostgreSQL) while a task does its work, so two runs of one task (two overlapping Dailies of
+        one date) do not both do it: the second waits, then finds it done. A killed holder's lock
+        goes with its process. The holder's own task timeout bounds the wait."""
+        yield
+
     # -- schema ---------------------------------------------------------------------------------
     def ensure_schema(self) -> None:
         """Create missing tables; refuse to work on a database of another schema version."""

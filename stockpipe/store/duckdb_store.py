@@ -115,6 +115,7 @@ class DuckDBStore(Store):
         self._held: _Held | None = None
         self._watcher: threading.Thread | None = None
         self._wait_probe = None
+        self._run_lock_file = None
 
     def declares_key(self, table: Table) -> bool:
         return table.name not in BULK_TABLES
@@ -200,6 +201,26 @@ class DuckDBStore(Store):
     def close(self) -> None:
         with self._guard:
             self._release()
+
+    @contextmanager
+    def run_lock(self, key: str) -> Iterator[None]:
+        # One byte of `<file>.runs` per key (record locks: released by the kernel when the holder
+        # dies, one file whatever the number of keys).
+        import hashlib
+
+        offset = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:4], "big") & 0x3FFFFFFF
+        if self._run_lock_file is None:
+            self._run_lock_file = open(self.path.with_name(self.path.name + ".runs"), "a+")
+        handle = self._run_lock_file
+        try:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+        except OSError:
+            logging.getLogger("stockpipe.store").info("%s: waiting for another run doing the same work", key)
+            fcntl.lockf(handle, fcntl.LOCK_EX, 1, offset)
+        try:
+            yield
+        finally:
+            fcntl.lockf(handle, fcntl.LOCK_UN, 1, offset)
 
     def export_replica(self, path) -> dict[str, int]:
         # A read-only DuckDB cannot attach a new file, so this takes the writer lock for the copy.

@@ -153,6 +153,36 @@ class PostgresStore(Store):
                     pass
                 connection.close()
 
+    @contextmanager
+    def run_lock(self, key: str) -> Iterator[None]:
+        # A session-level advisory lock on a connection of its own, outside any transaction: held
+        # for the task's whole run, released by the server if this process dies.
+        import logging
+        import time
+
+        connection = self.engine().raw_connection()
+        try:
+            connection.dbapi_connection.autocommit = True
+            cursor = connection.cursor()
+            lock_key = {"k": f"stockpipe-run:{key}"}
+            cursor.execute("SELECT pg_try_advisory_lock(hashtextextended(%(k)s, 0))", lock_key)
+            if not cursor.fetchone()[0]:
+                logging.getLogger("stockpipe.store").info("%s: waiting for another run doing the same work", key)
+                while True:
+                    time.sleep(0.2)
+                    cursor.execute("SELECT pg_try_advisory_lock(hashtextextended(%(k)s, 0))", lock_key)
+                    if cursor.fetchone()[0]:
+                        break
+            try:
+                yield
+            finally:
+                try:
+                    cursor.execute("SELECT pg_advisory_unlock(hashtextextended(%(k)s, 0))", lock_key)
+                except Exception:  # noqa: BLE001 - a dropped connection released it; keep the task's error
+                    pass
+        finally:
+            connection.invalidate()  # not back to the pool in autocommit mode
+
     def latest_indicator_dates(self, symbols, before):
         if not symbols:
             return {}
