@@ -46,3 +46,9 @@ def sessions_back(code: str, day: dt.date, count: int) -> dt.date:
 
 def first_session(code: str) -> dt.date:
     return _calendar(code).first_session.date()
+
+
+def bounds(code: str) -> tuple[dt.date, dt.date]:
+    """The first and last sessions the calendar knows."""
+    calendar = _calendar(code)
+    return calendar.first_session.date(), calendar.last_session.date()
