@@ -231,6 +231,7 @@ class DuckDBStore(Store):
             fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
         except OSError:
             logging.getLogger("stockpipe.store").info("%s: waiting for another run doing the same work", key)
+            self.close()  # that run needs the file: never wait while holding it
             fcntl.lockf(handle, fcntl.LOCK_EX, 1, offset)
         try:
             yield
