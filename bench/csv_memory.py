@@ -38,7 +38,8 @@ def write_file(path: Path, megabytes: int) -> int:
     import pandas as pd
 
     symbols = [f"S{i:04d}" for i in range(2000)]
-    dates = pd.bdate_range(end="2025-10-10", periods=10_000).strftime("%Y-%m-%d")
+    # About 54 bytes a row: enough sessions, ending at the ingest date, to reach the size asked for.
+    dates = pd.bdate_range(end="2025-10-10", periods=max(5, (megabytes << 20) // (54 * len(symbols)))).strftime("%Y-%m-%d")
     rows = 0
     rng = np.random.default_rng(1)
     with open(path, "w") as handle:
@@ -51,8 +52,6 @@ def write_file(path: Path, megabytes: int) -> int:
                          for d, c in zip(block, close)]
                 handle.write("\n".join(lines) + "\n")
                 rows += len(lines)
-            if handle.tell() >= megabytes << 20:
-                return rows
     return rows
 
 

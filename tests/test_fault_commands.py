@@ -119,20 +119,13 @@ def small_disk(tmp_path):
 def _fill(directory):
     """Fill the file system of `directory` to the last byte."""
     filler = directory / "filler"
-    with open(filler, "wb") as handle:
-        block = b"\0" * (1 << 20)
-        try:
-            while True:
-                handle.write(block)
-                handle.flush()
-        except OSError:
-            pass
-        try:
-            while True:
-                handle.write(b"\0" * 4096)
-                handle.flush()
-        except OSError:
-            pass
+    with open(filler, "wb", buffering=0) as handle:
+        for size in (1 << 20, 4096, 1):
+            try:
+                while True:
+                    handle.write(b"\0" * size)
+            except OSError:
+                pass
     return filler
 
 
@@ -195,7 +188,8 @@ def test_temporary_files_of_killed_runs_are_removed_by_the_next_run(tmp_path):
 
 
 def test_killing_only_luigi_leaves_no_helper_holding_its_output(tmp_path):
-    write_luigi_cfg(tmp_path, f"duckdb:///{tmp_path / 'store.duckdb'}")
+    # As in the committed luigi.cfg: the completion cache is a multiprocessing manager process.
+    write_luigi_cfg(tmp_path, f"duckdb:///{tmp_path / 'store.duckdb'}", worker={"cache_task_completion": "true"})
     process = luigi_command(tmp_path, "Daily", "--date", DAY, "--local-scheduler")
     for line in process.stdout:
         if "Running Worker" in line:
