@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from pathlib import Path
@@ -25,7 +26,12 @@ def installed(tmp_path_factory) -> Path:
     """A virtualenv with stockpipe installed from a built wheel; dependencies come from this interpreter."""
     root = tmp_path_factory.mktemp("installed")
     venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # The dependencies are this interpreter's (which may itself be a virtualenv); its stockpipe is
+    # not: a plain path in a .pth file adds the directory without running its editable-install hooks.
+    purelib = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    Path(purelib, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     wheels = root / "wheels"
     build = subprocess.run([str(venv / "bin" / "pip"), "wheel", "--no-deps", "--quiet", "-w", str(wheels), str(PROJECT)],
                            capture_output=True, text=True)
