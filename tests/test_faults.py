@@ -312,3 +312,26 @@ def test_a_rebuild_chunk_next_to_a_daily_on_postgres_waits_instead_of_failing_on
     assert errors == []
     assert store.read_indicators().num_rows == rows.num_rows
     assert_same_indicators(indicator_frame(store), rows.drop(["created_at"]))
+
+
+@pytest.mark.postgres
+def test_a_dropped_postgres_connection_reports_only_the_real_error(postgres_url, caplog):
+    import psycopg2
+
+    from stockpipe.store import open_store
+
+    store = open_store(postgres_url)
+    store.ensure_schema()
+    admin = psycopg2.connect(postgres_url.replace("postgresql+psycopg2://", "postgresql://").rsplit("/", 1)[0] + "/postgres")
+    admin.autocommit = True
+    with caplog.at_level("DEBUG"):
+        with pytest.raises(psycopg2.OperationalError, match="server closed the connection"):
+            with store.session() as session:
+                pid = session.fetch("SELECT pg_backend_pid()")[0][0]
+                admin.cursor().execute("SELECT pg_terminate_backend(%s)", (pid,))
+                session.fetch("SELECT 1")
+    admin.close()
+    assert "Exception during reset" not in caplog.text and "connection already closed" not in caplog.text
+    assert "SystemError" not in caplog.text
+    with store.session() as session:  # the next session gets a fresh connection
+        assert session.fetch("SELECT 1") == [(1,)]
