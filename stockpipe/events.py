@@ -85,7 +85,7 @@ def _redis_push(key_name: str, payload: dict[str, Any]) -> None:
         return
     import redis
 
-    from stockpipe.secrets import encode_userinfo, redact_url, scrub
+    from stockpipe.redaction import encode_userinfo, redact_url, scrub
     from stockpipe.services import redis_sync
 
     breaker = _breaker_file(url)

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 
-from stockpipe.secrets import encode_userinfo, redact_url, scrub
+from stockpipe.redaction import encode_userinfo, redact_url, scrub
 from stockpipe.store import Store
 from stockpipe.store.base import utcnow
 

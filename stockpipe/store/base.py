@@ -107,7 +107,7 @@ class Store(ABC):
         return f"{type(self).__name__}({self.redacted_url()!r})"
 
     def redacted_url(self) -> str:
-        from stockpipe.secrets import redact_url
+        from stockpipe.redaction import redact_url
 
         return redact_url(self.url)
 

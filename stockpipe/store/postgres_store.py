@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from stockpipe.secrets import encode_userinfo, scrub
+from stockpipe.redaction import encode_userinfo, scrub
 from stockpipe.store import pg_binary
 from stockpipe.store.base import Session, Store, StoreError, translate_placeholders
 from stockpipe.store.schema import Table
