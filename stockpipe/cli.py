@@ -99,7 +99,12 @@ def rebuilds(store: Store, directory_of_runs: Path) -> list[dict[str, Any]]:
     found = []
     for plan_file in sorted((Path(directory_of_runs) / "runs").glob(f"*/{rebuild_service.PLAN_FILE}")):
         directory = plan_file.parent
-        plan = rebuild_service.load_plan(directory)
+        try:
+            plan = rebuild_service.load_plan(directory)
+        except rebuild_service.RebuildError as exc:
+            # One damaged run is shown as such; the other runs and sections still are.
+            found.append({"run": directory.name, "from": "", "state": f"unreadable: {exc}"})
+            continue
         report = rebuild_service.progress_report(store, plan, directory)
         finished = (directory / rebuild_service.REPORT_FILE).exists()
         # `stockpipe restore` renames the report and forgets the chunks: undone, not in progress.
@@ -118,6 +123,8 @@ def rebuilds(store: Store, directory_of_runs: Path) -> list[dict[str, Any]]:
             "pending": _abbreviate(report["chunks_pending"]),
             "failed": _abbreviate([f["chunk_id"] for f in report["failed_chunks"] if not f["redone"]]),
             "saved rows": report["saved_rows"],
+            **({"problems": "unreadable marker stats: " + _abbreviate(report["unreadable_markers"], 3)}
+               if report["unreadable_markers"] else {}),
         })
     return found
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import inspect
 import logging
 import time
 from pathlib import Path
@@ -25,6 +27,30 @@ from stockpipe.store import open_store
 
 log = logging.getLogger("stockpipe.tasks")
 outcome.install()  # exit 0 when the job's target is complete, whoever ran its tasks (see outcome.py)
+
+
+def _once_per_store(run):
+    """A task's run under its marker's lock in the store: of two runs of the same task at once (two
+    overlapping Dailies, on any machines) one does the work, the other waits and then reports that
+    it was done meanwhile. This, not Luigi's pid lock, is the overlap protection."""
+
+    @functools.wraps(run)
+    def exclusive_run(self):
+        output = self.output()
+        if not isinstance(output, targets.MarkerTarget):
+            return run(self)
+        store = self.store()
+        with store.run_lock(output.marker_id):
+            if store.completed([output.marker_id]):
+                self.skipped = True
+                message = "done by another run meanwhile: nothing to do"
+                log.info("%s %s", self.task_id, message)
+                self.set_status_message(message)
+                output.record_done()
+                return None
+            return run(self)
+
+    return exclusive_run
 
 
 class StockpipeTask(luigi.Task):
@@ -61,6 +87,16 @@ class StockpipeTask(luigi.Task):
                 preflight.check_happened(value, f"{self.get_task_family()} --{name.replace('_', '-')} {value}")
                 if self.needs_session:
                     preflight.check_session(value, f"{self.get_task_family()} --{name.replace('_', '-')} {value}")
+
+    skipped = False  # set when another run did this task's work meanwhile (reported, not counted)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        run = cls.__dict__.get("run")
+        # Tasks with dynamic dependencies are re-entered per batch of them; their chunks and final
+        # marker writes are claimed one by one instead.
+        if run is not None and not inspect.isgeneratorfunction(run):
+            cls.run = _once_per_store(run)
 
     def store(self):
         return open_store(config.store_url())
@@ -171,7 +207,7 @@ class IndicatorChunk(StockpipeTask):
         plan = rebuild_service.load_plan(self.run_dir())
         if not 0 <= self.chunk_id < len(plan.chunks):
             raise ValueError(f"{self.plan_id} has chunks 0..{len(plan.chunks) - 1}, not {self.chunk_id}")
-        indicator_service.compute_chunk(
+        stats = indicator_service.compute_chunk(
             self.store(),
             plan.chunks[self.chunk_id],
             self.date,
@@ -181,6 +217,7 @@ class IndicatorChunk(StockpipeTask):
             progress=self.progress(),
             full_history=plan.full_history,
         )
+        self.skipped = bool(stats.get("skipped"))
         self.output().record_done()
         self.report_to_parent(plan)
 
@@ -288,9 +325,10 @@ class RebuildFrom(StockpipeTask):
         return self.marker_target(self.requires().plan_id)
 
     def run(self):
-        started = time.monotonic()
         directory = rebuild_service.run_dir(config.store_dir(), self.requires().plan_id)
-        plan = rebuild_service.load_plan(directory)
+        started = rebuild_service.attempt_started(directory)
+        plan = rebuild_service.open_plan(directory)
+        rebuild_service.remove_litter(directory)
         chunks = _chunk_tasks(plan)
         done = sum(1 for c in chunks if c.complete())
         self.set_status_message(f"{done}/{len(chunks)} chunks done")
@@ -299,7 +337,8 @@ class RebuildFrom(StockpipeTask):
         self.set_status_message(f"{len(chunks)}/{len(chunks)} chunks done")
         self.set_progress_percentage(100)
         report = rebuild_service.write_final_report(self.store(), plan, directory, started)
-        self.store().touch(self.output().marker(self, {k: report[k] for k in ("symbols", "chunks", "replaced_rows", "saved_rows", "seconds")}))
+        stats = {k: report[k] for k in ("symbols", "chunks", "replaced_rows", "saved_rows", "seconds")}
+        self.skipped = not self.store().touch(self.output().marker(self, stats))
 
 
 class DailyIndicators(StockpipeTask):
@@ -335,7 +374,7 @@ class DailyIndicators(StockpipeTask):
         )
         yield _chunk_tasks(plan)
         report = rebuild_service.write_final_report(store, plan, directory)
-        store.touch(self.output().marker(self, {k: report[k] for k in ("symbols", "chunks", "saved_rows")}))
+        self.skipped = not store.touch(self.output().marker(self, {k: report[k] for k in ("symbols", "chunks", "saved_rows")}))
 
 
 class ScanWatchlist(StockpipeTask):

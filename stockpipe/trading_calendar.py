@@ -94,3 +94,9 @@ def is_known_calendar(code: str) -> bool:
     import exchange_calendars
 
     return code in exchange_calendars.get_calendar_names()
+
+
+def bounds(code: str) -> tuple[dt.date, dt.date]:
+    """The first and last sessions the calendar knows."""
+    calendar = _calendar(code)
+    return calendar.first_session.date(), calendar.last_session.date()

@@ -67,6 +67,7 @@ def publish_replica(store: Store, path: Path) -> dict[str, Any]:
     discard_orphans(path)
     for leftover in (temporary, temporary.with_name(temporary.name + ".wal")):
         leftover.unlink(missing_ok=True)
+    discard_orphans(path.with_name(path.stem + ".previous" + path.suffix))
     try:
         counts = store.export_replica(temporary)
         create_views(temporary)
