@@ -5,6 +5,7 @@
     stockpipe watchlist [--date DATE]  a date's watchlist as a table (default: the latest)
     stockpipe restore BACKUP           put back the rows a rebuild replaced
     stockpipe init-db                  create or upgrade the schema
+    stockpipe check [STORE]            read every table back; on failure, say what failed and how to recover
     stockpipe assist [--workers N]     lend this machine's workers to luigid until stopped
 
 The store and data_dir come from luigi.cfg (and STOCKPIPE_STORE_URL), like the tasks'.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -160,6 +162,24 @@ def cmd_init_db(args, out) -> int:
     return 0
 
 
+def cmd_check(args, out) -> int:
+    from stockpipe.services.check import check_store
+
+    url = args.store or config.store_url()
+    if "://" not in url:
+        url = f"duckdb:///{Path(url).resolve()}"  # a plain path is a DuckDB file (a copy, a replica)
+    result = check_store(open_store(url), config.data_dir(), config.replica_path())
+    if args.json:
+        report = result.report
+        print(json.dumps({"ok": result.ok, "lines": result.lines, "seconds": round(result.seconds, 3),
+                          "tables": report.tables if report else None, "storage": report.storage if report else None}),
+              file=out, flush=True)
+    else:
+        for line in result.lines:
+            print(f"stockpipe check: {line}", file=out, flush=True)
+    return 0 if result.ok else 1
+
+
 def cmd_assist(args, out) -> int:
     """Lend this machine's workers to luigid: run any pending stockpipe task (e.g. rebuild chunks
     another machine scheduled) until stopped."""
@@ -198,6 +218,10 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
     restore.set_defaults(run=cmd_restore)
     init_db = commands.add_parser("init-db", help="create or upgrade the schema")
     init_db.set_defaults(run=cmd_init_db)
+    check = commands.add_parser("check", help="verify the store: read every table, flag duplicate keys and a pending WAL")
+    check.add_argument("store", nargs="?", help="a store URL or DuckDB file (default: the configured store)")
+    check.add_argument("--json", action="store_true", help="print the result, row counts and checksums as JSON")
+    check.set_defaults(run=cmd_check)
     assist = commands.add_parser("assist", help="run pending tasks from luigid (another machine's rebuild chunks)")
     assist.add_argument("--workers", type=int, default=1)
     assist.set_defaults(run=cmd_assist)
