@@ -82,3 +82,103 @@ def test_watchlist_command_shows_the_latest_scan_as_a_table(pipeline):
     assert code == 0 and f"watchlist {DAY}: {len(rows)} symbols" in text
     for row in rows:
         assert row["symbol"] in text and row["scan_reason"] in text
+
+
+# -- stockpipe check ------------------------------------------------------------------------------
+def test_check_passes_on_a_healthy_store_and_reads_every_table(pipeline):
+    assert pipeline.build(tasks.Daily(date=DAY))
+    code, text = run_cli("check")
+    assert code == 0, text
+    assert text.startswith("stockpipe check: OK") and "7 tables fully read" in text
+    bars = pipeline.store.bars_extent()[2]
+    assert f"bars {bars:,}" in text
+    if pipeline.store_url.startswith("duckdb"):
+        assert "no pending WAL" in text
+
+
+def _data_block_near_the_middle(path) -> int:
+    """The file offset of a block holding indicator values, the one nearest the file's middle."""
+    import duckdb
+
+    connection = duckdb.connect(str(path), read_only=True)
+    try:
+        block_size = connection.execute("PRAGMA database_size").fetchone()[2]
+        blocks = [r[0] for r in connection.execute(
+            "SELECT DISTINCT block_id FROM pragma_storage_info('indicators') WHERE block_id >= 0").fetchall()]
+    finally:
+        connection.close()
+    header = 3 * 4096  # DuckDB's file header, then block 0
+    middle = path.stat().st_size // 2
+    block = min(blocks, key=lambda b: abs(header + b * block_size - middle))
+    return header + block * block_size + block_size // 2
+
+
+def test_check_of_a_corrupted_duckdb_copy_fails_naming_table_and_recovery(duckdb_pipeline, tmp_path):
+    import shutil
+
+    assert duckdb_pipeline.build(tasks.Daily(date=DAY))
+    assert duckdb_pipeline.build(tasks.RebuildFrom(start_date=dt.date(2025, 9, 29)))
+    store_file = duckdb_pipeline.store.path
+    assert not store_file.with_name(store_file.name + ".wal").exists()
+    copy = tmp_path / "copy.duckdb"
+    shutil.copyfile(store_file, copy)
+    assert run_cli("check", str(copy))[0] == 0
+    offset = _data_block_near_the_middle(copy)
+    with open(copy, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(b"\xde\xad\xbe\xef" * 64)
+    code, text = run_cli("check", str(copy))
+    assert code == 1
+    lines = text.splitlines()
+    assert len(lines) == 1, text
+    line = lines[0]
+    assert line.startswith(f"stockpipe check: FAILED {copy}: table indicators: ")
+    assert "Corrupt database file" in line and "checksum" in line  # DuckDB's own words
+    assert f"move {copy} aside" in line
+    replica = duckdb_pipeline.data_dir / "replica.duckdb"
+    assert f"restore the tables from the replica {replica} (written " in line and "opens" in line
+    backup = duckdb_pipeline.data_dir / "runs" / "rebuild-2025-09-29" / "backup.parquet"
+    assert f"`stockpipe restore {backup}`" in line
+    # The original is untouched and still whole.
+    assert run_cli("check")[0] == 0
+
+
+def test_check_flags_duplicate_keys_in_bars_and_indicators(duckdb_pipeline):
+    assert duckdb_pipeline.build(tasks.Daily(date=DAY))
+    with duckdb_pipeline.store.session() as session:
+        for table in ("bars", "indicators"):
+            session.execute(f"INSERT INTO {table} SELECT * FROM {table} WHERE symbol = "
+                            f"(SELECT min(symbol) FROM {table}) AND date = :d", {"d": DAY})
+    symbol = duckdb_pipeline.store.active_symbols()[0]
+    code, text = run_cli("check")
+    assert code == 1
+    assert f"bars: 1 duplicate (symbol, date) key(s), 2 rows (e.g. {symbol} {DAY})" in text
+    assert f"indicators: 1 duplicate (symbol, date) key(s), 2 rows (e.g. {symbol} {DAY})" in text
+
+
+def test_check_flags_a_wal_left_pending_by_a_writer_that_did_not_close(duckdb_pipeline):
+    import subprocess
+    import sys
+
+    assert duckdb_pipeline.build(tasks.Daily(date=DAY))
+    store_file = duckdb_pipeline.store.path
+    duckdb_pipeline.store.close()
+    # A writer outside stockpipe commits, then dies without closing (no checkpoint).
+    subprocess.run([sys.executable, "-c",
+                    "import duckdb, os, sys; c = duckdb.connect(sys.argv[1]); "
+                    "c.execute(\"UPDATE symbols SET name = 'renamed' WHERE symbol = (SELECT min(symbol) FROM symbols)\"); "
+                    "os._exit(0)", str(store_file)], check=True)
+    wal = store_file.with_name(store_file.name + ".wal")
+    assert wal.exists() and wal.stat().st_size > 0
+    code, text = run_cli("check")
+    assert code == 1
+    assert f"PROBLEM {store_file}: {wal} holds" in text and "a copy of store.duckdb alone would miss them" in text
+    assert wal.exists(), "the check is read-only: it must not checkpoint the WAL away"
+
+
+def test_check_of_a_missing_file_says_so_and_creates_nothing(duckdb_pipeline, tmp_path, capsys):
+    missing = tmp_path / "nowhere" / "store.duckdb"
+    code, _ = run_cli("check", str(missing))
+    assert code == 2
+    assert f"{missing}: no such DuckDB file" in capsys.readouterr().err
+    assert not missing.parent.exists()
