@@ -4,6 +4,7 @@
                                        rebuilds in progress, the last ingests' data quality
     stockpipe watchlist [--date DATE]  a date's watchlist as a table (default: the latest)
     stockpipe restore BACKUP           put back the rows a rebuild replaced
+    stockpipe restore REPLICA.duckdb   fill an empty store (a damaged one moved aside) from the replica
     stockpipe init-db                  create or upgrade the schema
     stockpipe check [STORE]            read every table back; on failure, say what failed and how to recover
     stockpipe assist [--workers N]     lend this machine's workers to luigid until stopped
@@ -145,6 +146,13 @@ def cmd_watchlist(args, out) -> int:
 
 def cmd_restore(args, out) -> int:
     store = open_store(config.store_url())
+    if Path(args.backup).suffix == ".duckdb":
+        from stockpipe.services.replica import restore_from_replica
+
+        counts = restore_from_replica(store, Path(args.backup))
+        print(f"restored {store.redacted_url()} from {args.backup}: "
+              + ", ".join(f"{table} {rows:,}" for table, rows in counts.items()), file=out)
+        return 0
     result = rebuild_service.restore(store, Path(args.backup))
     print(tabulate([result], headers="keys", tablefmt="simple", intfmt=","), file=out)
     return 0
@@ -213,8 +221,8 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
     watch = commands.add_parser("watchlist", help="a date's watchlist as a table (default: the latest)")
     watch.add_argument("--date", type=dt.date.fromisoformat)
     watch.set_defaults(run=cmd_watchlist)
-    restore = commands.add_parser("restore", help="put back the rows saved before a rebuild")
-    restore.add_argument("backup", help="data/runs/<run>/backup.parquet")
+    restore = commands.add_parser("restore", help="put back the rows saved before a rebuild, or an empty store from the replica")
+    restore.add_argument("backup", help="data/runs/<run>/backup.parquet, or data/replica.duckdb into an empty store")
     restore.set_defaults(run=cmd_restore)
     init_db = commands.add_parser("init-db", help="create or upgrade the schema")
     init_db.set_defaults(run=cmd_init_db)

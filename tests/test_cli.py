@@ -102,7 +102,7 @@ def _data_block_near_the_middle(path) -> int:
 
     connection = duckdb.connect(str(path), read_only=True)
     try:
-        block_size = connection.execute("PRAGMA database_size").fetchone()[2]
+        block_size = connection.execute("PRAGMA database_size").fetchall()[0][2]
         blocks = [r[0] for r in connection.execute(
             "SELECT DISTINCT block_id FROM pragma_storage_info('indicators') WHERE block_id >= 0").fetchall()]
     finally:
@@ -136,7 +136,8 @@ def test_check_of_a_corrupted_duckdb_copy_fails_naming_table_and_recovery(duckdb
     assert "Corrupt database file" in line and "checksum" in line  # DuckDB's own words
     assert f"move {copy} aside" in line
     replica = duckdb_pipeline.data_dir / "replica.duckdb"
-    assert f"restore the tables from the replica {replica} (written " in line and "opens" in line
+    assert f"restore the tables from the replica {replica} (written " in line
+    assert f"into an empty store: `stockpipe restore {replica}`" in line
     backup = duckdb_pipeline.data_dir / "runs" / "rebuild-2025-09-29" / "backup.parquet"
     assert f"`stockpipe restore {backup}`" in line
     # The original is untouched and still whole.
@@ -182,3 +183,29 @@ def test_check_of_a_missing_file_says_so_and_creates_nothing(duckdb_pipeline, tm
     assert code == 2
     assert f"{missing}: no such DuckDB file" in capsys.readouterr().err
     assert not missing.parent.exists()
+
+
+def test_restore_from_the_replica_fills_an_empty_store_that_then_works(duckdb_pipeline, capsys):
+    import duckdb
+
+    assert duckdb_pipeline.build(tasks.Daily(date=DAY))
+    store = duckdb_pipeline.store
+    replica = duckdb_pipeline.data_dir / "replica.duckdb"
+    # The replica is the store as of its export (before Daily's own last markers).
+    connection = duckdb.connect(str(replica), read_only=True)
+    before = {t: connection.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
+              for t in ("symbols", "bars", "indicators", "task_markers", "daily_watchlist", "task_runs")}
+    connection.close()
+    assert before["bars"] == store.bars_extent()[2] and before["daily_watchlist"] > 0
+    code, _ = run_cli("restore", str(replica))
+    assert code == 2 and "is not empty (symbols has 30 rows)" in capsys.readouterr().err
+    store.close()
+    store.path.rename(store.path.with_name("damaged.duckdb"))
+    code, text = run_cli("restore", str(replica))
+    assert code == 0 and f"from {replica}: symbols 30" in text
+    for table, rows in before.items():
+        assert store.query(f"SELECT count(*) AS n FROM {table}").column("n")[0].as_py() == rows, table
+    assert run_cli("check")[0] == 0
+    # The restored store keeps its declared keys: the next day's Daily (symbol upserts included) runs.
+    assert duckdb_pipeline.build(tasks.Daily(date=dt.date(2025, 10, 13)))
+    assert store.bars_extent()[1] == dt.date(2025, 10, 13)

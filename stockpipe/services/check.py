@@ -55,9 +55,11 @@ def recovery_advice(store: Store, data_dir: Path, replica: Path) -> str:
     if getattr(store, "path", None) is not None:
         steps.append(f"stop every stockpipe job and move {store.path} aside (do not write to it)")
     previous = replica.with_name(replica.stem + ".previous" + replica.suffix)
-    replicas = [f"{p} ({_replica_state(p)})" for p in (replica, previous) if p.exists()]
+    replicas = [(p, _replica_state(p)) for p in (replica, previous) if p.exists()]
     if replicas:
-        steps.append("restore the tables from the replica " + " or ".join(replicas))
+        best = next((p for p, state in replicas if state.endswith("opens")), replicas[0][0])
+        steps.append("restore the tables from the replica " + " or ".join(f"{p} ({state})" for p, state in replicas)
+                     + f" into an empty store: `stockpipe restore {best}`")
     backups = sorted(Path(data_dir).glob("runs/*/backup.parquet"), key=lambda p: p.stat().st_mtime)
     if backups:
         steps.append(f"put back the indicator rows a rebuild replaced with `stockpipe restore {backups[-1]}`"
@@ -75,7 +77,7 @@ def _replica_state(path: Path) -> str:
     try:
         connection = duckdb.connect(str(path), read_only=True)
         try:
-            connection.execute("SELECT count(*) FROM bars").fetchone()
+            connection.execute("SELECT count(*) FROM bars").fetchall()
         finally:
             connection.close()
     except duckdb.Error as exc:
