@@ -140,6 +140,15 @@ def test_check_of_a_corrupted_duckdb_copy_fails_naming_table_and_recovery(duckdb
     assert f"into an empty store: `stockpipe restore {replica}`" in line
     backup = duckdb_pipeline.data_dir / "runs" / "rebuild-2025-09-29" / "backup.parquet"
     assert f"`stockpipe restore {backup}`" in line
+    # A damaged first block: the file does not even open, and the check says so in DuckDB's words.
+    shutil.copyfile(store_file, copy)
+    with open(copy, "r+b") as handle:
+        handle.seek(3 * 4096 + 100)
+        handle.write(b"\xde\xad\xbe\xef" * 64)
+    code, text = run_cli("check", str(copy))
+    assert code == 1
+    assert text.startswith(f"stockpipe check: FAILED {copy}: opening it: Corrupt database file") and "What to do:" in text
+    assert "Another program" not in text
     # The original is untouched and still whole.
     assert run_cli("check")[0] == 0
 

@@ -553,9 +553,11 @@ class Store(ABC):
         except IntegrityError:
             raise
         except Exception as exc:  # noqa: BLE001 - whatever the driver raises, the table and its error are the report
+            # The database's own words, not a wrapper's guess at the cause.
+            cause = exc.__cause__ if isinstance(exc, StoreError) and exc.__cause__ is not None else exc
             where = f"table {table}" if table else "the database"
-            raise IntegrityError(f"{self.redacted_url()}: reading {where} failed: {_one_line(exc)}", table,
-                                 _one_line(exc)) from exc
+            raise IntegrityError(f"{self.redacted_url()}: reading {where} failed: {_one_line(cause)}", table,
+                                 _one_line(cause)) from exc
         return report
 
     def _full_scan_sql(self, table: str, columns: Sequence[str]) -> str:
