@@ -78,6 +78,8 @@ class timeouts(luigi.Config):  # noqa: N801
     replicate = luigi.IntParameter(default=1800, description="Replicate: export, verify and swap the replica")
     redis = luigi.IntParameter(default=300, description="RedisSync, RedisHealthCheck, RedisCleanup")
     daily = luigi.IntParameter(default=300, description="Daily's own step (its dependencies have their own)")
+    pg_connect = luigi.IntParameter(default=10, description="PostgreSQL: seconds to establish a connection")
+    pg_statement = luigi.IntParameter(default=900, description="PostgreSQL: seconds one statement may run (0 = no limit)")
 
 
 class demo(luigi.Config):  # noqa: N801
@@ -157,6 +159,7 @@ class yahoo(luigi.Config):  # noqa: N801
     max_attempts = luigi.IntParameter(default=5, description="attempts for rate-limited tickers before failing")
     backoff_seconds = luigi.FloatParameter(default=2.0, description="exponential backoff base (with jitter)")
     min_market_cap = luigi.FloatParameter(default=100e6, description="screener filter; ETFs are kept")
+    timeout_seconds = luigi.FloatParameter(default=20.0, description="per-request connect/read timeout of yf.download")
     nasdaq_listed_url = luigi.Parameter(default="https://www.nasdaqtrader.com/dynamic/SymDir/nasdaqlisted.txt")
     other_listed_url = luigi.Parameter(default="https://www.nasdaqtrader.com/dynamic/SymDir/otherlisted.txt")
     screener_url = luigi.Parameter(
