@@ -100,6 +100,13 @@ def copy_store(source: Path, target: Path) -> float:
     return time.monotonic() - started
 
 
+def code_version() -> str:
+    """Which stockpipe the runs import: the first PYTHONPATH entry (e.g. a snapshot of a commit) or the installed one."""
+    found = subprocess.run([sys.executable, "-c", "import stockpipe; print(stockpipe.__file__)"], capture_output=True,
+                           text=True, cwd="/", env={k: v for k, v in os.environ.items() if not k.startswith("STOCKPIPE_")})
+    return str(Path(found.stdout.strip()).parent.parent) if found.returncode == 0 else "unknown"
+
+
 def tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
@@ -168,6 +175,7 @@ def one_run(root: Path, index: int, state: dict, base: dict, options) -> dict:
     store = directory / "store.duckdb"
     luigi_cfg(directory, f"duckdb:///{store}", base["symbols"])
     record: dict = {"run": index, "kind": kind, "args": " ".join(args), "source": source.parent.name,
+                    "code": code_version(),
                     "copy_seconds": round(copy_store(source, store), 2)}
     code, seconds, output = luigi(directory, directory / "luigi.log", options.timeout, *args)
     record.update(returncode=code, luigi_seconds=round(seconds, 1))
