@@ -177,9 +177,13 @@ def one_run(root: Path, index: int, state: dict, base: dict, options) -> dict:
     record: dict = {"run": index, "kind": kind, "args": " ".join(args), "source": source.parent.name,
                     "code": code_version(),
                     "copy_seconds": round(copy_store(source, store), 2)}
+    problems = []
+    # A base cached by an older stockpipe has an older schema: upgrade the copy as a user would.
+    upgrade, _, upgrade_output = run_command([STOCKPIPE, "init-db"], directory, directory / "init-db.log", options.timeout)
+    if upgrade != 0:
+        problems.append(f"stockpipe init-db exit {upgrade}: {tail(upgrade_output, 3)}")
     code, seconds, output = luigi(directory, directory / "luigi.log", options.timeout, *args)
     record.update(returncode=code, luigi_seconds=round(seconds, 1))
-    problems = []
     if code != 0:
         problems.append(f"exit code {code}" + (" (abort)" if code in (134, -6) else ""))
     signs = sorted(set(ABORT_SIGNS.findall(output)))
