@@ -17,6 +17,7 @@ from typing import Any
 
 from stockpipe.store import Store
 from stockpipe.store.schema import VIEWS
+from stockpipe.tempfiles import discard_orphans, temporary_for
 
 log = logging.getLogger("stockpipe.replica")
 
@@ -62,7 +63,8 @@ def publish_replica(store: Store, path: Path) -> dict[str, Any]:
     started = time.monotonic()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = temporary_for(path)
+    discard_orphans(path)
     for leftover in (temporary, temporary.with_name(temporary.name + ".wal")):
         leftover.unlink(missing_ok=True)
     try:
@@ -73,13 +75,15 @@ def publish_replica(store: Store, path: Path) -> dict[str, Any]:
         previous = path.with_name(path.stem + ".previous" + path.suffix)
         if path.exists():
             # Keep the outgoing replica as the backup without a moment where `path` is missing.
-            link = previous.with_name(f".{previous.name}.{os.getpid()}.tmp")
+            discard_orphans(previous)
+            link = temporary_for(previous)
             link.unlink(missing_ok=True)
             os.link(path, link)
             os.replace(link, previous)
         os.replace(temporary, path)
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        for leftover in (temporary, temporary.with_name(temporary.name + ".wal")):
+            leftover.unlink(missing_ok=True)
         raise
     stats = {"path": str(path), "tables": counts, "seconds": round(time.monotonic() - started, 3),
              "bytes": path.stat().st_size}

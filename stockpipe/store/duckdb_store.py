@@ -216,7 +216,7 @@ class DuckDBStore(Store):
     def export_indicators(self, path, symbols, start, metadata) -> int:
         # DuckDB streams the rows to Parquet itself: no 6M-row Arrow copy in this process.
         params: dict[str, Any] = {"d": start}
-        where = symbol_filter("symbol", symbols, params)
+        where = symbol_filter("symbol", symbols, params, collate=self.codepoint_collation)
         options = ", ".join(f"{k}: '{v.replace(chr(39), chr(39) * 2)}'" for k, v in metadata.items())
         target = str(path).replace("'", "''")
         with self.session(write=False) as session:
@@ -229,6 +229,8 @@ class DuckDBStore(Store):
 
     def export_replica(self, path) -> dict[str, int]:
         # A read-only DuckDB cannot attach a new file, so this takes the writer lock for the copy.
+        import duckdb
+
         target = str(path).replace("'", "''")
         counts: dict[str, int] = {}
         with self.session(write=True) as session:
@@ -237,11 +239,17 @@ class DuckDBStore(Store):
                 for table in self.replica_tables():
                     session.execute(f"CREATE TABLE replica.{table.name} AS SELECT * FROM main.{table.name}")
                     counts[table.name] = int(session.fetch(f"SELECT count(*) FROM main.{table.name}")[0][0])
-            finally:
-                # DuckDB detaches only outside a transaction: end this one, detach, and open the
-                # empty one the session will commit.
                 session.execute("COMMIT")
-                session.execute("DETACH replica")
+            except BaseException:
+                try:
+                    session.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass  # a COMMIT that failed (disk full) has ended the transaction already
+                raise
+            finally:
+                # DuckDB detaches only outside a transaction; then open the empty one the session
+                # ends. Detached even after a failure, so this connection never keeps the file.
+                session.execute("DETACH DATABASE IF EXISTS replica")
                 session.execute("BEGIN TRANSACTION")
         return counts
 
@@ -283,6 +291,8 @@ class DuckDBStore(Store):
     # -- sessions --------------------------------------------------------------------------------
     @contextmanager
     def _open_session(self, write: bool) -> Iterator[Session]:
+        import duckdb
+
         with self._guard:
             held = self._acquire(write)
             connection = held.connection
@@ -291,20 +301,19 @@ class DuckDBStore(Store):
             try:
                 yield session
             except BaseException:
-                # On an invalidated database (a failed block read) ROLLBACK and the rest raise too:
-                # the error that brought us here is the one to report.
                 try:
                     connection.execute("ROLLBACK")
-                except Exception:  # noqa: BLE001
-                    pass
-                try:
-                    session.close()
-                except Exception:  # noqa: BLE001
-                    pass
-                try:
-                    self._release()  # a failed connection is not worth keeping
-                except Exception:  # noqa: BLE001
-                    self._held = None
+                except duckdb.Error:
+                    pass  # e.g. a failed COMMIT already ended it: the error worth reporting is the first one
+                finally:
+                    try:
+                        session.close()
+                    except duckdb.Error:
+                        pass  # an invalidated database (a corrupt block read) refuses this too
+                    try:
+                        self._release()  # a failed connection is not worth keeping
+                    except Exception:  # noqa: BLE001 - the error that brought us here is the one to report
+                        pass
                 raise
             else:
                 connection.execute("COMMIT")
