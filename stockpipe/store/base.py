@@ -580,7 +580,6 @@ class Store(ABC):
         with self.session(write=False) as session:
             return session.fetch_arrow(sql, params or {})
 
-<<<<<<< HEAD
     # -- integrity --------------------------------------------------------------------------------
     def check_integrity(self) -> IntegrityReport:
         """Read every value of every table in one read-only transaction (a full read makes the
@@ -646,7 +645,7 @@ class Store(ABC):
                 params = {f"k{i}": value for i, value in enumerate(found[0])}
                 session.fetch(f"SELECT count(*) FROM {table} WHERE "
                               + " AND ".join(f"{column} = :k{i}" for i, column in enumerate(key)), params)
-=======
+
     def session_counts(self, start: dt.date, end: dt.date | None = None) -> pa.Table:
         """Per stored date from `start` (to `end`): symbols and rows of bars and of indicators
         (aggregated in the database: only one row per date comes back)."""
@@ -687,7 +686,6 @@ class Store(ABC):
                 {"own": f'%"date": "{day}"%', "chunk": f'%"plan_id": "daily-{day}"%'},
                 schema=TASK_RUNS.schema,
             )
->>>>>>> main
 
     def close(self) -> None:
         """Release pooled connections (a no-op for stores that hold none between operations)."""
