@@ -4,7 +4,9 @@
                                        rebuilds in progress, the last ingests' data quality
     stockpipe watchlist [--date DATE]  a date's watchlist as a table (default: the latest)
     stockpipe restore BACKUP           put back the rows a rebuild replaced
+    stockpipe restore REPLICA.duckdb   fill an empty store (a damaged one moved aside) from the replica
     stockpipe init-db                  create or upgrade the schema
+    stockpipe check [STORE]            read every table back; on failure, say what failed and how to recover
     stockpipe assist [--workers N]     lend this machine's workers to luigid until stopped
     stockpipe daily [--date DATE]      the Daily job for the session that has just closed (for cron)
     stockpipe report [--date DATE]     write the day's HTML report (default: the latest watchlist)
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import io
+import json
 import os
 import sys
 from pathlib import Path
@@ -210,6 +213,13 @@ def cmd_watchlist(args, out) -> int:
 
 def cmd_restore(args, out) -> int:
     store = open_store(config.store_url())
+    if Path(args.backup).suffix == ".duckdb":
+        from stockpipe.services.replica import restore_from_replica
+
+        counts = restore_from_replica(store, Path(args.backup))
+        print(f"restored {store.redacted_url()} from {args.backup}: "
+              + ", ".join(f"{table} {rows:,}" for table, rows in counts.items()), file=out)
+        return 0
     result = rebuild_service.restore(store, Path(args.backup))
     print(tabulate([result], headers="keys", tablefmt="simple", intfmt=","), file=out)
     return 0
@@ -225,6 +235,24 @@ def cmd_init_db(args, out) -> int:
     else:
         print(f"upgraded {store.redacted_url()} from schema version {found} to {now}", file=out)
     return 0
+
+
+def cmd_check(args, out) -> int:
+    from stockpipe.services.check import check_store
+
+    url = args.store or config.store_url()
+    if "://" not in url:
+        url = f"duckdb:///{Path(url).resolve()}"  # a plain path is a DuckDB file (a copy, a replica)
+    result = check_store(open_store(url), config.data_dir(), config.replica_path())
+    if args.json:
+        report = result.report
+        print(json.dumps({"ok": result.ok, "lines": result.lines, "seconds": round(result.seconds, 3),
+                          "tables": report.tables if report else None, "storage": report.storage if report else None}),
+              file=out, flush=True)
+    else:
+        for line in result.lines:
+            print(f"stockpipe check: {line}", file=out, flush=True)
+    return 0 if result.ok else 1
 
 
 def cmd_assist(args, out) -> int:
@@ -430,11 +458,15 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
     watch = commands.add_parser("watchlist", help="a date's watchlist as a table (default: the latest)")
     watch.add_argument("--date", type=dt.date.fromisoformat)
     watch.set_defaults(run=cmd_watchlist)
-    restore = commands.add_parser("restore", help="put back the rows saved before a rebuild")
-    restore.add_argument("backup", help="data/<store>/runs/<run>/backup.parquet")
+    restore = commands.add_parser("restore", help="put back the rows saved before a rebuild, or an empty store from the replica")
+    restore.add_argument("backup", help="data/<store>/runs/<run>/backup.parquet, or data/<store>/replica.duckdb into an empty store")
     restore.set_defaults(run=cmd_restore)
     init_db = commands.add_parser("init-db", help="create or upgrade the schema")
     init_db.set_defaults(run=cmd_init_db)
+    check = commands.add_parser("check", help="verify the store: read every table, flag duplicate keys and a pending WAL")
+    check.add_argument("store", nargs="?", help="a store URL or DuckDB file (default: the configured store)")
+    check.add_argument("--json", action="store_true", help="print the result, row counts and checksums as JSON")
+    check.set_defaults(run=cmd_check)
     assist = commands.add_parser("assist", help="run pending tasks from luigid (another machine's rebuild chunks)")
     assist.add_argument("--workers", type=int, default=1)
     assist.set_defaults(run=cmd_assist, streams=True)

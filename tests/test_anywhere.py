@@ -19,6 +19,9 @@ from stockpipe.store import StoreError, open_store
 
 pytestmark = pytest.mark.slow
 PROJECT = Path(__file__).resolve().parents[1]
+# The venv must see its own stockpipe, not a checkout on PYTHONPATH (how worktrees run the suite): there
+# a build's stockpipe.egg-info reads as "already installed" and pip would skip the wheel.
+WITHOUT_PYTHONPATH = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
 @pytest.fixture(scope="module")

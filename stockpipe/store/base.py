@@ -51,6 +51,25 @@ class SchemaVersionError(StoreError):
     """The database was created by a different stockpipe version than this one."""
 
 
+class IntegrityError(StoreError):
+    """A stored table could not be read back; `table` names it (None: the database itself)."""
+
+    def __init__(self, message: str, table: str | None, cause: str):
+        super().__init__(message)
+        self.table = table
+        self.cause = cause
+
+
+@dataclass
+class IntegrityReport:
+    """What `Store.check_integrity` found: per-table row counts and checksums, storage facts, and
+    problems that leave the data readable but wrong (duplicate keys, a pending WAL)."""
+
+    tables: dict[str, dict[str, int]] = field(default_factory=dict)
+    storage: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class Marker:
     """Completion record of one task, written in the same transaction as the data it marks."""
@@ -613,6 +632,72 @@ class Store(ABC):
         with self.session(write=False) as session:
             return session.fetch_arrow(sql, params or {})
 
+    # -- integrity --------------------------------------------------------------------------------
+    def check_integrity(self) -> IntegrityReport:
+        """Read every value of every table in one read-only transaction (a full read makes the
+        database verify every stored block it holds), and count duplicate keys. Never creates or
+        changes anything; raises IntegrityError naming the table that cannot be read."""
+        report = IntegrityReport()
+        table = None
+        try:
+            with self._open_session(False) as session:
+                report.storage.update(self._storage_facts(session))
+                keys = {t.name: t.key for t in (SCHEMA_VERSION_TABLE, *TABLES)}
+                names = [r[0] for r in session.fetch(
+                    "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'"
+                    + self._schema_filter() + " ORDER BY table_name")]
+                missing = sorted(set(keys) - set(names))
+                if missing:
+                    report.problems.append(f"missing table(s) {', '.join(missing)}: run `stockpipe init-db`")
+                for table in names:
+                    columns = [r[0] for r in session.fetch(
+                        "SELECT column_name FROM information_schema.columns WHERE table_name = :t"
+                        + self._schema_filter() + " ORDER BY ordinal_position", {"t": table})]
+                    rows, checksum = session.fetch(self._full_scan_sql(table, columns))[0]
+                    report.tables[table] = {"rows": int(rows), "checksum": int(checksum or 0)}
+                    key = keys.get(table, ())
+                    self._probe_key_index(session, table, key)
+                    if key:
+                        listed = ", ".join(key)
+                        found = session.fetch(
+                            f"SELECT count(*), sum(n), min(example) FROM (SELECT {listed}, count(*) AS n, "
+                            f"CAST(concat_ws(' ', {listed}) AS VARCHAR) AS example "
+                            f"FROM {table} GROUP BY {listed} HAVING count(*) > 1) d")[0]
+                        if found[0]:
+                            report.tables[table]["duplicate_keys"] = int(found[0])
+                            report.problems.append(
+                                f"{table}: {int(found[0]):,} duplicate ({listed}) key(s), {int(found[1]):,} rows "
+                                f"(e.g. {found[2]})")
+                table = None
+        except IntegrityError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever the driver raises, the table and its error are the report
+            # The database's own words, not a wrapper's guess at the cause.
+            cause = exc.__cause__ if isinstance(exc, StoreError) and exc.__cause__ is not None else exc
+            where = f"table {table}" if table else "the database"
+            raise IntegrityError(f"{self.redacted_url()}: reading {where} failed: {_one_line(cause)}", table,
+                                 _one_line(cause)) from exc
+        return report
+
+    def _full_scan_sql(self, table: str, columns: Sequence[str]) -> str:
+        """count(*) and a checksum over every column of every row."""
+        return f"SELECT count(*), sum(hashtext(CAST(t AS text))) FROM {table} t"
+
+    def _storage_facts(self, session: Session) -> dict[str, Any]:
+        return {}
+
+    def _probe_key_index(self, session: Session, table: str, key: Sequence[str]) -> None:
+        """Look up the first and last key through the table's key index, where a scan would not read it."""
+        if not key or not self.declares_key(next((t for t in TABLES if t.name == table), SCHEMA_VERSION_TABLE)):
+            return
+        order = ", ".join(key)
+        for direction in ("ASC", "DESC"):
+            found = session.fetch(f"SELECT {order} FROM {table} ORDER BY {order} {direction} LIMIT 1")
+            if found:
+                params = {f"k{i}": value for i, value in enumerate(found[0])}
+                session.fetch(f"SELECT count(*) FROM {table} WHERE "
+                              + " AND ".join(f"{column} = :k{i}" for i, column in enumerate(key)), params)
+
     def session_counts(self, start: dt.date, end: dt.date | None = None) -> pa.Table:
         """Per stored date from `start` (to `end`): symbols and rows of bars and of indicators
         (aggregated in the database: only one row per date comes back)."""
@@ -670,6 +755,10 @@ def _json_object(text: str | None, marker_id: str, column: str) -> dict[str, Any
     why = f"marker {marker_id}: {column} is not a JSON object ({value})"
     log.warning("%s: ignored", why)
     return {"unreadable": why}
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _trim_warmup(bars: pa.Table, start: dt.date, warmup: int) -> tuple[pa.Table, list[str]]:
