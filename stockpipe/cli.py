@@ -243,7 +243,7 @@ def cmd_check(args, out) -> int:
     url = args.store or config.store_url()
     if "://" not in url:
         url = f"duckdb:///{Path(url).resolve()}"  # a plain path is a DuckDB file (a copy, a replica)
-    result = check_store(open_store(url), config.data_dir(), config.replica_path())
+    result = check_store(open_store(url), config.store_dir(), config.replica_path())
     if args.json:
         report = result.report
         print(json.dumps({"ok": result.ok, "lines": result.lines, "seconds": round(result.seconds, 3),
