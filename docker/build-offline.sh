@@ -150,8 +150,20 @@ for path in pyproject.toml README.md constraints.txt docker/Dockerfile docker/lu
 done
 project_hash="$( (echo "$base_id"
   find "${inputs[@]}" -type f ! -name '*.pyc' | LC_ALL=C sort | xargs sha256sum) | hash_of)"
-build stockpipe:latest "$project_hash" -f docker/Dockerfile --target runtime .
+stockpipe_image() {  # stockpipe_image IMAGE TARGET CACHE-STAGE
+  if [ "$(image_hash "$1")" != "$project_hash" ]; then
+    # The dependency venv's stage is tagged, so that it outlives the cleanup below as layer cache.
+    docker build -q --build-arg "BASE_IMAGE=$BASE_IMAGE" -f docker/Dockerfile --target "$3" -t "stockpipe-cache:$3" . >/dev/null
+  fi
+  build "$1" "$project_hash" -f docker/Dockerfile --target "$2" .
+}
+stockpipe_image stockpipe:latest runtime deps
 if [ "$SPARK" = 1 ]; then
-  build stockpipe:spark "$project_hash" -f docker/Dockerfile --target spark .
+  stockpipe_image stockpipe:spark spark spark-deps
 fi
+# Untagged stage outputs (the classic builder leaves one per stage and build) only take disk: remove
+# them. The expensive stages stay as the next build's layer cache under stockpipe-cache:* tags.
+for stale in $(docker images -q --no-trunc --filter dangling=true --filter "label=$LABEL=$base_hash"); do
+  docker image rm "$stale" >/dev/null 2>&1 || true
+done
 log "done: $BASE_IMAGE postgres:15-bookworm redis:7-bookworm stockpipe:latest$([ "$SPARK" = 1 ] && echo ' stockpipe:spark')"

@@ -163,8 +163,13 @@ class Stack:
 
 
 def _report(request, line: str) -> None:
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
+    """A line on the terminal even under capture: the build and test times CI's log should show."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    reporter = request.config.pluginmanager.getplugin("terminalreporter")
+    if reporter is None:
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line("")
         reporter.write_line(line)
 
 
