@@ -16,6 +16,31 @@ ENV_STORE_URL = "STOCKPIPE_STORE_URL"
 ENV_SOURCE = "STOCKPIPE_SOURCE"
 ENV_REDIS_URL = "STOCKPIPE_REDIS_URL"
 
+PACKAGE_DEFAULTS = Path(__file__).with_name("defaults.cfg")
+
+
+def install_package_defaults() -> None:
+    """Read stockpipe's defaults.cfg before every other Luigi config file.
+
+    Luigi reads /etc/luigi/luigi.cfg, ./luigi.cfg and $LUIGI_CONFIG_PATH, later files winning. A user
+    running from their own directory with their own file must still get what the package relies on
+    ([retcode] above all: without it a failed run exits 0), so those settings ship with the package
+    at the lowest priority and any user file overrides them.
+    """
+    from luigi.configuration import LuigiConfigParser, get_config
+
+    paths = LuigiConfigParser._config_paths
+    if str(PACKAGE_DEFAULTS) in paths:
+        return
+    paths.insert(0, str(PACKAGE_DEFAULTS))
+    parser = get_config()
+    if isinstance(parser, LuigiConfigParser):
+        # Re-reading every path in order keeps the user's files above the defaults just inserted.
+        parser.reload()
+
+
+install_package_defaults()
+
 
 class stockpipe(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg section
     store_url = luigi.Parameter(
@@ -34,6 +59,27 @@ class stockpipe(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg s
         default=500,
         description="bars of history read before a rebuild's first date; 0 reads the whole history",
     )
+
+
+class timeouts(luigi.Config):  # noqa: N801
+    """Seconds each task family may run before its worker kills it (0 = no limit).
+
+    Luigi enforces a task's `worker_timeout` by running it in a child process and terminating that
+    process when the time is up; the kill is recorded in task_runs and alerted like any failure.
+    """
+
+    collect_symbols = luigi.IntParameter(default=900, description="CollectSymbols: one universe download")
+    ingest = luigi.IntParameter(default=3600, description="IngestDate: every active symbol's recent bars")
+    backfill = luigi.IntParameter(default=6 * 3600, description="Backfill: years of history in batches")
+    plan = luigi.IntParameter(default=1800, description="PlanRebuild: status report and backup")
+    chunk = luigi.IntParameter(default=1800, description="IndicatorChunk: one chunk of symbols")
+    rebuild = luigi.IntParameter(default=900, description="RebuildFrom/DailyIndicators: planning and the final report")
+    scan = luigi.IntParameter(default=600, description="ScanWatchlist")
+    replicate = luigi.IntParameter(default=1800, description="Replicate: export, verify and swap the replica")
+    redis = luigi.IntParameter(default=300, description="RedisSync, RedisHealthCheck, RedisCleanup")
+    daily = luigi.IntParameter(default=300, description="Daily's own step (its dependencies have their own)")
+    pg_connect = luigi.IntParameter(default=10, description="PostgreSQL: seconds to establish a connection")
+    pg_statement = luigi.IntParameter(default=900, description="PostgreSQL: seconds one statement may run (0 = no limit)")
 
 
 class demo(luigi.Config):  # noqa: N801
@@ -113,6 +159,7 @@ class yahoo(luigi.Config):  # noqa: N801
     max_attempts = luigi.IntParameter(default=5, description="attempts for rate-limited tickers before failing")
     backoff_seconds = luigi.FloatParameter(default=2.0, description="exponential backoff base (with jitter)")
     min_market_cap = luigi.FloatParameter(default=100e6, description="screener filter; ETFs are kept")
+    timeout_seconds = luigi.FloatParameter(default=20.0, description="per-request connect/read timeout of yf.download")
     nasdaq_listed_url = luigi.Parameter(default="https://www.nasdaqtrader.com/dynamic/SymDir/nasdaqlisted.txt")
     other_listed_url = luigi.Parameter(default="https://www.nasdaqtrader.com/dynamic/SymDir/otherlisted.txt")
     screener_url = luigi.Parameter(

@@ -23,7 +23,14 @@ log = logging.getLogger("stockpipe.tasks")
 
 
 class StockpipeTask(luigi.Task):
-    """What every stockpipe task shares: its store, its source, progress and a marker target."""
+    """What every stockpipe task shares: its store, its source, progress, a marker target and a timeout."""
+
+    timeout_setting = "rebuild"  # which [timeouts] entry bounds this family's run
+
+    @property
+    def worker_timeout(self) -> int | None:
+        # Luigi runs a task with a timeout in a child process and terminates it when time is up.
+        return getattr(config.timeouts(), self.timeout_setting) or None
 
     def store(self):
         return open_store(config.store_url())
@@ -43,6 +50,8 @@ class StockpipeTask(luigi.Task):
 
 
 class CollectSymbols(StockpipeTask):
+    timeout_setting = "collect_symbols"
+
     date = luigi.DateParameter()
 
     def output(self):
@@ -55,6 +64,8 @@ class CollectSymbols(StockpipeTask):
 
 
 class IngestDate(StockpipeTask):
+    timeout_setting = "ingest"
+
     date = luigi.DateParameter()
 
     def requires(self):
@@ -77,6 +88,8 @@ class IngestDate(StockpipeTask):
 
 
 class Backfill(StockpipeTask):
+    timeout_setting = "backfill"
+
     start_date = luigi.DateParameter()
     end_date = luigi.DateParameter()
 
@@ -103,12 +116,15 @@ class Backfill(StockpipeTask):
 class IndicatorChunk(StockpipeTask):
     """Indicators of one chunk of a plan's symbols from `date` to the latest bar."""
 
+    timeout_setting = "chunk"
+
     date = luigi.DateParameter(description="first date whose indicator rows are replaced")
     plan_id = luigi.Parameter(description="run whose plan.json lists the chunk's symbols")
     chunk_id = luigi.IntParameter()
 
     def output(self):
-        return targets.MarkerTarget(rebuild_service.chunk_marker_id(self.plan_id, self.chunk_id))
+        return targets.MarkerTarget(rebuild_service.chunk_marker_id(self.plan_id, self.chunk_id),
+                                     advisory_prefix=rebuild_service.chunk_marker_id(self.plan_id, ""))
 
     def run_dir(self):
         return rebuild_service.run_dir(config.data_dir(), self.plan_id)
@@ -151,6 +167,8 @@ def _chunk_tasks(plan) -> list[IndicatorChunk]:
 
 class PlanRebuild(StockpipeTask):
     """Status report, backup and chunk plan of a rebuild (written once; a resumed run reuses them)."""
+
+    timeout_setting = "plan"
 
     start_date = luigi.DateParameter()
     run_id = luigi.Parameter(default="")
@@ -243,6 +261,8 @@ class DailyIndicators(StockpipeTask):
 class ScanWatchlist(StockpipeTask):
     """The watchlist rules over `date`'s bars, indicators and symbols."""
 
+    timeout_setting = "scan"
+
     date = luigi.DateParameter()
 
     def requires(self):
@@ -257,6 +277,8 @@ class ScanWatchlist(StockpipeTask):
 
 class Replicate(StockpipeTask):
     """A verified, read-only DuckDB replica of the store, swapped in atomically."""
+
+    timeout_setting = "replicate"
 
     date = luigi.DateParameter()
 
@@ -273,6 +295,8 @@ class Replicate(StockpipeTask):
 
 class RedisTask(StockpipeTask):
     """Redis steps: they fail alone when Redis is down; everything else still completes."""
+
+    timeout_setting = "redis"
 
     def client(self):
         return redis_sync.connect(config.redis_url())
@@ -331,6 +355,8 @@ class Daily(StockpipeTask):
     On a non-trading day it fetches and computes nothing and says so; on a weekend with Redis
     configured it runs the full Redis sync and the cleanup instead.
     """
+
+    timeout_setting = "daily"
 
     date = luigi.DateParameter()
 

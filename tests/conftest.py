@@ -180,12 +180,9 @@ def _restore_luigi_config():
 
 # -- the real `luigi` command ---------------------------------------------------------------------
 def write_luigi_cfg(directory: Path, store_url: str, **sections: dict) -> Path:
-    """A luigi.cfg like the committed one, pointing at an isolated store and data_dir."""
+    """A user's luigi.cfg pointing at an isolated store and data_dir."""
+    # Only what a user would set: exit codes, timeouts and the rest come from the package's defaults.
     settings: dict[str, dict] = {
-        "core": {"autoload_range": "false"},
-        "worker": {"cache_task_completion": "true"},
-        "retcode": {"already_running": 10, "missing_data": 20, "not_run": 25, "task_failed": 30,
-                    "scheduling_error": 35, "unhandled_exception": 40},
         "stockpipe": {"store_url": store_url, "source": "demo", "data_dir": str(directory / "data"),
                       "chunk_size": 10, "min_symbols": 5, "backfill_sessions": 600},
         "demo": {"tickers": 30},

@@ -25,30 +25,42 @@ def tls_redis(tmp_path):
     certs = tmp_path / "certs"
     certs.mkdir()
     run = lambda *args: subprocess.run([openssl, *args], cwd=certs, check=True, capture_output=True)  # noqa: E731
+    # Python 3.13 verifies strictly (VERIFY_X509_STRICT): the CA needs basicConstraints and keyUsage,
+    # the server certificate key usages and an authority key identifier.
     run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=stockpipe-test-ca",
-        "-keyout", "ca.key", "-out", "ca.crt")
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "-addext", "subjectKeyIdentifier=hash", "-keyout", "ca.key", "-out", "ca.crt")
     run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr")
-    (certs / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    (certs / "server.cnf").write_text(
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+        "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n"
+    )
     run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-        "-extfile", "san.cnf", "-out", "server.crt")
+        "-extfile", "server.cnf", "-out", "server.crt")
     port = free_port()
+    log_path = tmp_path / "redis.log"
     process = subprocess.Popen(
         [server, "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(certs / "server.crt"),
          "--tls-key-file", str(certs / "server.key"), "--tls-ca-cert-file", str(certs / "ca.crt"),
          "--tls-auth-clients", "no", "--requirepass", "s3cret", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path)],
+         "--dir", str(tmp_path), "--logfile", str(log_path)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"rediss://:s3cret@127.0.0.1:{port}/0?ssl_ca_certs={certs / 'ca.crt'}"
     deadline = time.monotonic() + 20
     while True:
         try:
-            redis.Redis.from_url(url).ping()
+            redis.Redis.from_url(url, socket_timeout=5).ping()
             break
-        except redis.RedisError:
-            if process.poll() is not None or time.monotonic() > deadline:
+        except redis.RedisError as exc:
+            if process.poll() is not None:
+                log = log_path.read_text() if log_path.exists() else ""
+                service_missing("redis-server with TLS", f"the throwaway server exited: {log[-500:]}")
+            if time.monotonic() > deadline:
                 process.kill()
-                service_missing("redis-server with TLS", "the throwaway server did not start")
+                # The server runs: a failure here is the client's (e.g. certificate verification), not a missing service.
+                pytest.fail(f"cannot talk TLS to the throwaway redis-server on port {port}: {exc}")
             time.sleep(0.1)
     yield url
     process.terminate()

@@ -42,6 +42,10 @@ def compute_chunk(
         )
     started = time.monotonic()
     symbols = sorted(symbols)
+    if marker is not None and store.completed([marker.marker_id]):
+        # Scheduled again on a briefly stale "missing" (see targets.py): the work is already stored.
+        log.info("%s already completed by another worker: nothing to do", label)
+        return {"symbols": len(symbols), "skipped": True}
     progress(5, f"{label} reading bars of {len(symbols)} symbols")
     latest = store.latest_indicator_dates(symbols, before=start)
     rescaled = set(full_history) & set(symbols)  # e.g. a split: every stored value is stale

@@ -14,7 +14,8 @@ def open_source(name: str) -> Source:
         from stockpipe.sources.demo import DemoSource
 
         cfg = config.demo()
-        return DemoSource(tickers=cfg.tickers, seed=cfg.seed, calendar=calendar)
+        # Worker processes share the synthetic paths' year-end states through this directory.
+        return DemoSource(tickers=cfg.tickers, seed=cfg.seed, calendar=calendar, cache_dir=config.data_dir() / "cache")
     if name == "csv":
         from stockpipe.sources.csv_source import CsvSource
 

@@ -123,6 +123,7 @@ class YahooSource(Source):
         min_market_cap: float = 100e6,
         threads: bool = True,
         nasdaq_urls: tuple[str, str, str] | None = None,
+        timeout_seconds: float = 20.0,
     ):
         if batch_size < 1:
             raise SourceError(f"[yahoo] batch_size must be >= 1, got {batch_size}")
@@ -134,6 +135,7 @@ class YahooSource(Source):
         self.backoff_seconds = backoff_seconds
         self.min_market_cap = min_market_cap
         self.threads = threads
+        self.timeout_seconds = timeout_seconds
         from stockpipe.sources import nasdaq
 
         self.nasdaq_urls = nasdaq_urls or (nasdaq.NASDAQ_LISTED_URL, nasdaq.OTHER_LISTED_URL, nasdaq.SCREENER_URL)
@@ -152,6 +154,7 @@ class YahooSource(Source):
             backoff_seconds=settings.backoff_seconds,
             min_market_cap=settings.min_market_cap,
             nasdaq_urls=(settings.nasdaq_listed_url, settings.other_listed_url, settings.screener_url),
+            timeout_seconds=settings.timeout_seconds,
         )
 
     # -- universe --------------------------------------------------------------------------------
@@ -230,7 +233,7 @@ class YahooSource(Source):
                 frame = yf.download(
                     tickers, start=start.isoformat(), end=(end + dt.timedelta(days=1)).isoformat(),  # end is exclusive
                     interval="1d", auto_adjust=False, actions=True, group_by="column", progress=False,
-                    threads=self.threads, multi_level_index=True,
+                    threads=self.threads, multi_level_index=True, timeout=self.timeout_seconds,
                 )
             finally:
                 yf_logger.removeHandler(capture)
@@ -252,7 +255,7 @@ def _http_get(url: str, headers: dict | None = None) -> str:
     @retry(retry=retry_if_exception_type((requests.ConnectionError, requests.Timeout)),
            wait=wait_random_exponential(multiplier=1, max=20), stop=stop_after_attempt(4), reraise=True)
     def get() -> str:
-        response = requests.get(url, headers=headers or {}, timeout=30)
+        response = requests.get(url, headers=headers or {}, timeout=(10, 30))  # (connect, read) seconds
         response.raise_for_status()
         response.encoding = response.encoding or "utf-8"
         return response.text

@@ -210,6 +210,14 @@ class Store(ABC):
             rows = session.fetch("SELECT marker_id FROM task_markers WHERE marker_id = ANY(:ids)", {"ids": ids})
         return {r[0] for r in rows}
 
+    def completed_prefix(self, prefix: str) -> set[str]:
+        """Every marker id starting with `prefix` (e.g. all chunks of one plan), in one query."""
+        with self.session(write=False) as session:
+            rows = session.fetch(
+                "SELECT marker_id FROM task_markers WHERE substr(marker_id, 1, :n) = :p", {"n": len(prefix), "p": prefix}
+            )
+        return {r[0] for r in rows}
+
     def read_marker(self, marker_id: str) -> dict[str, Any] | None:
         found = self.markers(exact=marker_id)
         return found[0] if found else None

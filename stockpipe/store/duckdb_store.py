@@ -1,20 +1,26 @@
 """DuckDB store: the embedded default.
 
-DuckDB lets one process at a time open a file for writing, and Luigi's `--workers N` runs tasks in N
-processes. Every connection is therefore opened under an advisory file lock (`<file>.lock`): shared
-for reads (read-only connections may coexist), exclusive for writes, so a worker waits its turn
-instead of failing on DuckDB's own "could not set lock" error.
+DuckDB lets one process at a time open a file for writing, and Luigi runs each task in a worker
+process of its own. Every connection is therefore opened under an advisory file lock
+(`<file>.lock`): shared for reads (read-only connections may coexist), exclusive for writes, so a
+worker waits its turn instead of failing on DuckDB's own "could not set lock" error.
 
-Opening a DuckDB connection costs ~20 ms, which over a 50-chunk rebuild would be seconds. So a
-process keeps its connection (and lock) between operations while nobody else wants the file: a
-process that needs the lock first registers on `<file>.wait`, and a holder's watcher thread lets go
-within milliseconds of seeing a waiter, or after a short idle spell.
+When a connection is closed matters as much as how it is opened: closing a write connection
+checkpoints the WAL into the file, and a checkpoint cut off by a process exit, or run by a thread
+the interpreter is tearing down, corrupted files under `--workers 2`. So connections are closed
+only by the thread that used them, at points the code chooses, never in the background:
+- a Luigi task process (a child of the worker) keeps its connection for its one task, hands it over
+  after any transaction during which another process started waiting for the lock (`<file>.wait`),
+  and checkpoints and closes it before the process exits;
+- any other process (the scheduling `luigi` process, the CLI) closes it after each transaction
+  unless it asked to hold it for a block of work (`DuckDBStore.holding()`), and before it forks.
 """
 
 from __future__ import annotations
 
 import atexit
 import fcntl
+import multiprocessing
 import os
 import threading
 import time
@@ -29,8 +35,6 @@ import pyarrow as pa
 from stockpipe.store.base import Session, Store, StoreError, symbol_filter, translate_placeholders
 from stockpipe.store.schema import BULK_TABLES, Table
 
-_IDLE_RELEASE_SECONDS = 0.5
-_WATCH_INTERVAL_SECONDS = 0.005
 _LIVE_STORES: "weakref.WeakSet[DuckDBStore]" = weakref.WeakSet()
 
 
@@ -102,12 +106,13 @@ class DuckDBStore(Store):
         _LIVE_STORES.add(self)
 
     def _reset_after_fork(self) -> None:
-        # A forked Luigi worker starts with no connection of its own; its parent's (and the parent's
+        # A forked worker starts with no connection of its own; its parent's (and the parent's
         # lock) are not its to use or close.
         self._guard = threading.RLock()
         self._held: _Held | None = None
-        self._watcher: threading.Thread | None = None
+        self._hold_depth = 0
         self._wait_probe = None
+        self._exit_hook = None
 
     def declares_key(self, table: Table) -> bool:
         return table.name not in BULK_TABLES
@@ -116,6 +121,25 @@ class DuckDBStore(Store):
         return " AND table_catalog = current_database() AND table_schema = 'main'"
 
     # -- holding a connection --------------------------------------------------------------------
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        """Keep the connection across the transactions of this block (one open instead of many),
+        still handing it over after any transaction during which another process started waiting."""
+        with self._guard:
+            self._hold_depth += 1
+        try:
+            yield
+        finally:
+            with self._guard:
+                self._hold_depth -= 1
+                if self._hold_depth == 0:
+                    self._release()
+
+    def _keeps_connection(self) -> bool:
+        # A Luigi task process lives for one task: keeping its connection until it exits costs
+        # nobody anything, as long as it lets go when someone waits.
+        return self._hold_depth > 0 or multiprocessing.parent_process() is not None
+
     def _acquire(self, write: bool) -> _Held:
         import duckdb
 
@@ -145,18 +169,31 @@ class DuckDBStore(Store):
                 f"hold it open; close it, or read the replica instead."
             ) from exc
         self._held = _Held(connection, lock_file, write, os.getpid(), time.monotonic())
-        self._start_watcher()
+        self._close_before_exit()
         return self._held
+
+    def _close_before_exit(self) -> None:
+        if self._exit_hook is not None or multiprocessing.parent_process() is None:
+            return  # the main process closes at exit through atexit (below)
+        # A multiprocessing child leaves through os._exit, which skips atexit; multiprocessing's
+        # own finalizers run first, on this (the main) thread, after the task has finished.
+        from multiprocessing import util
+
+        self._exit_hook = util.Finalize(self, DuckDBStore.close, args=(self,), exitpriority=100)
 
     def _release(self) -> None:
         held, self._held = self._held, None
         if held is None:
             return
         try:
-            held.connection.close()
+            if held.write:
+                held.connection.execute("CHECKPOINT")  # the WAL's content in the file before letting go
         finally:
-            fcntl.flock(held.lock_file, fcntl.LOCK_UN)
-            held.lock_file.close()
+            try:
+                held.connection.close()
+            finally:
+                fcntl.flock(held.lock_file, fcntl.LOCK_UN)
+                held.lock_file.close()
 
     def _someone_waits(self) -> bool:
         if self._wait_probe is None:
@@ -167,28 +204,6 @@ class DuckDBStore(Store):
             return True
         fcntl.flock(self._wait_probe, fcntl.LOCK_UN)
         return False
-
-    def _start_watcher(self) -> None:
-        if self._watcher is not None and self._watcher.is_alive():
-            return
-        self._watcher = threading.Thread(target=self._watch, name=f"duckdb-lock-{self.path.name}", daemon=True)
-        self._watcher.start()
-
-    def _watch(self) -> None:
-        while True:
-            time.sleep(_WATCH_INTERVAL_SECONDS)
-            if not self._guard.acquire(blocking=False):
-                continue  # an operation is running; let it finish
-            try:
-                held = self._held
-                if held is None:
-                    return
-                idle = time.monotonic() - held.last_used
-                if idle > _IDLE_RELEASE_SECONDS or self._someone_waits():
-                    self._release()
-                    return
-            finally:
-                self._guard.release()
 
     def close(self) -> None:
         with self._guard:
@@ -241,18 +256,23 @@ class DuckDBStore(Store):
                     connection.execute("ROLLBACK")
                 finally:
                     session.close()
+                    try:
+                        self._release()  # a failed connection is not worth keeping
+                    except Exception:  # noqa: BLE001 - the error that brought us here is the one to report
+                        pass
                 raise
             else:
                 connection.execute("COMMIT")
                 session.close()
-            finally:
                 held.last_used = time.monotonic()
+                if not self._keeps_connection() or self._someone_waits():
+                    self._release()
 
 
 def _release_before_fork() -> None:
     # DuckDB caches open databases per process: a child forked while its parent holds one would
-    # reuse the parent's copy and its writes would be lost. Forks are rare (one per task under
-    # --workers N), so the parent simply lets go and reconnects later.
+    # reuse the parent's copy (and both would write one file). Forks are rare (one per task), so
+    # the parent lets go first and reconnects later.
     for store in list(_LIVE_STORES):
         store.close()
 

@@ -24,6 +24,27 @@ from stockpipe.store.schema import Table
 _POOL_RECYCLE_SECONDS = 1800
 
 
+def _connect_args(url: str) -> dict[str, Any]:
+    """Timeouts so that an unreachable server or a stuck statement fails instead of hanging a worker.
+
+    Settings already in the URL's query string win; PGOPTIONS (e.g. synchronous_commit=off) is kept,
+    since passing `options` would otherwise replace it.
+    """
+    from stockpipe import config
+
+    settings = config.timeouts()
+    given = url.partition("?")[2]
+    args: dict[str, Any] = {}
+    if "connect_timeout=" not in given:
+        args["connect_timeout"] = settings.pg_connect
+    if "keepalives" not in given:
+        # A server that vanished (a dropped network, not a closed socket) is noticed in ~1 minute.
+        args.update(keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3)
+    if "options=" not in given and settings.pg_statement:
+        args["options"] = f"{os.environ.get('PGOPTIONS', '')} -c statement_timeout={settings.pg_statement * 1000}".strip()
+    return args
+
+
 class _PostgresSession(Session):
     def __init__(self, connection):
         self._con = connection
@@ -100,7 +121,8 @@ class PostgresStore(Store):
                 self._engine.dispose(close=False)
             url = self.url.replace("postgresql:", "postgresql+psycopg2:", 1) if self.url.startswith("postgresql:") else self.url
             url = url.replace("postgres:", "postgresql+psycopg2:", 1) if url.startswith("postgres:") else url
-            self._engine = create_engine(url, pool_pre_ping=True, pool_recycle=_POOL_RECYCLE_SECONDS, pool_size=2)
+            self._engine = create_engine(url, pool_pre_ping=True, pool_recycle=_POOL_RECYCLE_SECONDS, pool_size=2,
+                                         connect_args=_connect_args(url))
             self._engine_pid = os.getpid()
         return self._engine
 

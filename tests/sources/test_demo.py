@@ -49,3 +49,24 @@ def test_volatility_clusters_and_news_moves_come_with_volume():
     assert ratio[big].median() > 1.3 * ratio[~big].median()
     breakouts = (frame["ret"] > 0.04) & (ratio > 3)
     assert breakouts.mean() > 0.005  # news days: the watchlist's breakout rule has cases
+
+
+def test_a_recent_request_starts_from_cached_year_end_states_with_identical_values(tmp_path, monkeypatch):
+    symbols = DemoSource(tickers=25).symbols(None).column("symbol").to_pylist()
+    # Reference: a source with no cache computes every path from the epoch.
+    reference = DemoSource(tickers=25).bars(symbols, dt.date(2024, 12, 20), dt.date(2025, 10, 10)).rows
+    DemoSource(tickers=25, cache_dir=tmp_path).bars(symbols, dt.date(2025, 1, 2), dt.date(2025, 1, 10))  # fills the cache
+    assert len(list((tmp_path / "demo-20240101-XNYS").glob("*.npy"))) == len(symbols)
+
+    drawn_years: list[int] = []
+    original = DemoSource._draws
+
+    def counting(self, symbol, years, counts):
+        drawn_years.extend(years)
+        return original(self, symbol, years, counts)
+
+    monkeypatch.setattr(DemoSource, "_draws", counting)
+    # Another process (a fresh instance) reading the cache: only the years asked for are generated.
+    answer = DemoSource(tickers=25, cache_dir=tmp_path).bars(symbols, dt.date(2024, 12, 20), dt.date(2025, 10, 10)).rows
+    assert set(drawn_years) == {2024, 2025}
+    assert answer.equals(reference)
