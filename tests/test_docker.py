@@ -267,7 +267,7 @@ def test_assist_containers_take_chunks_of_a_rebuild(stack, daily):
     assistants = stack.containers("assist")
     assert len(assistants) == 2
 
-    chunk_size = 2
+    chunk_size = 5
     rebuild = stack.compose("run", "--rm", "stockpipe", "luigi", "--module", "stockpipe", "RebuildFrom",
                             "--start-date", "2025-09-29", "--stockpipe-chunk-size", str(chunk_size), "--workers", "1",
                             timeout=900, check=False)
