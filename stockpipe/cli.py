@@ -6,6 +6,7 @@
     stockpipe restore BACKUP           put back the rows a rebuild replaced
     stockpipe init-db                  create or upgrade the schema
     stockpipe assist [--workers N]     lend this machine's workers to luigid until stopped
+    stockpipe import-legacy URL        copy the old system's database (DuckDB file or PostgreSQL URL)
 
 The store and data_dir come from luigi.cfg (and STOCKPIPE_STORE_URL), like the tasks'.
 """
@@ -183,6 +184,68 @@ def cmd_assist(args, out) -> int:
     return 0 if ok else 1
 
 
+def cmd_import_legacy(args, out) -> int:
+    from stockpipe.services import legacy
+
+    store = open_store(config.store_url())
+    print(f"importing {legacy.redact(args.url)} into {store.redacted_url()}", file=out, flush=True)
+    with _progress_bar() as progress:
+        summary = legacy.import_legacy(store, args.url, batch_size=args.batch_size, progress=progress)
+    rows = [{"symbols added": summary["symbols_added"], "bars added": summary["bars_added"],
+             "bars kept (already stored)": summary["bars_kept"], "watchlist rows added": summary["watchlist_rows_added"],
+             "rejected": summary["rejected_count"], "first date": summary["first_date"], "last date": summary["last_date"],
+             "seconds": summary["seconds"]}]
+    _print_table("import summary (all runs of this import)", rows, out)
+    rejected = summary["rejected"]
+    if rejected:
+        _print_table(f"rejected rows (never stored): {summary['rejected_count']}", [{k: r[k] for k in ("table", "symbol", "date", "reason")} for r in rejected[: args.show_rejected]], out)
+        if summary["rejected_count"] > args.show_rejected:
+            print(f"  ... {summary['rejected_count'] - args.show_rejected} more"
+                  + (f", listed in {args.rejected_csv}" if args.rejected_csv else "; --rejected-csv FILE lists them"), file=out)
+        if args.rejected_csv:
+            import csv
+
+            with open(args.rejected_csv, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=["table", "symbol", "date", "reason"])
+                writer.writeheader()
+                writer.writerows(rejected)
+    if summary["first_date"]:
+        print(f"\nIndicators are not imported: recompute them exactly from the first imported date with\n"
+              f"  luigi --module stockpipe RebuildFrom --start-date {summary['first_date']} --local-scheduler\n"
+              f"(add --run-id import if a RebuildFrom of that date ran on this store before).", file=out)
+    return 0
+
+
+class _progress_bar:
+    """A tqdm bar on a terminal (log lines printed above it); elsewhere (cron, CI, a pipe) one line per
+    batch on stderr."""
+
+    def __enter__(self):
+        self._bar = self._redirect = None
+        if sys.stderr.isatty():
+            import logging
+
+            from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            self._bar = tqdm(total=100, file=sys.stderr, bar_format="{percentage:3.0f}%|{bar:30}| {elapsed}<{remaining} {desc}")
+            self._redirect = logging_redirect_tqdm(loggers=[logging.getLogger("stockpipe")])
+            self._redirect.__enter__()
+        return self
+
+    def __call__(self, percent: float, message: str) -> None:
+        if self._bar is None:
+            print(message, file=sys.stderr, flush=True)
+            return
+        self._bar.set_description_str(message, refresh=False)
+        self._bar.update(percent - self._bar.n)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._redirect.__exit__(*exc)
+            self._bar.close()
+
+
 def main(argv: Sequence[str] | None = None, out=None) -> int:
     out = out or sys.stdout
     parser = argparse.ArgumentParser(prog="stockpipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -201,6 +264,12 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
     assist = commands.add_parser("assist", help="run pending tasks from luigid (another machine's rebuild chunks)")
     assist.add_argument("--workers", type=int, default=1)
     assist.set_defaults(run=cmd_assist)
+    importer = commands.add_parser("import-legacy", help="copy the old system's symbols, bars and watchlist into the store")
+    importer.add_argument("url", help="the old database: a DuckDB file (path or duckdb:///path) or a PostgreSQL URL")
+    importer.add_argument("--batch-size", type=int, default=100, help="tickers per committed batch of bars (100)")
+    importer.add_argument("--rejected-csv", help="write every rejected row (table, symbol, date, reason) to this CSV")
+    importer.add_argument("--show-rejected", type=int, default=20, help="rejected rows printed (20)")
+    importer.set_defaults(run=cmd_import_legacy)
     args = parser.parse_args(argv)
     try:
         return args.run(args, out)

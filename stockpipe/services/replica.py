@@ -16,12 +16,26 @@ from pathlib import Path
 from typing import Any
 
 from stockpipe.store import Store
+from stockpipe.store.schema import VIEWS
 
 log = logging.getLogger("stockpipe.replica")
 
 
 class ReplicaError(RuntimeError):
     pass
+
+
+def create_views(path: Path) -> None:
+    """The old system's compatibility views, over the replica's own copies of the tables."""
+    import duckdb
+
+    connection = duckdb.connect(str(path))
+    try:
+        for view in VIEWS:
+            connection.execute(view.ddl())
+        connection.execute("CHECKPOINT")
+    finally:
+        connection.close()
 
 
 def verify_replica(path: Path, expected: dict[str, int]) -> None:
@@ -33,6 +47,9 @@ def verify_replica(path: Path, expected: dict[str, int]) -> None:
         missing = sorted(set(expected) - present)
         if missing:
             raise ReplicaError(f"replica {path} lacks table(s) {', '.join(missing)}")
+        missing = sorted({v.name for v in VIEWS} - present)
+        if missing:
+            raise ReplicaError(f"replica {path} lacks view(s) {', '.join(missing)}")
         for table, rows in expected.items():
             found = connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
             if found != rows:
@@ -50,6 +67,7 @@ def publish_replica(store: Store, path: Path) -> dict[str, Any]:
         leftover.unlink(missing_ok=True)
     try:
         counts = store.export_replica(temporary)
+        create_views(temporary)
         verify_replica(temporary, counts)
         os.chmod(temporary, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
         previous = path.with_name(path.stem + ".previous" + path.suffix)

@@ -31,6 +31,7 @@ from stockpipe.store.schema import (
     SCHEMA_VERSION_TABLE,
     SYMBOLS,
     TABLES,
+    VIEWS,
     Table,
 )
 
@@ -117,9 +118,12 @@ class Store(ABC):
         with self._open_session(True) as session:
             found = self._stored_version(session)
             if found is None:
+                self._refuse_tables_named_like_views(session)
                 session.execute(SCHEMA_VERSION_TABLE.ddl())
                 for table in TABLES:
                     session.execute(table.ddl(declare_key=self.declares_key(table)))
+                for view in VIEWS:
+                    session.execute(view.ddl())
                 session.execute(
                     "INSERT INTO schema_version (version, applied_at) VALUES (:v, :t)",
                     {"v": SCHEMA_VERSION, "t": utcnow()},
@@ -142,6 +146,8 @@ class Store(ABC):
                     f"({SCHEMA_VERSION}): upgrade stockpipe"
                 )
             if found is not None:
+                if found < SCHEMA_VERSION:
+                    self._refuse_tables_named_like_views(session)
                 for version in range(found + 1, SCHEMA_VERSION + 1):
                     for statement in MIGRATIONS.get(version, ()):
                         session.execute(statement)
@@ -166,6 +172,21 @@ class Store(ABC):
 
     def _schema_filter(self) -> str:
         return ""
+
+    def _refuse_tables_named_like_views(self, session: Session) -> None:
+        """The compatibility views take the old system's table names: a database that still holds
+        those tables (stockpipe pointed at the old database) is refused with what to do instead."""
+        names = ", ".join(f"'{view.name}'" for view in VIEWS)
+        taken = [r[0] for r in session.fetch(
+            f"SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
+            f"AND table_name IN ({names})" + self._schema_filter() + " ORDER BY 1"
+        )]
+        if taken:
+            raise StoreError(
+                f"{self.redacted_url()} already has table(s) {', '.join(taken)} (the old system's schema?): "
+                f"stockpipe needs those names for its compatibility views. Give stockpipe a database of its "
+                f"own and copy the old data over with `stockpipe import-legacy URL-of-this-database`"
+            )
 
     def declares_key(self, table: Table) -> bool:
         return True
@@ -449,6 +470,32 @@ class Store(ABC):
                 f"SELECT * FROM daily_watchlist{where} ORDER BY scan_date, priority, symbol", params,
                 schema=DAILY_WATCHLIST.schema,
             )
+
+    # -- imports --------------------------------------------------------------------------------
+    def add_rows(self, table: Table, rows: pa.Table, marker: Marker | None = None,
+                 key: Sequence[str] | None = None) -> int | None:
+        """Insert the rows whose `key` (default: the table's) is not stored yet, keeping what is
+        stored, with the marker in one transaction. Returns how many were added (also put in the
+        marker's stats as rows_added / rows_kept), or None if the marker was already completed."""
+        rows = table.conform(rows)
+        key = tuple(key or table.key)
+        with self.session() as session:
+            if not self._claim(session, marker):
+                return None
+            added = 0
+            if rows.num_rows:
+                session.stage("incoming_rows", rows, table)
+                match = " AND ".join(f"t.{k} = i.{k}" for k in key)
+                new = f"FROM incoming_rows i WHERE NOT EXISTS (SELECT 1 FROM {table.name} t WHERE {match})"
+                added = int(session.fetch(f"SELECT count(*) {new}")[0][0])
+                session.execute(
+                    f"INSERT INTO {table.name} ({', '.join(table.columns)}) "
+                    f"SELECT {', '.join('i.' + c for c in table.columns)} {new}"
+                )
+            if marker is not None:
+                stats = {**marker.stats, "rows_added": added, "rows_kept": rows.num_rows - added}
+                self._touch(session, Marker(marker.marker_id, marker.task_family, marker.params, stats))
+        return added
 
     # -- replica --------------------------------------------------------------------------------
     def replica_tables(self) -> list[Table]:

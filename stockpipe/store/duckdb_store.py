@@ -148,6 +148,10 @@ class DuckDBStore(Store):
             return held
         if held is not None:
             self._release()
+        if self._keeps_connection():
+            # Every task writes (its data, or at least its marker): opening for writing at once saves
+            # reopening the file when the first write comes (each open replays the WAL).
+            write = True
         if not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write = True  # the first operation on a new store creates the file
@@ -267,6 +271,27 @@ class DuckDBStore(Store):
                 held.last_used = time.monotonic()
                 if not self._keeps_connection() or self._someone_waits():
                     self._release()
+
+
+@contextmanager
+def read_only_session(url_or_path: str) -> Iterator[Session]:
+    """A read-only session on any DuckDB file, outside stockpipe's locking (for files that are not
+    a stockpipe store, e.g. the old system's database being imported)."""
+    import duckdb
+
+    path = duckdb_path(url_or_path) if url_or_path.startswith("duckdb:") else Path(url_or_path)
+    if not path.is_file():
+        raise StoreError(f"{path}: no such DuckDB file")
+    try:
+        connection = duckdb.connect(str(path), read_only=True)
+    except duckdb.Error as exc:
+        raise StoreError(f"cannot open DuckDB file {path} for reading: {exc}") from exc
+    session = _DuckDBSession(connection)
+    try:
+        yield session
+    finally:
+        session.close()
+        connection.close()
 
 
 def _release_before_fork() -> None:

@@ -63,7 +63,7 @@ def test_schema_version_mismatch_is_refused_with_advice(store_url):
         session.execute("INSERT INTO schema_version (version, applied_at) VALUES (:v, :t)",
                         {"v": SCHEMA_VERSION + 1, "t": dt.datetime(2030, 1, 1)})
     fresh = type(store)(store_url)
-    with pytest.raises(SchemaVersionError, match=r"schema version 2.*expects 1.*init-db"):
+    with pytest.raises(SchemaVersionError, match=rf"schema version {SCHEMA_VERSION + 1}.*expects {SCHEMA_VERSION}.*init-db"):
         fresh.ensure_schema()
 
 
