@@ -120,7 +120,7 @@ build() {  # build IMAGE HASH docker-build-args...
   log "building $image"
   local started=$SECONDS previous
   previous="$(docker image inspect -f '{{ .Id }}' "$image" 2>/dev/null || true)"
-  docker build --label "$LABEL=$hash" --label org.stockpipe.built-offline=true \
+  docker build --force-rm --label "$LABEL=$hash" --label org.stockpipe.built-offline=true \
     --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$image" "$@" >&2
   # The image this one replaces (now untagged) would keep its layers forever: remove it, unless a
   # container or another tag still uses it.
@@ -153,7 +153,7 @@ project_hash="$( (echo "$base_id"
 stockpipe_image() {  # stockpipe_image IMAGE TARGET CACHE-STAGE
   if [ "$(image_hash "$1")" != "$project_hash" ]; then
     # The dependency venv's stage is tagged, so that it outlives the cleanup below as layer cache.
-    docker build -q --build-arg "BASE_IMAGE=$BASE_IMAGE" -f docker/Dockerfile --target "$3" -t "stockpipe-cache:$3" . >/dev/null
+    docker build -q --force-rm --build-arg "BASE_IMAGE=$BASE_IMAGE" -f docker/Dockerfile --target "$3" -t "stockpipe-cache:$3" . >/dev/null
   fi
   build "$1" "$project_hash" -f docker/Dockerfile --target "$2" .
 }
