@@ -215,6 +215,22 @@ def test_daily_success_sends_a_one_line_summary(pipeline, webhook_server):
     assert summaries[0].startswith(f"stockpipe Daily {DAY}: 30 symbols, ") and "watchlist" in summaries[0]
 
 
+def test_daily_summary_attaches_and_links_the_report(pipeline, webhook_server):
+    import base64
+
+    from stockpipe.services.report import report_path
+
+    port, received = webhook_server
+    pipeline.configure("alerts", urls=f"json://127.0.0.1:{port}/summary")
+    pipeline.configure("report", link_base="https://reports.example/stockpipe/")
+    assert pipeline.build(tasks.Daily(date=DAY))
+    (payload,) = [json.loads(r["body"]) for r in received]
+    assert payload["message"].endswith(f"\nreport: https://reports.example/stockpipe/{DAY}.html")
+    (attachment,) = payload["attachments"]
+    assert attachment["filename"] == f"{DAY}.html"
+    assert base64.b64decode(attachment["base64"]) == report_path(pipeline.data_dir, DAY).read_bytes()
+
+
 @pytest.mark.slow
 def test_two_overlapping_daily_runs_write_each_date_once(tmp_path):
     url = f"duckdb:///{tmp_path / 'store.duckdb'}"

@@ -31,6 +31,7 @@ from stockpipe.store.schema import (
     SCHEMA_VERSION_TABLE,
     SYMBOLS,
     TABLES,
+    TASK_RUNS,
     VIEWS,
     Table,
 )
@@ -266,6 +267,17 @@ class Store(ABC):
             }
             for r in rows
         ]
+
+    def newest_markers(self) -> list[dict[str, Any]]:
+        """The most recently completed marker of each task family."""
+        with self.session(write=False) as session:
+            rows = session.fetch(
+                "SELECT marker_id, task_family, params, stats, completed_at FROM task_markers t "
+                "WHERE completed_at = (SELECT max(completed_at) FROM task_markers n WHERE n.task_family = t.task_family) "
+                "ORDER BY task_family, marker_id"
+            )
+        return [{"marker_id": r[0], "task_family": r[1], "params": json.loads(r[2] or "{}"),
+                 "stats": json.loads(r[3] or "{}"), "completed_at": r[4]} for r in rows]
 
     def delete_markers(self, marker_ids: Sequence[str]) -> int:
         if not marker_ids:
@@ -540,6 +552,47 @@ class Store(ABC):
         """A read-only query for reports (`:name` placeholders)."""
         with self.session(write=False) as session:
             return session.fetch_arrow(sql, params or {})
+
+    def session_counts(self, start: dt.date, end: dt.date | None = None) -> pa.Table:
+        """Per stored date from `start` (to `end`): symbols and rows of bars and of indicators
+        (aggregated in the database: only one row per date comes back)."""
+        where, params = range_filter(None, start, end)
+        with self.session(write=False) as session:
+            return session.fetch_arrow(
+                "SELECT coalesce(b.date, i.date) AS date, coalesce(b.symbols, 0) AS bar_symbols, "
+                "coalesce(b.n, 0) AS bar_rows, coalesce(i.symbols, 0) AS indicator_symbols, "
+                "coalesce(i.n, 0) AS indicator_rows FROM "
+                f"(SELECT date, count(DISTINCT symbol) AS symbols, count(*) AS n FROM bars{where} GROUP BY date) b "
+                "FULL OUTER JOIN "
+                f"(SELECT date, count(DISTINCT symbol) AS symbols, count(*) AS n FROM indicators{where} GROUP BY date) i "
+                "ON b.date = i.date ORDER BY 1",
+                params,
+                schema=pa.schema([("date", pa.date32()), ("bar_symbols", pa.int64()), ("bar_rows", pa.int64()),
+                                  ("indicator_symbols", pa.int64()), ("indicator_rows", pa.int64())]),
+            )
+
+    def missing_on(self, day: dt.date) -> dict[str, list[str]]:
+        """Active symbols without a bar on `day`, and those with a bar but no indicator row."""
+        with self.session(write=False) as session:
+            no_bar = session.fetch(
+                "SELECT s.symbol FROM symbols s WHERE s.is_active AND NOT EXISTS "
+                "(SELECT 1 FROM bars b WHERE b.symbol = s.symbol AND b.date = :d) ORDER BY 1", {"d": day})
+            no_indicator = session.fetch(
+                "SELECT b.symbol FROM bars b JOIN symbols s ON s.symbol = b.symbol WHERE b.date = :d AND s.is_active "
+                "AND NOT EXISTS (SELECT 1 FROM indicators i WHERE i.symbol = b.symbol AND i.date = :d) ORDER BY 1",
+                {"d": day})
+        return {"without_bars": [r[0] for r in no_bar], "without_indicators": [r[0] for r in no_indicator]}
+
+    def task_runs_of_day(self, day: dt.date) -> pa.Table:
+        """The `task_runs` rows of one date's pipeline: tasks whose `date` parameter is `day`, and
+        the chunks of that day's indicator plan (`daily-<day>`), oldest first."""
+        with self.session(write=False) as session:
+            return session.fetch_arrow(
+                "SELECT * FROM task_runs WHERE (params LIKE :own AND task_family <> 'IndicatorChunk') "
+                "OR params LIKE :chunk ORDER BY started_at, task_id",
+                {"own": f'%"date": "{day}"%', "chunk": f'%"plan_id": "daily-{day}"%'},
+                schema=TASK_RUNS.schema,
+            )
 
     def close(self) -> None:
         """Release pooled connections (a no-op for stores that hold none between operations)."""

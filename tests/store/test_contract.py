@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import numpy as np
 import pyarrow as pa
@@ -175,3 +176,35 @@ def test_bulk_writes_round_trip_values_exactly(store):
 def test_a_row_of_only_nulls_is_still_a_row(store):
     result = store.query("SELECT max(date) AS latest FROM bars")
     assert result.num_rows == 1 and result.column("latest")[0].as_py() is None
+
+
+def test_report_reads_aggregate_per_date_and_name_the_missing(store):
+    store.replace_universe(symbols_rows("AAA", "BBB", "CCC"))
+    day = dt.date(2025, 1, 10)
+    store.write_bars(pa.concat_tables([bars_rows("AAA", dt.date(2025, 1, 1), 10), bars_rows("BBB", dt.date(2025, 1, 1), 9)]))
+    indicators = compute_indicators(store.read_bars(["AAA"]))
+    store.replace_indicators(["AAA"], dt.date(2025, 1, 1), indicators)
+    counts = {r["date"]: r for r in store.session_counts(dt.date(2025, 1, 9), day).to_pylist()}
+    assert counts[dt.date(2025, 1, 9)] == {"date": dt.date(2025, 1, 9), "bar_symbols": 2, "bar_rows": 2,
+                                           "indicator_symbols": 1, "indicator_rows": 1}
+    assert counts[day]["bar_symbols"] == 1 and set(counts) == {dt.date(2025, 1, 9), day}
+    assert store.missing_on(day) == {"without_bars": ["BBB", "CCC"], "without_indicators": []}
+    assert store.missing_on(dt.date(2025, 1, 9)) == {"without_bars": ["CCC"], "without_indicators": ["BBB"]}
+
+
+def test_task_runs_of_a_day_and_newest_markers(store):
+    rows = [("Daily", {"date": "2025-01-10"}), ("IngestDate", {"date": "2025-01-09"}),
+            ("IndicatorChunk", {"chunk_id": "0", "date": "2025-01-03", "plan_id": "daily-2025-01-10"}),
+            ("IndicatorChunk", {"chunk_id": "0", "date": "2025-01-10", "plan_id": "rebuild-2025-01-10"})]
+    with store.session() as session:
+        for i, (family, params) in enumerate(rows):
+            session.execute(
+                "INSERT INTO task_runs (task_id, task_family, params, status, attempt, started_at) "
+                "VALUES (:i, :f, :p, 'DONE', 1, :t)",
+                {"i": f"t{i}", "f": family, "p": json.dumps(params, sort_keys=True), "t": dt.datetime(2025, 1, 10, 1, i)})
+    assert store.task_runs_of_day(dt.date(2025, 1, 10)).column("task_id").to_pylist() == ["t0", "t2"]
+    store.touch(Marker("Report/2025-01-09", "Report", {}, {"path": "a.html"}))
+    store.touch(Marker("Report/2025-01-10", "Report", {}, {"path": "b.html"}))
+    store.touch(Marker("Replicate/2025-01-10", "Replicate", {}, {"path": "r.duckdb"}))
+    newest = {m["task_family"]: m["stats"]["path"] for m in store.newest_markers()}
+    assert newest == {"Report": "b.html", "Replicate": "r.duckdb"}
