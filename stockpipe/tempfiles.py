@@ -36,7 +36,13 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A killed writer whose parent died too may linger as a zombie nobody reaps (no init in a
+    # container): it answers signals but will never write again.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def discard_orphans(path: Path) -> list[Path]:

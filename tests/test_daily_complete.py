@@ -228,7 +228,7 @@ def test_daily_summary_attaches_and_links_the_report(pipeline, webhook_server):
     assert payload["message"].endswith(f"\nreport: https://reports.example/stockpipe/{DAY}.html")
     (attachment,) = payload["attachments"]
     assert attachment["filename"] == f"{DAY}.html"
-    assert base64.b64decode(attachment["base64"]) == report_path(pipeline.data_dir, DAY).read_bytes()
+    assert base64.b64decode(attachment["base64"]) == report_path(pipeline.store_dir, DAY).read_bytes()
 
 
 @pytest.mark.slow

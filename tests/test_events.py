@@ -19,7 +19,7 @@ from stockpipe.store import open_store
 from stockpipe.redaction import encode_userinfo, redact_url
 from stockpipe.services import redis_sync
 from tests.conftest import REDIS_TEST_URL, free_port, run_luigi, service_missing, write_luigi_cfg
-from tests.test_faults import assert_whole_and_exact
+from tests.test_undo_faults import assert_whole_and_exact
 
 DAY = dt.date(2025, 10, 10)
 

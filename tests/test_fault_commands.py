@@ -17,7 +17,7 @@ import redis
 
 from stockpipe.store import open_store
 from tests.conftest import REDIS_TEST_URL, luigi_command, prepared_store, run_luigi, write_luigi_cfg
-from tests.test_faults import assert_whole_and_exact
+from tests.test_undo_faults import assert_whole_and_exact
 
 pytestmark = pytest.mark.slow
 DAY = "2025-10-10"
