@@ -481,7 +481,7 @@ class Store(ABC):
 
         from stockpipe.store.checksum import batch_checksum
 
-        where, params = range_filter(list(symbols), start, end)
+        where, params = range_filter(list(symbols), start, end, collate=self.codepoint_collation)
         count, checksum = 0, 0
         with self.session(write=False) as session, open(path, "wb") as sink:
             writer = pq.ParquetWriter(sink, INDICATORS.schema, compression="lz4")
