@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from stockpipe.indicators import compute_indicators
+from stockpipe.indicators import indicator_rows
 from stockpipe.store import Marker, SchemaVersionError, StoreError, open_store
 from stockpipe.store.schema import INDICATORS, SCHEMA_VERSION
 
@@ -110,7 +110,7 @@ def test_read_bars_reaches_back_warmup_bars_per_symbol(store):
 def test_failed_replace_leaves_previous_rows_and_no_marker(store):
     bars = bars_rows("AAA", dt.date(2024, 1, 1), 80)
     store.write_bars(bars)
-    first = compute_indicators(store.read_bars())
+    first = indicator_rows(store.read_bars())
     store.replace_indicators(["AAA"], dt.date(2024, 1, 1), first)
     broken = first.set_column(0, "symbol", pa.array([None] * first.num_rows, pa.string()))
     marker = Marker("IndicatorChunk/x/0", "IndicatorChunk")
@@ -123,7 +123,7 @@ def test_failed_replace_leaves_previous_rows_and_no_marker(store):
 def test_replace_indicators_swaps_rows_and_marker_together(store):
     store.replace_universe(symbols_rows("AAA"))
     store.write_bars(bars_rows("AAA", dt.date(2024, 1, 1), 80))
-    rows = compute_indicators(store.read_bars())
+    rows = indicator_rows(store.read_bars())
     assert store.replace_indicators(["AAA"], dt.date(2024, 1, 1), rows, Marker("IndicatorChunk/p/0", "IndicatorChunk"))
     stored = store.read_indicators(["AAA"])
     assert stored.num_rows == 80
@@ -135,7 +135,7 @@ def test_replace_indicators_swaps_rows_and_marker_together(store):
 
 def test_restore_puts_rows_back_and_forgets_markers(store):
     store.write_bars(bars_rows("AAA", dt.date(2024, 1, 1), 60))
-    rows = compute_indicators(store.read_bars())
+    rows = indicator_rows(store.read_bars())
     store.replace_indicators(["AAA"], dt.date(2024, 1, 1), rows)
     saved = store.read_indicators(["AAA"], start=dt.date(2024, 2, 1))
     store.replace_indicators(["AAA"], dt.date(2024, 2, 1), rows.slice(0, 0), Marker("IndicatorChunk/r/0", "IndicatorChunk"))
@@ -160,12 +160,16 @@ def test_bulk_writes_round_trip_values_exactly(store):
     rows = pa.table({"symbol": symbols, "date": pa.array([dt.date(1999, 12, 31)] * n, pa.date32()),
                      **{k: pa.array(v, from_pandas=True) for k, v in columns.items()},
                      "created_at": pa.array([dt.datetime(1970, 1, 1, 0, 0, 0, 1)] * n, pa.timestamp("us"))})
+    before = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     store.replace_indicators(symbols, dt.date(1999, 1, 1), rows)
     back = store.read_indicators(symbols)
     got = back.column("macd").to_numpy(zero_copy_only=False).astype(float)
     np.testing.assert_array_equal(got, values)  # bit-exact, NaN where NULL
     assert back.column("macd").null_count == len(values[::97])
-    assert back.column("created_at")[0].as_py() == dt.datetime(1970, 1, 1, 0, 0, 0, 1)
+    # created_at is the store's: the time of the write, whatever the computation handed over.
+    assert before <= back.column("created_at")[0].as_py() <= dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    store.restore_indicators(rows, symbols, dt.date(1999, 1, 1))  # a backup's rows keep their own
+    assert store.read_indicators(symbols).column("created_at")[0].as_py() == dt.datetime(1970, 1, 1, 0, 0, 0, 1)
     store.replace_universe(symbols_rows("삼성전자.KS", "É", name=["한글 이름, \"quoted\"\nline", ""], is_etf=[True, False]))
     names = {r["symbol"]: r for r in store.read_symbols().to_pylist()}
     assert names["삼성전자.KS"]["name"] == "한글 이름, \"quoted\"\nline" and names["삼성전자.KS"]["is_etf"] is True
