@@ -174,11 +174,15 @@ def _chunk_tasks(plan) -> list[IndicatorChunk]:
 def _prepare_chunks(task: StockpipeTask, plan, directory, chunks: list[IndicatorChunk]) -> None:
     """Let the engine compute the unfinished chunks ahead of their tasks (once per plan and attempt;
     nothing for an engine that computes in the chunk task, or when every chunk is done)."""
-    indicator_service.prepare_chunks(
-        task.store(), task.engine(), plan.chunks, [c.chunk_id for c in chunks if not c.complete()], plan.start,
-        warmup_bars=config.stockpipe().warmup_bars, staging=rebuild_service.staging_dir(directory),
-        full_history=plan.full_history, progress=task.progress(),
-    )
+    engine = task.engine()
+    try:
+        indicator_service.prepare_chunks(
+            task.store(), engine, plan.chunks, [c.chunk_id for c in chunks if not c.complete()], plan.start,
+            warmup_bars=config.stockpipe().warmup_bars, staging=rebuild_service.staging_dir(directory),
+            full_history=plan.full_history, progress=task.progress(),
+        )
+    finally:
+        engine.close()  # e.g. a Spark session: not held while the chunks run
 
 
 class PlanRebuild(StockpipeTask):
