@@ -6,6 +6,7 @@ import datetime as dt
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from stockpipe.indicators import indicator_rows
@@ -179,3 +180,29 @@ def test_bulk_writes_round_trip_values_exactly(store):
 def test_a_row_of_only_nulls_is_still_a_row(store):
     result = store.query("SELECT max(date) AS latest FROM bars")
     assert result.num_rows == 1 and result.column("latest")[0].as_py() is None
+
+
+def test_bar_export_holds_exactly_what_read_bars_returns(store, tmp_path):
+    """The Spark engine's snapshot: its chunks' staged rows are used only if the chunk's own read
+    agrees, so the export must select the same bars, warm-up trimming included."""
+    import pyarrow.parquet as pq
+
+    start = dt.date(2024, 6, 3)
+    store.write_bars(pa.concat_tables([
+        bars_rows("LONG", dt.date(2021, 1, 1), 1300),  # 1,249 bars before start: the last 500 kept
+        bars_rows("OLD", dt.date(2015, 1, 1), 300),  # nothing in the look-back window: not read
+        bars_rows("HALTED", dt.date(2019, 1, 1), 600),
+        bars_rows("HALTED", dt.date(2024, 2, 1), 150),  # 123 bars in the window: read in full
+        bars_rows("NEW", dt.date(2024, 5, 20), 30),
+    ]))
+    symbols = ["HALTED", "LONG", "NEW", "OLD", "NONE"]
+    columns = ["symbol", "date", "close", "volume"]
+    for read_start, warmup in ((start, 500), (None, 0), (start, 0), (dt.date(2025, 6, 2), 500)):
+        path = tmp_path / f"bars-{read_start}-{warmup}.parquet"
+        count = store.export_bars(path, symbols, read_start, warmup)
+        exported = pq.read_table(path).select(columns).sort_by([("symbol", "ascending"), ("date", "ascending")])
+        expected = store.read_bars(symbols, start=read_start, warmup_bars=warmup).select(columns)
+        assert count == expected.num_rows > 0
+        assert exported.cast(expected.schema).equals(expected), (read_start, warmup)
+    trimmed = store.read_bars(["LONG"], start=start, warmup_bars=500)
+    assert pc.sum(pc.less(trimmed.column("date"), pa.scalar(start, pa.date32()))).as_py() == 500
