@@ -208,6 +208,10 @@ class SparkEngine(IndicatorEngine):
 
     def _start(self):
         master = self.settings.master
+        try:
+            import pyspark  # noqa: F401
+        except ImportError as exc:
+            raise EngineError(f"[stockpipe] engine = spark needs pyspark ({exc}): pip install 'stockpipe[spark]'") from exc
         if master.startswith("sc://"):
             return self._connect(master)
         java = find_java()

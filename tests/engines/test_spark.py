@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from stockpipe.engines import ChunkRef, EngineError, computed_by, open_engine
@@ -195,6 +196,76 @@ def test_staged_rows_of_changed_bars_are_recomputed_not_stored(local_engine, tmp
 def test_every_conf_setting_reaches_the_session(local_engine):
     assert local_engine.session().conf.get("spark.stockpipe.probe") == "reached"
     assert local_engine.session().conf.get("spark.sql.shuffle.partitions") == "2"
+
+
+def _python_workers() -> list[int]:
+    """Spark's Python workers under this process: forks of a `pyspark.daemon` (they carry its name)."""
+    parents, names = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            names[int(stat.parent.name)] = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+    mine = {os.getpid()}
+    changed = True
+    while changed:
+        changed = False
+        for pid, parent in parents.items():
+            if parent in mine and pid not in mine:
+                mine.add(pid)
+                changed = True
+    return [pid for pid in mine if b"pyspark.daemon" in names.get(pid, b"")
+            and b"pyspark.daemon" in names.get(parents.get(pid, 0), b"")]
+
+
+def test_a_worker_killed_mid_job_fails_the_job_clearly_and_a_rerun_completes(local_engine, tmp_path):
+    store = open_store(f"duckdb:///{tmp_path / 'big.duckdb'}")
+    rng = np.random.default_rng(3)
+    symbols, count = [f"S{i:03d}" for i in range(300)], 1500
+    close = np.round(20 * np.exp(np.cumsum(rng.normal(0, 0.02, (len(symbols), count)), axis=1)), 2).reshape(-1)
+    store.write_bars(pa.table({
+        "symbol": np.repeat(symbols, count), "date": pa.array(CALENDAR[:count] * len(symbols), pa.date32()),
+        "open": close, "high": close, "low": close, "close": close,
+        "volume": pa.array(rng.integers(1_000, 100_000, close.size), pa.int64()),
+    }).cast(BARS.schema))
+    staging = tmp_path / "staged"
+    outcome: dict = {}
+
+    def prepare() -> None:
+        try:
+            outcome["stats"] = indicator_service.prepare_chunks(store, local_engine, [symbols], [0], CALENDAR[1400],
+                                                                warmup_bars=WARMUP, staging=staging)
+        except EngineError as exc:
+            outcome["error"] = exc
+
+    import threading
+
+    job = threading.Thread(target=prepare)
+    job.start()
+    killed = 0
+    while job.is_alive():
+        for pid in _python_workers():
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+        time.sleep(0.01)
+    job.join()
+    assert killed, "no Python worker was seen to kill"
+    assert "error" in outcome, outcome
+    message = str(outcome["error"])
+    assert message.startswith("spark job on local[2] failed: ") and len(message) > len("spark job on local[2] failed: ") + 10
+    assert "Traceback" not in message and "\tat " not in message  # Spark's reason, not its stack
+    for staged in staging.glob("chunk-*.parquet"):  # whatever is staged is whole (written, then renamed)
+        assert pq.read_metadata(staged).num_rows == len(symbols) * count
+
+    # The same step again (what a rerun does) completes, and the chunk stores Spark's rows.
+    indicator_service.prepare_chunks(store, local_engine, [symbols], [0], CALENDAR[1400], warmup_bars=WARMUP, staging=staging)
+    stats = indicator_service.compute_chunk(store, symbols, CALENDAR[1400], engine=local_engine, warmup_bars=WARMUP,
+                                            marker=None, chunk=ChunkRef(staging, 0))
+    assert stats["computed_by"] == "spark" and stats["rows_saved"] == len(symbols) * count
 
 
 # -- configuration refused before any work ------------------------------------------------------------
