@@ -71,7 +71,7 @@ def _sessions(first: dt.date, count: int) -> list[dt.date]:
     return [d.astype(dt.date) for d in days]
 
 
-CALENDAR = _sessions(dt.date(2019, 1, 2), 1300)  # to 2023-12-25 or so
+CALENDAR = _sessions(dt.date(2019, 1, 2), 1600)  # weekdays to 2025
 HISTORY = {  # symbol -> (first session index, bars)
     "LONG": (0, 1300),  # 1,100 bars before START: warm-up trimmed to 500
     "MID": (850, 450),  # fewer than 500 bars before START: read in full
