@@ -50,7 +50,8 @@ def _spark_engine(master: str, **conf: str):
         find_java()
     except EngineError as exc:
         service_missing("Java 17", str(exc))
-    engine = SparkEngine(SparkSettings(master=master, conf={"spark.sql.shuffle.partitions": "2", **conf}))
+    # Generous start-up bound: a shared CI machine may take minutes to start a JVM.
+    engine = SparkEngine(SparkSettings(master=master, conf={"spark.sql.shuffle.partitions": "2", **conf}, startup_timeout=300))
     try:
         engine.session()
     except EngineError as exc:
