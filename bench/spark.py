@@ -80,7 +80,9 @@ def main() -> None:
         luigi_cfg(directory, store_url, options.tickers, "numpy", options.master)
         figures["backfill"] = run(directory, "Backfill", "--start-date", str(start), "--end-date", str(end))
     shutil.rmtree(directory / "data" / "runs", ignore_errors=True)
-    rebuilds = {"rebuild_13_days": rebuild_13, "rebuild_full": start}
+    # Full history first: after a Backfill no indicator is stored, so a 13-session rebuild run first
+    # would heal every symbol from its first bar, i.e. be a full rebuild too.
+    rebuilds = {"rebuild_full": start, "rebuild_13_days": rebuild_13}
     if options.only:
         rebuilds = {k: v for k, v in rebuilds.items() if ("13" in k) == (options.only == "13")}
     for name, first in rebuilds.items():

@@ -534,15 +534,16 @@ def _bar_export_query(symbols: Sequence[str], start: dt.date | None, warmup: int
         return f"SELECT {columns} FROM bars{where}", params
     params: dict[str, Any] = {"d": start, "w": _warmup_window_start(start, warmup), "n": warmup}
     where = symbol_filter("symbol", symbols, params)
+    # The window functions run over the look-back window only (~1.1 x warmup bars a symbol), not
+    # the whole history; a symbol with fewer than `warmup` bars before `start` there is read in full.
     sql = (
-        f"SELECT {columns} FROM (SELECT {columns}, "
+        f"WITH win AS (SELECT {columns}, "
         "row_number() OVER (PARTITION BY symbol, date < :d ORDER BY date DESC) AS back, "
-        "count(*) FILTER (WHERE date >= :w) OVER (PARTITION BY symbol) AS in_window, "
-        "count(*) FILTER (WHERE date >= :w AND date < :d) OVER (PARTITION BY symbol) AS before_in_window "
-        f"FROM bars WHERE {where}) b "
-        # Symbols with no bar in the window are not read; one with fewer than `warmup` bars before
-        # `start` there is read in full; the others keep their last `warmup` bars before `start`.
-        "WHERE in_window > 0 AND (date >= :d OR back <= :n OR before_in_window < :n)"
+        "count(*) FILTER (WHERE date < :d) OVER (PARTITION BY symbol) AS before_in_window "
+        f"FROM bars WHERE {where} AND date >= :w) "
+        f"SELECT {columns} FROM win WHERE date >= :d OR back <= :n OR before_in_window < :n "
+        f"UNION ALL SELECT {columns} FROM bars WHERE {where} AND date < :w "
+        "AND symbol IN (SELECT symbol FROM win WHERE before_in_window < :n)"
     )
     return sql, params
 
