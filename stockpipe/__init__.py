@@ -5,6 +5,7 @@
 
 from stockpipe.tasks import (  # noqa: F401 - re-exported so `luigi --module stockpipe` sees every task
     Backfill,
+    CleanupOldFiles,
     CollectSymbols,
     Daily,
     DailyIndicators,
@@ -16,6 +17,7 @@ from stockpipe.tasks import (  # noqa: F401 - re-exported so `luigi --module sto
     RedisHealthCheck,
     RedisSync,
     Replicate,
+    Report,
     ScanWatchlist,
 )
 from stockpipe import events as _events  # noqa: F401,E402 - registers the metrics and alert handlers

@@ -6,6 +6,9 @@
     stockpipe restore BACKUP           put back the rows a rebuild replaced
     stockpipe init-db                  create or upgrade the schema
     stockpipe assist [--workers N]     lend this machine's workers to luigid until stopped
+    stockpipe report [--date DATE]     write the day's HTML report (default: the latest watchlist)
+    stockpipe cleanup [--dry-run]      apply [cleanup] retention; --dry-run lists what would go
+    stockpipe import-legacy URL        copy the old system's database (DuckDB file or PostgreSQL URL)
 
 The store and data_dir come from luigi.cfg (and STOCKPIPE_STORE_URL), like the tasks'.
 """
@@ -27,15 +30,7 @@ from stockpipe.store import Store, StoreError, open_store
 
 def coverage(store: Store, since: dt.date, calendar: str) -> list[dict[str, Any]]:
     """Per date since `since`: bar and indicator symbols and rows, with problems named."""
-    table = store.query(
-        "SELECT coalesce(b.date, i.date) AS date, b.symbols AS bar_symbols, b.n AS bar_rows, "
-        "i.symbols AS indicator_symbols, i.n AS indicator_rows FROM "
-        "(SELECT date, count(DISTINCT symbol) AS symbols, count(*) AS n FROM bars WHERE date >= :since GROUP BY date) b "
-        "FULL OUTER JOIN "
-        "(SELECT date, count(DISTINCT symbol) AS symbols, count(*) AS n FROM indicators WHERE date >= :since GROUP BY date) i "
-        "ON b.date = i.date ORDER BY 1",
-        {"since": since},
-    ).to_pylist()
+    table = store.session_counts(since).to_pylist()
     by_date = {row["date"]: row for row in table}
     last = max(by_date) if by_date else since
     active = len(store.active_symbols())
@@ -122,11 +117,10 @@ def cmd_watchlist(args, out) -> int:
     store = open_store(config.store_url())
     day = args.date
     if day is None:
-        latest = store.query("SELECT max(scan_date) AS d FROM daily_watchlist").column("d")[0].as_py()
-        if latest is None:
+        day = _latest_scan_date(store)
+        if day is None:
             print("no watchlist yet: run `luigi --module stockpipe Daily --date ...`", file=out)
             return 1
-        day = latest
     rows = store.read_watchlist(since=day, until=day).to_pylist()
     table = [
         {"#": i, "symbol": r["symbol"], "name": r["name"], "reason": r["scan_reason"], "pri": r["priority"],
@@ -183,6 +177,109 @@ def cmd_assist(args, out) -> int:
     return 0 if ok else 1
 
 
+def cmd_report(args, out) -> int:
+    from stockpipe.services import report as report_service
+
+    store = open_store(config.store_url())
+    day = args.date or _latest_scan_date(store)
+    if day is None:
+        print("no watchlist yet: run `luigi --module stockpipe Daily --date ...`", file=out)
+        return 1
+    settings = config.report()
+    stats = report_service.build_report(
+        store, day, config.data_dir(), calendar=config.stockpipe().calendar, sessions=settings.sessions,
+        chart_months=settings.chart_months, slowest_chunks=settings.slowest_chunks,
+    )
+    print(f"{stats['path']}: {stats['charts']} charts, {stats['bytes'] / 1e6:.1f} MB, {stats['seconds']} s", file=out)
+    return 0
+
+
+def cmd_cleanup(args, out) -> int:
+    from stockpipe.services import cleanup as cleanup_service
+
+    settings = config.cleanup()
+    result = cleanup_service.clean(
+        open_store(config.store_url()), data_dir=config.data_dir(), replica_path=config.replica_path(),
+        log_dir=Path(settings.log_dir), days=settings.days(), dry_run=args.dry_run,
+    )
+    rows = [{"kind": i["kind"], "path": i["path"], "MB": round(i["bytes"] / 1e6, 2), "days old": round(i["age_days"], 1),
+             "why": i["reason"]} for i in result["items"]]
+    _print_table("would be removed (dry run)" if args.dry_run else "removed", rows, out)
+    if args.verbose:
+        kept = [{"kind": i["kind"], "path": i["path"], "MB": round(i["bytes"] / 1e6, 2), "days old": round(i["age_days"], 1),
+                 "why": i["reason"]} for i in result["kept_items"]]
+        _print_table("kept", kept, out)
+    verb = "would free" if args.dry_run else "freed"
+    print(f"\n{len(rows)} path(s), {verb} {result['bytes_freed'] / 1e6:,.1f} MB ({result['bytes_freed']:,} bytes)", file=out)
+    return 0
+
+
+def _latest_scan_date(store: Store) -> dt.date | None:
+    return store.query("SELECT max(scan_date) AS d FROM daily_watchlist").column("d")[0].as_py()
+
+
+def cmd_import_legacy(args, out) -> int:
+    from stockpipe.services import legacy
+
+    store = open_store(config.store_url())
+    print(f"importing {legacy.redact(args.url)} into {store.redacted_url()}", file=out, flush=True)
+    with _progress_bar() as progress:
+        summary = legacy.import_legacy(store, args.url, batch_size=args.batch_size, progress=progress)
+    rows = [{"symbols added": summary["symbols_added"], "bars added": summary["bars_added"],
+             "bars kept (already stored)": summary["bars_kept"], "watchlist rows added": summary["watchlist_rows_added"],
+             "rejected": summary["rejected_count"], "first date": summary["first_date"], "last date": summary["last_date"],
+             "seconds": summary["seconds"]}]
+    _print_table("import summary (all runs of this import)", rows, out)
+    rejected = summary["rejected"]
+    if rejected:
+        _print_table(f"rejected rows (never stored): {summary['rejected_count']}", [{k: r[k] for k in ("table", "symbol", "date", "reason")} for r in rejected[: args.show_rejected]], out)
+        if summary["rejected_count"] > args.show_rejected:
+            print(f"  ... {summary['rejected_count'] - args.show_rejected} more"
+                  + (f", listed in {args.rejected_csv}" if args.rejected_csv else "; --rejected-csv FILE lists them"), file=out)
+        if args.rejected_csv:
+            import csv
+
+            with open(args.rejected_csv, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=["table", "symbol", "date", "reason"])
+                writer.writeheader()
+                writer.writerows(rejected)
+    if summary["first_date"]:
+        print(f"\nIndicators are not imported: recompute them exactly from the first imported date with\n"
+              f"  luigi --module stockpipe RebuildFrom --start-date {summary['first_date']} --local-scheduler\n"
+              f"(add --run-id import if a RebuildFrom of that date ran on this store before).", file=out)
+    return 0
+
+
+class _progress_bar:
+    """A tqdm bar on a terminal (log lines printed above it); elsewhere (cron, CI, a pipe) one line per
+    batch on stderr."""
+
+    def __enter__(self):
+        self._bar = self._redirect = None
+        if sys.stderr.isatty():
+            import logging
+
+            from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            self._bar = tqdm(total=100, file=sys.stderr, bar_format="{percentage:3.0f}%|{bar:30}| {elapsed}<{remaining} {desc}")
+            self._redirect = logging_redirect_tqdm(loggers=[logging.getLogger("stockpipe")])
+            self._redirect.__enter__()
+        return self
+
+    def __call__(self, percent: float, message: str) -> None:
+        if self._bar is None:
+            print(message, file=sys.stderr, flush=True)
+            return
+        self._bar.set_description_str(message, refresh=False)
+        self._bar.update(percent - self._bar.n)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._redirect.__exit__(*exc)
+            self._bar.close()
+
+
 def main(argv: Sequence[str] | None = None, out=None) -> int:
     out = out or sys.stdout
     parser = argparse.ArgumentParser(prog="stockpipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -201,10 +298,23 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
     assist = commands.add_parser("assist", help="run pending tasks from luigid (another machine's rebuild chunks)")
     assist.add_argument("--workers", type=int, default=1)
     assist.set_defaults(run=cmd_assist)
+    report = commands.add_parser("report", help="write a date's HTML report to <data_dir>/reports/")
+    report.add_argument("--date", type=dt.date.fromisoformat, help="default: the latest watchlist date")
+    report.set_defaults(run=cmd_report)
+    cleanup = commands.add_parser("cleanup", help="delete old run directories, backups, reports, replica copies, logs")
+    cleanup.add_argument("--dry-run", action="store_true", help="list what would go and the space freed; delete nothing")
+    cleanup.add_argument("--verbose", action="store_true", help="also list what is kept, and why")
+    cleanup.set_defaults(run=cmd_cleanup)
+    importer = commands.add_parser("import-legacy", help="copy the old system's symbols, bars and watchlist into the store")
+    importer.add_argument("url", help="the old database: a DuckDB file (path or duckdb:///path) or a PostgreSQL URL")
+    importer.add_argument("--batch-size", type=int, default=100, help="tickers per committed batch of bars (100)")
+    importer.add_argument("--rejected-csv", help="write every rejected row (table, symbol, date, reason) to this CSV")
+    importer.add_argument("--show-rejected", type=int, default=20, help="rejected rows printed (20)")
+    importer.set_defaults(run=cmd_import_legacy)
     args = parser.parse_args(argv)
     try:
         return args.run(args, out)
-    except (StoreError, RuntimeError, OSError) as exc:
+    except (StoreError, RuntimeError, OSError, ValueError) as exc:
         print(f"stockpipe {args.command}: {exc}", file=sys.stderr)
         return 2
 

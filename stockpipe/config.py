@@ -81,6 +81,8 @@ class timeouts(luigi.Config):  # noqa: N801
     scan = luigi.IntParameter(default=600, description="ScanWatchlist")
     replicate = luigi.IntParameter(default=1800, description="Replicate: export, verify and swap the replica")
     redis = luigi.IntParameter(default=300, description="RedisSync, RedisHealthCheck, RedisCleanup")
+    report = luigi.IntParameter(default=600, description="Report: the day's charts and HTML")
+    cleanup = luigi.IntParameter(default=600, description="CleanupOldFiles: deleting old files")
     daily = luigi.IntParameter(default=300, description="Daily's own step (its dependencies have their own)")
     pg_connect = luigi.IntParameter(default=10, description="PostgreSQL: seconds to establish a connection")
     pg_statement = luigi.IntParameter(default=900, description="PostgreSQL: seconds one statement may run (0 = no limit)")
@@ -199,3 +201,28 @@ class yahoo(luigi.Config):  # noqa: N801
         default="https://api.nasdaq.com/api/screener/stocks?tableonly=true&limit=25&offset=0&download=true",
         description="empty = no screener (no market caps, no market-cap filter)",
     )
+
+
+class report(luigi.Config):  # noqa: N801
+    sessions = luigi.IntParameter(default=30, description="sessions shown in the report's data health")
+    chart_months = luigi.IntParameter(default=6, description="months of bars in each watchlist symbol's chart")
+    slowest_chunks = luigi.IntParameter(default=10, description="indicator chunks listed as the slowest")
+    link_base = luigi.Parameter(
+        default="",
+        description="URL the reports directory is served under, linked from the Daily summary; empty = the file's path",
+    )
+
+
+class cleanup(luigi.Config):  # noqa: N801
+    """Days each kind of file is kept (by modification time); 0 keeps that kind for ever."""
+
+    runs_days = luigi.IntParameter(default=60, description="rebuild and daily run directories under <data_dir>/runs")
+    backups_days = luigi.IntParameter(default=30, description="a run's backup.parquet (the undo of a rebuild)")
+    reports_days = luigi.IntParameter(default=90, description="HTML reports under <data_dir>/reports")
+    replica_days = luigi.IntParameter(default=7, description="the replica's previous copy (replica.previous.duckdb)")
+    logs_days = luigi.IntParameter(default=30, description="files in log_dir")
+    log_dir = luigi.Parameter(default="logs", description="directory of the cron job's logs (relative to the working directory)")
+
+    def days(self) -> dict[str, int]:
+        return {"runs": self.runs_days, "backups": self.backups_days, "reports": self.reports_days,
+                "replica": self.replica_days, "logs": self.logs_days}

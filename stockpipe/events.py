@@ -27,7 +27,9 @@ def _params(task: luigi.Task) -> dict[str, str]:
     return task.to_str_params()
 
 
-def notify(title: str, body: str) -> bool:
+def notify(title: str, body: str, attach: str | None = None) -> bool:
+    """Send to every `[alerts]` URL; `attach` (a file path) goes along to the services that take
+    attachments (email, Discord, Slack with a bot token, json://, ...); the others get the text."""
     urls = config.alerts().urls.split()
     if not urls:
         return False
@@ -37,7 +39,7 @@ def notify(title: str, body: str) -> bool:
     for url in urls:
         if not sender.add(url):
             log.warning("alerts: apprise does not understand the URL %s", url.split("://")[0] + "://...")
-    return bool(sender.notify(title=title, body=body))
+    return bool(sender.notify(title=title, body=body, attach=attach))
 
 
 def _redis_push(key_name: str, payload: dict[str, Any]) -> None:
@@ -104,7 +106,8 @@ def _on_success(task: luigi.Task) -> None:
         log.info("%s", summary)
         if config.alerts().notify_success:
             try:
-                notify("stockpipe Daily done", summary)
+                report, link = _daily_report(task)
+                notify("stockpipe Daily done", summary + (f"\nreport: {link}" if link else ""), attach=report)
             except Exception as exc:  # noqa: BLE001
                 log.warning("could not send the Daily summary: %s", exc)
 
@@ -142,6 +145,19 @@ def daily_summary(task: luigi.Task, seconds: float | None) -> str:
         seconds = round((utcnow() - collected["completed_at"]).total_seconds(), 1)
     return (f"stockpipe Daily {day}: {symbols} symbols, {ingest['stats'].get('bars_stored', 0)} bars, "
             f"watchlist {scan['stats'].get('hits', 0)}, {seconds if seconds is not None else '?'} s")
+
+
+def _daily_report(task: luigi.Task) -> tuple[str | None, str | None]:
+    """The day's HTML report to attach, and where to read it: `[report] link_base` + its name when
+    the reports directory is served, else its path."""
+    from stockpipe.services.report import report_path
+
+    day = getattr(task, "date", None)
+    path = report_path(config.data_dir(), day) if day is not None else None
+    if path is None or not path.exists():
+        return None, None
+    base = config.report().link_base
+    return str(path), (f"{base.rstrip('/')}/{path.name}" if base else str(path.resolve()))
 
 
 def _is_ours(task: luigi.Task) -> bool:

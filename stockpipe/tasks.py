@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import luigi
 
 from stockpipe import config, targets, trading_calendar
 from stockpipe.engines import ChunkRef, open_engine
 from stockpipe.progress import luigi_progress
+from stockpipe.services import cleanup as cleanup_service
 from stockpipe.services import indicators as indicator_service
 from stockpipe.services import ingest as ingest_service
 from stockpipe.services import rebuild as rebuild_service
 from stockpipe.services import redis_sync
 from stockpipe.services import replica as replica_service
+from stockpipe.services import report as report_service
 from stockpipe.services import symbols as symbol_service
 from stockpipe.services import watchlist as watchlist_service
 from stockpipe.sources import open_source
@@ -316,6 +319,44 @@ class Replicate(StockpipeTask):
         self.store().touch(self.output().marker(self, stats))
 
 
+class Report(StockpipeTask):
+    """The day's HTML report (watchlist charts, data health, the run) in <data_dir>/reports/."""
+
+    timeout_setting = "report"
+
+    date = luigi.DateParameter()
+
+    def requires(self):
+        return Replicate(self.date)
+
+    def output(self):
+        return self.marker_target(self.date)
+
+    def run(self):
+        settings = config.report()
+        report_service.build_report(
+            self.store(), self.date, config.data_dir(), calendar=config.stockpipe().calendar,
+            sessions=settings.sessions, chart_months=settings.chart_months, slowest_chunks=settings.slowest_chunks,
+            marker=self.run_marker(), progress=self.progress(),
+        )
+
+
+class CleanupOldFiles(StockpipeTask):
+    """Retention of run directories, backups, reports, replica copies and logs ([cleanup])."""
+
+    timeout_setting = "cleanup"
+
+    date = luigi.DateParameter()
+
+    def output(self):
+        return self.marker_target(self.date)
+
+    def run(self):
+        settings = config.cleanup()
+        cleanup_service.clean(self.store(), data_dir=config.data_dir(), replica_path=config.replica_path(),
+                              log_dir=Path(settings.log_dir), days=settings.days(), marker=self.run_marker())
+
+
 class RedisTask(StockpipeTask):
     """Redis steps: they fail alone when Redis is down; everything else still completes."""
 
@@ -373,7 +414,8 @@ class RedisCleanup(RedisTask):
 
 
 class Daily(StockpipeTask):
-    """The cron job: symbols -> bars -> indicators -> watchlist -> replica -> Redis for `date`.
+    """The cron job: symbols -> bars -> indicators -> watchlist -> replica -> report -> Redis for
+    `date`, and the retention of old files (every day).
 
     On a non-trading day it fetches and computes nothing and says so; on a weekend with Redis
     configured it runs the full Redis sync and the cleanup instead.
@@ -388,12 +430,13 @@ class Daily(StockpipeTask):
 
     def requires(self):
         redis_on = bool(config.redis_url())
+        housekeeping = [CleanupOldFiles(self.date)]
         if self.trading_day():
-            steps = [Replicate(self.date)]
-            return steps + ([RedisHealthCheck(self.date), RedisCleanup(self.date)] if redis_on else [])
+            steps = [Replicate(self.date), Report(self.date)]
+            return steps + ([RedisHealthCheck(self.date), RedisCleanup(self.date)] if redis_on else []) + housekeeping
         if redis_on and self.date.weekday() >= 5:
-            return [RedisSync(self.date), RedisCleanup(self.date)]
-        return []
+            return [RedisSync(self.date), RedisCleanup(self.date)] + housekeeping
+        return housekeeping
 
     def output(self):
         return self.marker_target(self.date)
@@ -411,6 +454,7 @@ class Daily(StockpipeTask):
 
 __all__ = [
     "Backfill",
+    "CleanupOldFiles",
     "CollectSymbols",
     "Daily",
     "DailyIndicators",
@@ -422,5 +466,6 @@ __all__ = [
     "RedisHealthCheck",
     "RedisSync",
     "Replicate",
+    "Report",
     "ScanWatchlist",
 ]

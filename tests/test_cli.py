@@ -7,6 +7,7 @@ import io
 
 from stockpipe import cli, tasks
 from stockpipe.services import rebuild as rebuild_service
+from stockpipe.store.schema import SCHEMA_VERSION
 
 DAY = dt.date(2025, 10, 10)
 
@@ -18,9 +19,9 @@ def run_cli(*args: str) -> tuple[int, str]:
 
 def test_init_db_creates_then_reports_current(pipeline):
     code, text = run_cli("init-db")
-    assert code == 0 and "created stockpipe schema version 1" in text
+    assert code == 0 and f"created stockpipe schema version {SCHEMA_VERSION}" in text
     code, text = run_cli("init-db")
-    assert "already at schema version 1" in text
+    assert f"already at schema version {SCHEMA_VERSION}" in text
 
 
 def test_status_shows_coverage_runs_and_ingest_quality_and_flags_gaps(pipeline):

@@ -67,12 +67,12 @@ def test_replica_refresh_is_atomic_for_an_open_reader(pipeline):
 
 
 def test_failed_refresh_leaves_the_previous_replica(pipeline):
-    import os
+    from stockpipe.tempfiles import temporary_for
 
     assert pipeline.build(tasks.Daily(date=DAY))
     path = config.replica_path()
     before = path.read_bytes()
-    blocker = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    blocker = temporary_for(path)
     blocker.mkdir()  # the refresh cannot create its temporary file
     with pytest.raises(Exception, match=r"(?i)directory"):
         publish_replica(pipeline.store, path)
@@ -213,6 +213,22 @@ def test_daily_success_sends_a_one_line_summary(pipeline, webhook_server):
     summaries = [json.loads(r["body"])["message"] for r in received]
     assert len(summaries) == 1
     assert summaries[0].startswith(f"stockpipe Daily {DAY}: 30 symbols, ") and "watchlist" in summaries[0]
+
+
+def test_daily_summary_attaches_and_links_the_report(pipeline, webhook_server):
+    import base64
+
+    from stockpipe.services.report import report_path
+
+    port, received = webhook_server
+    pipeline.configure("alerts", urls=f"json://127.0.0.1:{port}/summary")
+    pipeline.configure("report", link_base="https://reports.example/stockpipe/")
+    assert pipeline.build(tasks.Daily(date=DAY))
+    (payload,) = [json.loads(r["body"]) for r in received]
+    assert payload["message"].endswith(f"\nreport: https://reports.example/stockpipe/{DAY}.html")
+    (attachment,) = payload["attachments"]
+    assert attachment["filename"] == f"{DAY}.html"
+    assert base64.b64decode(attachment["base64"]) == report_path(pipeline.data_dir, DAY).read_bytes()
 
 
 @pytest.mark.slow

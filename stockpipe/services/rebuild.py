@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from stockpipe.services.indicators import chunk
 from stockpipe.store import Store
 from stockpipe.store.base import utcnow
+from stockpipe.tempfiles import discard_orphans, temporary_for
 
 log = logging.getLogger("stockpipe.rebuild")
 
@@ -71,7 +72,8 @@ def chunk_marker_id(plan_id: str, chunk_id: int) -> str:
 
 def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    discard_orphans(path)
+    temporary = temporary_for(path)
     temporary.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
     os.replace(temporary, path)
 
@@ -123,7 +125,8 @@ def _create_plan_locked(store, directory, *, plan_id, kind, start, symbols, chun
     if backup:
         directory.mkdir(parents=True, exist_ok=True)
         metadata = {"stockpipe": json.dumps({"plan_id": plan_id, "start_date": str(start), "symbols": sorted(symbols)})}
-        temporary = directory / f".{BACKUP_FILE}.{os.getpid()}.tmp"
+        discard_orphans(directory / BACKUP_FILE)  # a killed attempt's partial backup
+        temporary = temporary_for(directory / BACKUP_FILE)
         saved = store.export_indicators(temporary, symbols, start, metadata)
         os.replace(temporary, directory / BACKUP_FILE)
         log.info("%s backed up %d rows to %s", plan_id, saved, directory / BACKUP_FILE)

@@ -16,12 +16,27 @@ from pathlib import Path
 from typing import Any
 
 from stockpipe.store import Store
+from stockpipe.store.schema import VIEWS
+from stockpipe.tempfiles import discard_orphans, temporary_for
 
 log = logging.getLogger("stockpipe.replica")
 
 
 class ReplicaError(RuntimeError):
     pass
+
+
+def create_views(path: Path) -> None:
+    """The old system's compatibility views, over the replica's own copies of the tables."""
+    import duckdb
+
+    connection = duckdb.connect(str(path))
+    try:
+        for view in VIEWS:
+            connection.execute(view.ddl())
+        connection.execute("CHECKPOINT")
+    finally:
+        connection.close()
 
 
 def verify_replica(path: Path, expected: dict[str, int]) -> None:
@@ -33,6 +48,9 @@ def verify_replica(path: Path, expected: dict[str, int]) -> None:
         missing = sorted(set(expected) - present)
         if missing:
             raise ReplicaError(f"replica {path} lacks table(s) {', '.join(missing)}")
+        missing = sorted({v.name for v in VIEWS} - present)
+        if missing:
+            raise ReplicaError(f"replica {path} lacks view(s) {', '.join(missing)}")
         for table, rows in expected.items():
             found = connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
             if found != rows:
@@ -45,23 +63,27 @@ def publish_replica(store: Store, path: Path) -> dict[str, Any]:
     started = time.monotonic()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = temporary_for(path)
+    discard_orphans(path)
     for leftover in (temporary, temporary.with_name(temporary.name + ".wal")):
         leftover.unlink(missing_ok=True)
     try:
         counts = store.export_replica(temporary)
+        create_views(temporary)
         verify_replica(temporary, counts)
         os.chmod(temporary, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
         previous = path.with_name(path.stem + ".previous" + path.suffix)
         if path.exists():
             # Keep the outgoing replica as the backup without a moment where `path` is missing.
-            link = previous.with_name(f".{previous.name}.{os.getpid()}.tmp")
+            discard_orphans(previous)
+            link = temporary_for(previous)
             link.unlink(missing_ok=True)
             os.link(path, link)
             os.replace(link, previous)
         os.replace(temporary, path)
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        for leftover in (temporary, temporary.with_name(temporary.name + ".wal")):
+            leftover.unlink(missing_ok=True)
         raise
     stats = {"path": str(path), "tables": counts, "seconds": round(time.monotonic() - started, 3),
              "bytes": path.stat().st_size}

@@ -34,11 +34,16 @@ def _locate_bad(values: pa.ChunkedArray, convert) -> int:
     return -1
 
 
+# What vendors write for a missing value. Only prices and volumes read them as missing: `NA`,
+# `NULL` or `NAN` in the symbol column are tickers (Nano Labs trades as NA).
+_MISSING = pa.array(pacsv.ConvertOptions().null_values, pa.string())
+
+
 def read_bar_file(path: Path) -> pa.Table:
     """One file's bars with an `origin` column (`file:line`); bad values raise naming file and line."""
     try:
         raw = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types={}, strings_can_be_null=True,
-                                                                         auto_dict_encode=False),
+                                                                         null_values=[""], auto_dict_encode=False),
                              read_options=pacsv.ReadOptions(autogenerate_column_names=False))
     except (pa.ArrowInvalid, OSError) as exc:
         raise SourceError(f"{path}: cannot read as CSV: {exc}") from exc
@@ -53,6 +58,7 @@ def read_bar_file(path: Path) -> pa.Table:
         if name == "symbol":
             columns[name] = pc.utf8_trim_whitespace(column)
             continue
+        column = pc.if_else(pc.is_in(pc.utf8_trim_whitespace(column), value_set=_MISSING), pa.scalar(None, pa.string()), column)
         target, convert = (pa.date32(), dt.date.fromisoformat) if name == "date" else (pa.float64(), float)
         try:
             columns[name] = pc.cast(pc.utf8_trim_whitespace(column), target)

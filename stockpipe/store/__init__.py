@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 from stockpipe.store.base import Marker, SchemaVersionError, Session, Store, StoreError
 from stockpipe.store.schema import SCHEMA_VERSION
 
@@ -31,4 +34,25 @@ def open_store(url: str) -> Store:
     return store
 
 
-__all__ = ["Marker", "SCHEMA_VERSION", "SchemaVersionError", "Session", "Store", "StoreError", "open_store"]
+@contextmanager
+def read_foreign(url: str) -> Iterator[Session]:
+    """A read-only session on a database that is not a stockpipe store (the old system's, to import
+    from): no schema check, nothing created in it. `url` is a PostgreSQL URL, a duckdb:/// URL or the
+    path of a DuckDB file."""
+    if url.startswith(("postgresql:", "postgresql+psycopg2:", "postgres:")):
+        from stockpipe.store.postgres_store import PostgresStore
+
+        foreign = PostgresStore(url)
+        try:
+            with foreign._open_session(write=False) as session:
+                yield session
+        finally:
+            foreign.close()
+    else:
+        from stockpipe.store.duckdb_store import read_only_session
+
+        with read_only_session(url) as session:
+            yield session
+
+
+__all__ = ["Marker", "SCHEMA_VERSION", "SchemaVersionError", "Session", "Store", "StoreError", "open_store", "read_foreign"]

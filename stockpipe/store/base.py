@@ -31,12 +31,16 @@ from stockpipe.store.schema import (
     SCHEMA_VERSION_TABLE,
     SYMBOLS,
     TABLES,
+    TASK_RUNS,
+    VIEWS,
     Table,
 )
 
 log = logging.getLogger("stockpipe.store")
 
-_PLACEHOLDER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+# A quoted literal or identifier is matched first and kept as it is: a value inlined into SQL (a
+# backup's symbol list, a file path) may itself contain ':name'.
+_PLACEHOLDER = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|(?<![:\w]):([A-Za-z_]\w*)")
 
 
 class StoreError(RuntimeError):
@@ -88,6 +92,10 @@ class Session(ABC):
 
 class Store(ABC):
     dialect: str = ""
+    # Appended to a text column to compare it by code point, as Python sorts: a database that sorts
+    # by a language's rules (en_US puts 'BFAM' before 'BF-B') would otherwise drop symbols from a
+    # range whose ends Python chose.
+    codepoint_collation: str = ""
 
     def __init__(self, url: str):
         self.url = url
@@ -117,9 +125,12 @@ class Store(ABC):
         with self._open_session(True) as session:
             found = self._stored_version(session)
             if found is None:
+                self._refuse_tables_named_like_views(session)
                 session.execute(SCHEMA_VERSION_TABLE.ddl())
                 for table in TABLES:
                     session.execute(table.ddl(declare_key=self.declares_key(table)))
+                for view in VIEWS:
+                    session.execute(view.ddl())
                 session.execute(
                     "INSERT INTO schema_version (version, applied_at) VALUES (:v, :t)",
                     {"v": SCHEMA_VERSION, "t": utcnow()},
@@ -142,6 +153,8 @@ class Store(ABC):
                     f"({SCHEMA_VERSION}): upgrade stockpipe"
                 )
             if found is not None:
+                if found < SCHEMA_VERSION:
+                    self._refuse_tables_named_like_views(session)
                 for version in range(found + 1, SCHEMA_VERSION + 1):
                     for statement in MIGRATIONS.get(version, ()):
                         session.execute(statement)
@@ -166,6 +179,21 @@ class Store(ABC):
 
     def _schema_filter(self) -> str:
         return ""
+
+    def _refuse_tables_named_like_views(self, session: Session) -> None:
+        """The compatibility views take the old system's table names: a database that still holds
+        those tables (stockpipe pointed at the old database) is refused with what to do instead."""
+        names = ", ".join(f"'{view.name}'" for view in VIEWS)
+        taken = [r[0] for r in session.fetch(
+            f"SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
+            f"AND table_name IN ({names})" + self._schema_filter() + " ORDER BY 1"
+        )]
+        if taken:
+            raise StoreError(
+                f"{self.redacted_url()} already has table(s) {', '.join(taken)} (the old system's schema?): "
+                f"stockpipe needs those names for its compatibility views. Give stockpipe a database of its "
+                f"own and copy the old data over with `stockpipe import-legacy URL-of-this-database`"
+            )
 
     def declares_key(self, table: Table) -> bool:
         return True
@@ -245,6 +273,17 @@ class Store(ABC):
             }
             for r in rows
         ]
+
+    def newest_markers(self) -> list[dict[str, Any]]:
+        """The most recently completed marker of each task family."""
+        with self.session(write=False) as session:
+            rows = session.fetch(
+                "SELECT marker_id, task_family, params, stats, completed_at FROM task_markers t "
+                "WHERE completed_at = (SELECT max(completed_at) FROM task_markers n WHERE n.task_family = t.task_family) "
+                "ORDER BY task_family, marker_id"
+            )
+        return [{"marker_id": r[0], "task_family": r[1], "params": json.loads(r[2] or "{}"),
+                 "stats": json.loads(r[3] or "{}"), "completed_at": r[4]} for r in rows]
 
     def delete_markers(self, marker_ids: Sequence[str]) -> int:
         if not marker_ids:
@@ -342,7 +381,7 @@ class Store(ABC):
         return rows.num_rows
 
     def _read_bar_range(self, symbols: Sequence[str] | None, start: dt.date | None, end: dt.date | None) -> pa.Table:
-        where, params = range_filter(symbols, start, end)
+        where, params = range_filter(symbols, start, end, collate=self.codepoint_collation)
         sql = f"SELECT symbol, date, open, high, low, close, volume FROM bars{where} ORDER BY symbol, date"
         with self.session(write=False) as session:
             return session.fetch_arrow(sql, params, schema=BARS.schema)
@@ -350,7 +389,7 @@ class Store(ABC):
     # -- indicators -----------------------------------------------------------------------------
     def latest_indicator_dates(self, symbols: Sequence[str], before: dt.date) -> dict[str, dt.date]:
         params: dict[str, Any] = {"d": before}
-        where = symbol_filter("symbol", symbols, params)
+        where = symbol_filter("symbol", symbols, params, collate=self.codepoint_collation)
         with self.session(write=False) as session:
             rows = session.fetch(f"SELECT symbol, max(date) FROM indicators WHERE {where} AND date < :d GROUP BY symbol", params)
         return {r[0]: r[1] for r in rows}
@@ -366,10 +405,12 @@ class Store(ABC):
             if not self._claim(session, marker):
                 return False
             params: dict[str, Any] = {"d": start}
-            session.execute(f"DELETE FROM indicators WHERE {symbol_filter('symbol', symbols, params)} AND date >= :d", params)
+            where = symbol_filter("symbol", symbols, params, collate=self.codepoint_collation)
+            session.execute(f"DELETE FROM indicators WHERE {where} AND date >= :d", params)
             if whole_symbols:
                 whole: dict[str, Any] = {}
-                session.execute(f"DELETE FROM indicators WHERE {symbol_filter('symbol', whole_symbols, whole, 'w')}", whole)
+                where = symbol_filter("symbol", whole_symbols, whole, "w", collate=self.codepoint_collation)
+                session.execute(f"DELETE FROM indicators WHERE {where}", whole)
             if rows.num_rows:
                 session.insert(INDICATORS, rows)
                 latest = _latest_per_symbol(rows, "avg_volume_30")
@@ -386,7 +427,7 @@ class Store(ABC):
     def read_indicators(
         self, symbols: Sequence[str] | None = None, start: dt.date | None = None, end: dt.date | None = None
     ) -> pa.Table:
-        where, params = range_filter(symbols, start, end)
+        where, params = range_filter(symbols, start, end, collate=self.codepoint_collation)
         with self.session(write=False) as session:
             return session.fetch_arrow(
                 f"SELECT * FROM indicators{where} ORDER BY symbol, date", params, schema=INDICATORS.schema
@@ -460,6 +501,32 @@ class Store(ABC):
                 schema=DAILY_WATCHLIST.schema,
             )
 
+    # -- imports --------------------------------------------------------------------------------
+    def add_rows(self, table: Table, rows: pa.Table, marker: Marker | None = None,
+                 key: Sequence[str] | None = None) -> int | None:
+        """Insert the rows whose `key` (default: the table's) is not stored yet, keeping what is
+        stored, with the marker in one transaction. Returns how many were added (also put in the
+        marker's stats as rows_added / rows_kept), or None if the marker was already completed."""
+        rows = table.conform(rows)
+        key = tuple(key or table.key)
+        with self.session() as session:
+            if not self._claim(session, marker):
+                return None
+            added = 0
+            if rows.num_rows:
+                session.stage("incoming_rows", rows, table)
+                match = " AND ".join(f"t.{k} = i.{k}" for k in key)
+                new = f"FROM incoming_rows i WHERE NOT EXISTS (SELECT 1 FROM {table.name} t WHERE {match})"
+                added = int(session.fetch(f"SELECT count(*) {new}")[0][0])
+                session.execute(
+                    f"INSERT INTO {table.name} ({', '.join(table.columns)}) "
+                    f"SELECT {', '.join('i.' + c for c in table.columns)} {new}"
+                )
+            if marker is not None:
+                stats = {**marker.stats, "rows_added": added, "rows_kept": rows.num_rows - added}
+                self._touch(session, Marker(marker.marker_id, marker.task_family, marker.params, stats))
+        return added
+
     # -- replica --------------------------------------------------------------------------------
     def replica_tables(self) -> list[Table]:
         return [SCHEMA_VERSION_TABLE, *TABLES]
@@ -503,6 +570,47 @@ class Store(ABC):
         """A read-only query for reports (`:name` placeholders)."""
         with self.session(write=False) as session:
             return session.fetch_arrow(sql, params or {})
+
+    def session_counts(self, start: dt.date, end: dt.date | None = None) -> pa.Table:
+        """Per stored date from `start` (to `end`): symbols and rows of bars and of indicators
+        (aggregated in the database: only one row per date comes back)."""
+        where, params = range_filter(None, start, end)
+        with self.session(write=False) as session:
+            return session.fetch_arrow(
+                "SELECT coalesce(b.date, i.date) AS date, coalesce(b.symbols, 0) AS bar_symbols, "
+                "coalesce(b.n, 0) AS bar_rows, coalesce(i.symbols, 0) AS indicator_symbols, "
+                "coalesce(i.n, 0) AS indicator_rows FROM "
+                f"(SELECT date, count(DISTINCT symbol) AS symbols, count(*) AS n FROM bars{where} GROUP BY date) b "
+                "FULL OUTER JOIN "
+                f"(SELECT date, count(DISTINCT symbol) AS symbols, count(*) AS n FROM indicators{where} GROUP BY date) i "
+                "ON b.date = i.date ORDER BY 1",
+                params,
+                schema=pa.schema([("date", pa.date32()), ("bar_symbols", pa.int64()), ("bar_rows", pa.int64()),
+                                  ("indicator_symbols", pa.int64()), ("indicator_rows", pa.int64())]),
+            )
+
+    def missing_on(self, day: dt.date) -> dict[str, list[str]]:
+        """Active symbols without a bar on `day`, and those with a bar but no indicator row."""
+        with self.session(write=False) as session:
+            no_bar = session.fetch(
+                "SELECT s.symbol FROM symbols s WHERE s.is_active AND NOT EXISTS "
+                "(SELECT 1 FROM bars b WHERE b.symbol = s.symbol AND b.date = :d) ORDER BY 1", {"d": day})
+            no_indicator = session.fetch(
+                "SELECT b.symbol FROM bars b JOIN symbols s ON s.symbol = b.symbol WHERE b.date = :d AND s.is_active "
+                "AND NOT EXISTS (SELECT 1 FROM indicators i WHERE i.symbol = b.symbol AND i.date = :d) ORDER BY 1",
+                {"d": day})
+        return {"without_bars": [r[0] for r in no_bar], "without_indicators": [r[0] for r in no_indicator]}
+
+    def task_runs_of_day(self, day: dt.date) -> pa.Table:
+        """The `task_runs` rows of one date's pipeline: tasks whose `date` parameter is `day`, and
+        the chunks of that day's indicator plan (`daily-<day>`), oldest first."""
+        with self.session(write=False) as session:
+            return session.fetch_arrow(
+                "SELECT * FROM task_runs WHERE (params LIKE :own AND task_family <> 'IndicatorChunk') "
+                "OR params LIKE :chunk ORDER BY started_at, task_id",
+                {"own": f'%"date": "{day}"%', "chunk": f'%"plan_id": "daily-{day}"%'},
+                schema=TASK_RUNS.schema,
+            )
 
     def close(self) -> None:
         """Release pooled connections (a no-op for stores that hold none between operations)."""
@@ -589,13 +697,14 @@ def _latest_per_symbol(rows: pa.Table, column: str) -> pa.Table:
 
 
 def range_filter(
-    symbols: Sequence[str] | None, start: dt.date | None, end: dt.date | None, date_column: str = "date"
+    symbols: Sequence[str] | None, start: dt.date | None, end: dt.date | None, date_column: str = "date",
+    collate: str = "",
 ) -> tuple[str, dict[str, Any]]:
     """` WHERE ...` (or "") and its parameters for optional symbols and an inclusive date range."""
     filters: list[str] = []
     params: dict[str, Any] = {}
     if symbols is not None:
-        filters.append(symbol_filter("symbol", symbols, params))
+        filters.append(symbol_filter("symbol", symbols, params, collate=collate))
     if start is not None:
         filters.append(f"{date_column} >= :start")
         params["start"] = start
@@ -605,19 +714,20 @@ def range_filter(
     return (" WHERE " + " AND ".join(filters)) if filters else "", params
 
 
-def symbol_filter(column: str, symbols: Sequence[str], params: dict[str, Any], name: str = "s") -> str:
+def symbol_filter(column: str, symbols: Sequence[str], params: dict[str, Any], name: str = "s", collate: str = "") -> str:
     """`column = ANY(list)`, plus the list's range so a store can skip blocks of other symbols
-    (chunks are ranges of sorted symbols, and bulk tables are written in symbol order)."""
+    (chunks are ranges of sorted symbols, and bulk tables are written in symbol order). The range's
+    ends are Python's code-point order: `collate` makes the store compare the same way (see
+    `Store.codepoint_collation`)."""
     ordered = sorted(symbols)
     if not ordered:
         return "FALSE"
     params[name] = ordered
     params[f"{name}_lo"], params[f"{name}_hi"] = ordered[0], ordered[-1]
-    return f"{column} BETWEEN :{name}_lo AND :{name}_hi AND {column} = ANY(:{name})"
+    return f"{column}{collate} BETWEEN :{name}_lo AND :{name}_hi AND {column} = ANY(:{name})"
 
 
 def translate_placeholders(sql: str, style: str) -> str:
-    """`:name` -> `$name` (DuckDB) or `%(name)s` (psycopg2)."""
-    if style == "dollar":
-        return _PLACEHOLDER.sub(r"$\1", sql)
-    return _PLACEHOLDER.sub(r"%(\1)s", sql)
+    """`:name` -> `$name` (DuckDB) or `%(name)s` (psycopg2), outside quoted literals."""
+    template = "${}" if style == "dollar" else "%({})s"
+    return _PLACEHOLDER.sub(lambda m: template.format(m[1]) if m[1] else m[0], sql)

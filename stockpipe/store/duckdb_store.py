@@ -148,6 +148,10 @@ class DuckDBStore(Store):
             return held
         if held is not None:
             self._release()
+        if self._keeps_connection():
+            # Every task writes (its data, or at least its marker): opening for writing at once saves
+            # reopening the file when the first write comes (each open replays the WAL).
+            write = True
         if not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write = True  # the first operation on a new store creates the file
@@ -212,7 +216,7 @@ class DuckDBStore(Store):
     def export_indicators(self, path, symbols, start, metadata) -> int:
         # DuckDB streams the rows to Parquet itself: no 6M-row Arrow copy in this process.
         params: dict[str, Any] = {"d": start}
-        where = symbol_filter("symbol", symbols, params)
+        where = symbol_filter("symbol", symbols, params, collate=self.codepoint_collation)
         options = ", ".join(f"{k}: '{v.replace(chr(39), chr(39) * 2)}'" for k, v in metadata.items())
         target = str(path).replace("'", "''")
         with self.session(write=False) as session:
@@ -232,6 +236,8 @@ class DuckDBStore(Store):
 
     def export_replica(self, path) -> dict[str, int]:
         # A read-only DuckDB cannot attach a new file, so this takes the writer lock for the copy.
+        import duckdb
+
         target = str(path).replace("'", "''")
         counts: dict[str, int] = {}
         with self.session(write=True) as session:
@@ -240,17 +246,25 @@ class DuckDBStore(Store):
                 for table in self.replica_tables():
                     session.execute(f"CREATE TABLE replica.{table.name} AS SELECT * FROM main.{table.name}")
                     counts[table.name] = int(session.fetch(f"SELECT count(*) FROM main.{table.name}")[0][0])
-            finally:
-                # DuckDB detaches only outside a transaction: end this one, detach, and open the
-                # empty one the session will commit.
                 session.execute("COMMIT")
-                session.execute("DETACH replica")
+            except BaseException:
+                try:
+                    session.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass  # a COMMIT that failed (disk full) has ended the transaction already
+                raise
+            finally:
+                # DuckDB detaches only outside a transaction; then open the empty one the session
+                # ends. Detached even after a failure, so this connection never keeps the file.
+                session.execute("DETACH DATABASE IF EXISTS replica")
                 session.execute("BEGIN TRANSACTION")
         return counts
 
     # -- sessions --------------------------------------------------------------------------------
     @contextmanager
     def _open_session(self, write: bool) -> Iterator[Session]:
+        import duckdb
+
         with self._guard:
             held = self._acquire(write)
             connection = held.connection
@@ -261,6 +275,8 @@ class DuckDBStore(Store):
             except BaseException:
                 try:
                     connection.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass  # e.g. a failed COMMIT already ended it: the error worth reporting is the first one
                 finally:
                     session.close()
                     try:
@@ -274,6 +290,27 @@ class DuckDBStore(Store):
                 held.last_used = time.monotonic()
                 if not self._keeps_connection() or self._someone_waits():
                     self._release()
+
+
+@contextmanager
+def read_only_session(url_or_path: str) -> Iterator[Session]:
+    """A read-only session on any DuckDB file, outside stockpipe's locking (for files that are not
+    a stockpipe store, e.g. the old system's database being imported)."""
+    import duckdb
+
+    path = duckdb_path(url_or_path) if url_or_path.startswith("duckdb:") else Path(url_or_path)
+    if not path.is_file():
+        raise StoreError(f"{path}: no such DuckDB file")
+    try:
+        connection = duckdb.connect(str(path), read_only=True)
+    except duckdb.Error as exc:
+        raise StoreError(f"cannot open DuckDB file {path} for reading: {exc}") from exc
+    session = _DuckDBSession(connection)
+    try:
+        yield session
+    finally:
+        session.close()
+        connection.close()
 
 
 def _release_before_fork() -> None:

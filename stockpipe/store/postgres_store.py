@@ -103,6 +103,7 @@ class _PostgresSession(Session):
 
 class PostgresStore(Store):
     dialect = "postgresql"
+    codepoint_collation = ' COLLATE "C"'
 
     def __init__(self, url: str):
         super().__init__(url)

@@ -12,8 +12,8 @@ import pyarrow as pa
 
 from stockpipe.indicators.spec import INDICATOR_COLUMNS
 
-# Bump when a table's layout changes, and add the upgrade step to MIGRATIONS.
-SCHEMA_VERSION = 1
+# Bump when a table's or view's layout changes, and add the upgrade step to MIGRATIONS.
+SCHEMA_VERSION = 2
 
 _SQL_TYPES = {
     pa.string(): "VARCHAR",
@@ -173,5 +173,43 @@ TABLES: tuple[Table, ...] = (SYMBOLS, BARS, INDICATORS, TASK_MARKERS, DAILY_WATC
 # chunk replace ~5x slower (0.57 s vs 0.11 s for 124k rows), so only PostgreSQL declares it.
 BULK_TABLES = frozenset({"bars", "indicators"})
 
+
+@dataclass(frozen=True)
+class View:
+    """A read-only view over the tables, in SQL both stores (and the DuckDB replica) accept."""
+
+    name: str
+    select: str
+
+    def ddl(self) -> str:
+        # CREATE OR REPLACE: the same statement creates and upgrades. (PostgreSQL refuses to replace
+        # a view whose existing columns change: such a change needs DROP VIEW in its migration.)
+        return f"CREATE OR REPLACE VIEW {self.name} AS {self.select}"
+
+
+# The old system's tables, as views over ours, so its dashboards and operators' queries run unchanged
+# (README "Coming from the old system"). Views, not copies: nothing to keep in sync. Its fourth table,
+# daily_watchlist, is ours under the same name.
+NASDAQ_SYMBOLS = View(
+    "nasdaq_symbols",
+    "SELECT s.symbol, s.name, s.exchange, s.sector, s.industry, s.market_cap, s.is_etf, s.is_active, "
+    # The old row kept the symbol's latest 30-day average volume; read it from the latest indicator
+    # row (an index seek on PostgreSQL's (symbol, date) key), so it can never disagree with it.
+    "(SELECT i.avg_volume_30 FROM indicators i WHERE i.symbol = s.symbol ORDER BY i.date DESC LIMIT 1) "
+    "AS avg_volume_30, s.updated_at FROM symbols s",
+)
+STOCK_DATA = View(
+    "stock_data",
+    "SELECT symbol AS ticker, date, open, high, low, close, volume FROM bars",
+)
+TECHNICAL_INDICATORS = View(
+    "technical_indicators",
+    f"SELECT symbol AS ticker, date, {', '.join(INDICATOR_COLUMNS)}, created_at FROM indicators",
+)
+
+VIEWS: tuple[View, ...] = (NASDAQ_SYMBOLS, STOCK_DATA, TECHNICAL_INDICATORS)
+
 # version -> statements that upgrade a database from version-1 to version.
-MIGRATIONS: dict[int, tuple[str, ...]] = {}
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: tuple(view.ddl() for view in VIEWS),
+}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import numpy as np
 import pyarrow as pa
@@ -64,7 +65,7 @@ def test_schema_version_mismatch_is_refused_with_advice(store_url):
         session.execute("INSERT INTO schema_version (version, applied_at) VALUES (:v, :t)",
                         {"v": SCHEMA_VERSION + 1, "t": dt.datetime(2030, 1, 1)})
     fresh = type(store)(store_url)
-    with pytest.raises(SchemaVersionError, match=r"schema version 2.*expects 1.*init-db"):
+    with pytest.raises(SchemaVersionError, match=rf"schema version {SCHEMA_VERSION + 1}.*expects {SCHEMA_VERSION}.*init-db"):
         fresh.ensure_schema()
 
 
@@ -206,3 +207,35 @@ def test_bar_export_holds_exactly_what_read_bars_returns(store, tmp_path):
         assert exported.cast(expected.schema).equals(expected), (read_start, warmup)
     trimmed = store.read_bars(["LONG"], start=start, warmup_bars=500)
     assert pc.sum(pc.less(trimmed.column("date"), pa.scalar(start, pa.date32()))).as_py() == 500
+
+
+def test_report_reads_aggregate_per_date_and_name_the_missing(store):
+    store.replace_universe(symbols_rows("AAA", "BBB", "CCC"))
+    day = dt.date(2025, 1, 10)
+    store.write_bars(pa.concat_tables([bars_rows("AAA", dt.date(2025, 1, 1), 10), bars_rows("BBB", dt.date(2025, 1, 1), 9)]))
+    indicators = indicator_rows(store.read_bars(["AAA"]))
+    store.replace_indicators(["AAA"], dt.date(2025, 1, 1), indicators)
+    counts = {r["date"]: r for r in store.session_counts(dt.date(2025, 1, 9), day).to_pylist()}
+    assert counts[dt.date(2025, 1, 9)] == {"date": dt.date(2025, 1, 9), "bar_symbols": 2, "bar_rows": 2,
+                                           "indicator_symbols": 1, "indicator_rows": 1}
+    assert counts[day]["bar_symbols"] == 1 and set(counts) == {dt.date(2025, 1, 9), day}
+    assert store.missing_on(day) == {"without_bars": ["BBB", "CCC"], "without_indicators": []}
+    assert store.missing_on(dt.date(2025, 1, 9)) == {"without_bars": ["CCC"], "without_indicators": ["BBB"]}
+
+
+def test_task_runs_of_a_day_and_newest_markers(store):
+    rows = [("Daily", {"date": "2025-01-10"}), ("IngestDate", {"date": "2025-01-09"}),
+            ("IndicatorChunk", {"chunk_id": "0", "date": "2025-01-03", "plan_id": "daily-2025-01-10"}),
+            ("IndicatorChunk", {"chunk_id": "0", "date": "2025-01-10", "plan_id": "rebuild-2025-01-10"})]
+    with store.session() as session:
+        for i, (family, params) in enumerate(rows):
+            session.execute(
+                "INSERT INTO task_runs (task_id, task_family, params, status, attempt, started_at) "
+                "VALUES (:i, :f, :p, 'DONE', 1, :t)",
+                {"i": f"t{i}", "f": family, "p": json.dumps(params, sort_keys=True), "t": dt.datetime(2025, 1, 10, 1, i)})
+    assert store.task_runs_of_day(dt.date(2025, 1, 10)).column("task_id").to_pylist() == ["t0", "t2"]
+    store.touch(Marker("Report/2025-01-09", "Report", {}, {"path": "a.html"}))
+    store.touch(Marker("Report/2025-01-10", "Report", {}, {"path": "b.html"}))
+    store.touch(Marker("Replicate/2025-01-10", "Replicate", {}, {"path": "r.duckdb"}))
+    newest = {m["task_family"]: m["stats"]["path"] for m in store.newest_markers()}
+    assert newest == {"Report": "b.html", "Replicate": "r.duckdb"}
