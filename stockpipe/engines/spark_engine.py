@@ -219,8 +219,13 @@ class SparkEngine(IndicatorEngine):
             for host, port in _hosts(master):
                 _probe(master, host, port, min(self.settings.startup_timeout, 15))
         _register_kernels_by_value()
+        from pyspark import SparkContext
         from pyspark.sql import SparkSession
 
+        active = SparkContext._active_spark_context
+        if active is not None and active.master != master:
+            # getOrCreate() would hand back that session, silently on the wrong master.
+            raise EngineError(f"this process already runs a Spark session on {active.master}, not {master}: close it first")
         builder = SparkSession.builder.master(master).appName(self.settings.app_name)
         # Executors on this machine run this interpreter (numpy/pyarrow as the driver's); another
         # cluster sets spark.pyspark.python in [spark] conf.

@@ -360,7 +360,8 @@ def standalone_master(tmp_path_factory):
                 os.killpg(process.pid, signal.SIGKILL)
 
 
-def test_a_standalone_cluster_computes_the_same_rows(standalone_master, tmp_path):
+def test_a_standalone_cluster_computes_the_same_rows(standalone_master, local_engine, tmp_path):
+    local_engine.close()  # one SparkContext per process: the local one makes way (reopened on demand)
     engine = _spark_engine(standalone_master, **{"spark.driver.host": "127.0.0.1", "spark.executor.memory": "1g",
                                                   "spark.cores.max": "2"})
     try:
