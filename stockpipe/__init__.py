@@ -21,6 +21,7 @@ from stockpipe.tasks import (  # noqa: F401 - re-exported so `luigi --module sto
     ScanWatchlist,
 )
 from stockpipe import events as _events  # noqa: F401,E402 - registers the metrics and alert handlers
+from stockpipe import lifecycle as _lifecycle  # noqa: F401,E402 - forked helpers die with the run
 
 from stockpipe.logs import configure as _configure_logging
 

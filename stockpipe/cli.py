@@ -4,26 +4,34 @@
                                        rebuilds in progress, the last ingests' data quality
     stockpipe watchlist [--date DATE]  a date's watchlist as a table (default: the latest)
     stockpipe restore BACKUP           put back the rows a rebuild replaced
+    stockpipe restore REPLICA.duckdb   fill an empty store (a damaged one moved aside) from the replica
     stockpipe init-db                  create or upgrade the schema
+    stockpipe check [STORE]            read every table back; on failure, say what failed and how to recover
     stockpipe assist [--workers N]     lend this machine's workers to luigid until stopped
+    stockpipe daily [--date DATE]      the Daily job for the session that has just closed (for cron)
     stockpipe report [--date DATE]     write the day's HTML report (default: the latest watchlist)
     stockpipe cleanup [--dry-run]      apply [cleanup] retention; --dry-run lists what would go
     stockpipe import-legacy URL        copy the old system's database (DuckDB file or PostgreSQL URL)
 
-The store and data_dir come from luigi.cfg (and STOCKPIPE_STORE_URL), like the tasks'.
+The store and data_dir come from luigi.cfg (and STOCKPIPE_STORE_URL), like the tasks'. Exit codes:
+0 fine, 1 `status` found a problem or `watchlist` has no scan for the date, 2 a mistake named in
+one line on stderr (a setting, a file, a date); `daily` exits as `luigi` does.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
+import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from tabulate import tabulate
 
-from stockpipe import config, trading_calendar
+from stockpipe import config, preflight, trading_calendar
 from stockpipe.services import rebuild as rebuild_service
 from stockpipe.store import Store, StoreError, open_store
 
@@ -31,6 +39,7 @@ from stockpipe.store import Store, StoreError, open_store
 def coverage(store: Store, since: dt.date, calendar: str) -> list[dict[str, Any]]:
     """Per date since `since`: bar and indicator symbols and rows, with problems named."""
     table = store.session_counts(since).to_pylist()
+    missing = _null_despite_history(store, since)
     by_date = {row["date"]: row for row in table}
     last = max(by_date) if by_date else since
     active = len(store.active_symbols())
@@ -45,6 +54,9 @@ def coverage(store: Store, since: dt.date, calendar: str) -> list[dict[str, Any]
             problems.append(f"bars for {row['bar_symbols']}/{active} active symbols")
         if row.get("bar_rows") and row.get("indicator_symbols", 0) < row["bar_symbols"]:
             problems.append(f"{row['bar_symbols'] - row.get('indicator_symbols', 0)} symbols without indicators")
+        if day in missing:
+            symbols, columns = missing[day]
+            problems.append(f"{symbols} symbols with NULL indicators despite enough history ({columns})")
         if row.get("bar_rows", 0) > row.get("bar_symbols", 0) or row.get("indicator_rows", 0) > row.get("indicator_symbols", 0):
             problems.append("duplicate (symbol, date) rows")
         row["problems"] = "; ".join(problems)
@@ -52,21 +64,65 @@ def coverage(store: Store, since: dt.date, calendar: str) -> list[dict[str, Any]
     return rows
 
 
-def rebuilds(store: Store, data_dir: Path) -> list[dict[str, Any]]:
+def first_valid_positions() -> dict[str, int]:
+    """Per indicator, the bar position (0-based) of its first value, from the indicator set itself.
+    bb_position is left out: a zero-width band makes it NULL at any position."""
+    from stockpipe.indicators.spec import FIRST_VALID
+
+    return {name: first for name, first in FIRST_VALID.items() if name != "bb_position"}
+
+
+def _null_despite_history(store: Store, since: dt.date) -> dict[dt.date, tuple[int, str]]:
+    """Per date: symbols with an indicator NULL although the symbol had enough bars for it (an
+    indicator computed without its history), and which indicators."""
+    firsts = first_valid_positions()
+    position = "(coalesce(p.n, 0) + r.k)"
+    flags = {name: f"({position} >= {first} AND i.{name} IS NULL)" for name, first in sorted(firsts.items())}
+    table = store.query(
+        "WITH prior AS (SELECT symbol, count(*) AS n FROM bars WHERE date < :since GROUP BY symbol), "
+        "recent AS (SELECT symbol, date, row_number() OVER (PARTITION BY symbol ORDER BY date) - 1 AS k "
+        "FROM bars WHERE date >= :since) "
+        "SELECT r.date AS date, count(*) AS symbols, "
+        + ", ".join(f"sum(CASE WHEN {flag} THEN 1 ELSE 0 END) AS {name}" for name, flag in flags.items())
+        + " FROM recent r LEFT JOIN prior p ON p.symbol = r.symbol "
+        "JOIN indicators i ON i.symbol = r.symbol AND i.date = r.date "
+        f"WHERE {' OR '.join(flags.values())} GROUP BY r.date",
+        {"since": since},
+    ).to_pylist()
+    return {row["date"]: (int(row["symbols"]), ", ".join(f"{name} {int(row[name])}" for name in flags if row[name]))
+            for row in table}
+
+
+def rebuilds(store: Store, directory_of_runs: Path) -> list[dict[str, Any]]:
     found = []
-    for plan_file in sorted((Path(data_dir) / "runs").glob(f"*/{rebuild_service.PLAN_FILE}")):
+    for plan_file in sorted((Path(directory_of_runs) / "runs").glob(f"*/{rebuild_service.PLAN_FILE}")):
         directory = plan_file.parent
-        plan = rebuild_service.load_plan(directory)
+        try:
+            plan = rebuild_service.load_plan(directory)
+        except rebuild_service.RebuildError as exc:
+            # One damaged run is shown as such; the other runs and sections still are.
+            found.append({"run": directory.name, "from": "", "state": f"unreadable: {exc}"})
+            continue
         report = rebuild_service.progress_report(store, plan, directory)
         finished = (directory / rebuild_service.REPORT_FILE).exists()
+        # `stockpipe restore` renames the report and forgets the chunks: undone, not in progress.
+        restored = any(directory.glob("report.restored-*.json"))
+        if finished and not report["chunks_pending"]:
+            state = "finished"
+        elif restored and not report["chunks_done"]:
+            state = "restored (undone)"
+        else:
+            state = "in progress"
         found.append({
             "run": plan.plan_id,
             "from": plan.start_date,
-            "state": "finished" if finished and not report["chunks_pending"] else "in progress",
+            "state": state,
             "chunks done": f"{report['chunks_done']}/{report['chunks']}",
             "pending": _abbreviate(report["chunks_pending"]),
             "failed": _abbreviate([f["chunk_id"] for f in report["failed_chunks"] if not f["redone"]]),
             "saved rows": report["saved_rows"],
+            **({"problems": "unreadable marker stats: " + _abbreviate(report["unreadable_markers"], 3)}
+               if report["unreadable_markers"] else {}),
         })
     return found
 
@@ -101,14 +157,20 @@ def _print_table(title: str, rows: list[dict[str, Any]], out) -> None:
 
 
 def cmd_status(args, out) -> int:
+    """Exit 1 when a date shows a problem (a gap, missing or NULL indicators, duplicates), else 0."""
     settings = config.stockpipe()
     store = open_store(config.store_url())
     _, last, count = store.bars_extent()
     since = args.since or (trading_calendar.sessions_back(settings.calendar, last, 9) if last else dt.date.today())
-    print(f"store {store.redacted_url()}: {count:,} bars, latest {last or '-'}", file=out)
+    print(f"store {store.redacted_url()}: {count:,} bars, latest {last or '-'}; its runs and replica in {config.store_dir()}",
+          file=out)
+    legacy = config.data_dir() / "runs"
+    if legacy.is_dir():
+        print(f"note: {legacy} holds runs from before each store had its own directory; move those of this store "
+              f"with `mv {legacy} {config.store_dir()}/`", file=out)
     rows = coverage(store, since, settings.calendar)
     _print_table(f"coverage since {since}", rows, out)
-    _print_table("rebuild and daily runs", rebuilds(store, config.data_dir()), out)
+    _print_table("rebuild and daily runs", rebuilds(store, config.store_dir()), out)
     _print_table("recent ingests", ingests(store), out)
     return 1 if any(r["problems"] for r in rows) else 0
 
@@ -117,11 +179,20 @@ def cmd_watchlist(args, out) -> int:
     store = open_store(config.store_url())
     day = args.date
     if day is None:
-        day = _latest_scan_date(store)
-        if day is None:
+        scans = [m["marker_id"].split("/", 1)[1] for m in store.markers(prefix="ScanWatchlist/")]
+        if not scans:
             print("no watchlist yet: run `luigi --module stockpipe Daily --date ...`", file=out)
             return 1
+        day = dt.date.fromisoformat(max(scans))
+    scan = store.read_marker(f"ScanWatchlist/{day}")
+    if scan is None:
+        print(f"no watchlist scan for {day}: run `luigi --module stockpipe Daily --date {day}`", file=out)
+        return 1
     rows = store.read_watchlist(since=day, until=day).to_pylist()
+    if not rows:
+        scanned = scan["stats"].get("symbols_scanned", "?")
+        print(f"watchlist {day}: no symbol matched the rules ({scanned} symbols scanned)", file=out)
+        return 0
     table = [
         {"#": i, "symbol": r["symbol"], "name": r["name"], "reason": r["scan_reason"], "pri": r["priority"],
          "tier": r["market_cap_tier"], "cap ($B)": round(r["market_cap"] / 1e9, 1) if r["market_cap"] else None,
@@ -137,6 +208,13 @@ def cmd_watchlist(args, out) -> int:
 
 def cmd_restore(args, out) -> int:
     store = open_store(config.store_url())
+    if Path(args.backup).suffix == ".duckdb":
+        from stockpipe.services.replica import restore_from_replica
+
+        counts = restore_from_replica(store, Path(args.backup))
+        print(f"restored {store.redacted_url()} from {args.backup}: "
+              + ", ".join(f"{table} {rows:,}" for table, rows in counts.items()), file=out)
+        return 0
     result = rebuild_service.restore(store, Path(args.backup))
     print(tabulate([result], headers="keys", tablefmt="simple", intfmt=","), file=out)
     return 0
@@ -154,6 +232,24 @@ def cmd_init_db(args, out) -> int:
     return 0
 
 
+def cmd_check(args, out) -> int:
+    from stockpipe.services.check import check_store
+
+    url = args.store or config.store_url()
+    if "://" not in url:
+        url = f"duckdb:///{Path(url).resolve()}"  # a plain path is a DuckDB file (a copy, a replica)
+    result = check_store(open_store(url), config.store_dir(), config.replica_path())
+    if args.json:
+        report = result.report
+        print(json.dumps({"ok": result.ok, "lines": result.lines, "seconds": round(result.seconds, 3),
+                          "tables": report.tables if report else None, "storage": report.storage if report else None}),
+              file=out, flush=True)
+    else:
+        for line in result.lines:
+            print(f"stockpipe check: {line}", file=out, flush=True)
+    return 0 if result.ok else 1
+
+
 def cmd_assist(args, out) -> int:
     """Lend this machine's workers to luigid: run any pending stockpipe task (e.g. rebuild chunks
     another machine scheduled) until stopped."""
@@ -161,12 +257,19 @@ def cmd_assist(args, out) -> int:
 
     import stockpipe  # noqa: F401 - registers every task so the scheduler's work can be instantiated
 
+    preflight.check_config()
+    url = scheduler_url()
+    problem = luigid_problem(url)
+    if problem:
+        raise preflight.UserError(
+            f"no luigid answers at {url} ({problem}; [core] scheduler_host and scheduler_port, {preflight.where()}): "
+            "start it on that machine with `luigid --background --logdir <dir>`, or point [core] scheduler_host at "
+            "the machine running it")
     settings = luigi.configuration.get_config()
     if not settings.has_section("worker"):
         settings.add_section("worker")
     settings.set("worker", "keep_alive", "true")  # an assistant waits for work instead of leaving
     # SIGTERM (kill, systemd) becomes Luigi's graceful stop: finish running tasks, take no new ones.
-    import os
     import signal
 
     signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGUSR1))
@@ -175,6 +278,66 @@ def cmd_assist(args, out) -> int:
           f"with {args.workers} worker(s); Ctrl-C to stop", file=out, flush=True)
     ok = luigi.build([], workers=args.workers, assistant=True, local_scheduler=False)
     return 0 if ok else 1
+
+
+def scheduler_url() -> str:
+    import luigi.interface
+
+    core = luigi.interface.core()
+    return core.scheduler_url or f"http://{core.scheduler_host}:{core.scheduler_port}/"
+
+
+def luigid_problem(url: str, timeout: float = 3.0) -> str | None:
+    """Why luigid at `url` cannot be reached (in seconds, not after Luigi's minute of retries), or None."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "http+unix":
+        return None  # a socket file: Luigi itself says whether it answers
+    try:
+        with socket.create_connection((parts.hostname or "localhost", parts.port or 8082), timeout=timeout):
+            return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+
+
+def daily_date(code: str, now: dt.datetime | None = None) -> dt.date:
+    """The exchange's today once its session has closed (or when it is no session: Daily says so and
+    does nothing), else the session before: the one that has just closed."""
+    today = trading_calendar.local_today(code, now)
+    if trading_calendar.is_session(code, today) and trading_calendar.not_happened(code, today, now):
+        return trading_calendar.last_closed_session(code, now)
+    return today
+
+
+def cmd_daily(args, out) -> int:
+    """`luigi --module stockpipe Daily --date D` for cron: D defaults to the session just closed, and
+    without a reachable luigid the run uses the local scheduler instead of retrying for a minute."""
+    from luigi.retcodes import run_with_retcodes
+
+    preflight.check_config()
+    code = config.stockpipe().calendar
+    day = args.date or daily_date(code)
+    argv = ["--module", "stockpipe", "Daily", "--date", str(day), "--workers", str(args.workers)]
+    how = "the local scheduler"
+    if args.local_scheduler:
+        argv.append("--local-scheduler")
+    else:
+        url = scheduler_url()
+        problem = luigid_problem(url)
+        if problem:
+            argv.append("--local-scheduler")
+            how = f"the local scheduler (no luigid at {url}: {problem})"
+        else:
+            how = f"luigid at {url}"
+    print(f"stockpipe daily: Daily --date {day} ({'given' if args.date else f'the {code} session just closed'}) "
+          f"with {how}, {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}", file=out, flush=True)
+    try:
+        run_with_retcodes(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
 
 
 def cmd_report(args, out) -> int:
@@ -187,7 +350,7 @@ def cmd_report(args, out) -> int:
         return 1
     settings = config.report()
     stats = report_service.build_report(
-        store, day, config.data_dir(), calendar=config.stockpipe().calendar, sessions=settings.sessions,
+        store, day, config.store_dir(), calendar=config.stockpipe().calendar, sessions=settings.sessions,
         chart_months=settings.chart_months, slowest_chunks=settings.slowest_chunks,
     )
     print(f"{stats['path']}: {stats['charts']} charts, {stats['bytes'] / 1e6:.1f} MB, {stats['seconds']} s", file=out)
@@ -199,7 +362,7 @@ def cmd_cleanup(args, out) -> int:
 
     settings = config.cleanup()
     result = cleanup_service.clean(
-        open_store(config.store_url()), data_dir=config.data_dir(), replica_path=config.replica_path(),
+        open_store(config.store_url()), data_dir=config.store_dir(), replica_path=config.replica_path(),
         log_dir=Path(settings.log_dir), days=settings.days(), dry_run=args.dry_run,
     )
     rows = [{"kind": i["kind"], "path": i["path"], "MB": round(i["bytes"] / 1e6, 2), "days old": round(i["age_days"], 1),
@@ -290,14 +453,23 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
     watch = commands.add_parser("watchlist", help="a date's watchlist as a table (default: the latest)")
     watch.add_argument("--date", type=dt.date.fromisoformat)
     watch.set_defaults(run=cmd_watchlist)
-    restore = commands.add_parser("restore", help="put back the rows saved before a rebuild")
-    restore.add_argument("backup", help="data/runs/<run>/backup.parquet")
+    restore = commands.add_parser("restore", help="put back the rows saved before a rebuild, or an empty store from the replica")
+    restore.add_argument("backup", help="data/<store>/runs/<run>/backup.parquet, or data/<store>/replica.duckdb into an empty store")
     restore.set_defaults(run=cmd_restore)
     init_db = commands.add_parser("init-db", help="create or upgrade the schema")
     init_db.set_defaults(run=cmd_init_db)
+    check = commands.add_parser("check", help="verify the store: read every table, flag duplicate keys and a pending WAL")
+    check.add_argument("store", nargs="?", help="a store URL or DuckDB file (default: the configured store)")
+    check.add_argument("--json", action="store_true", help="print the result, row counts and checksums as JSON")
+    check.set_defaults(run=cmd_check)
     assist = commands.add_parser("assist", help="run pending tasks from luigid (another machine's rebuild chunks)")
     assist.add_argument("--workers", type=int, default=1)
-    assist.set_defaults(run=cmd_assist)
+    assist.set_defaults(run=cmd_assist, streams=True)
+    daily = commands.add_parser("daily", help="the Daily job for the session just closed (the command for cron)")
+    daily.add_argument("--date", type=dt.date.fromisoformat, help="default: the session that has just closed")
+    daily.add_argument("--workers", type=int, default=1)
+    daily.add_argument("--local-scheduler", action="store_true", help="never use luigid (default: use it when it answers)")
+    daily.set_defaults(run=cmd_daily, streams=True)
     report = commands.add_parser("report", help="write a date's HTML report to <data_dir>/reports/")
     report.add_argument("--date", type=dt.date.fromisoformat, help="default: the latest watchlist date")
     report.set_defaults(run=cmd_report)
@@ -310,13 +482,26 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
     importer.add_argument("--batch-size", type=int, default=100, help="tickers per committed batch of bars (100)")
     importer.add_argument("--rejected-csv", help="write every rejected row (table, symbol, date, reason) to this CSV")
     importer.add_argument("--show-rejected", type=int, default=20, help="rejected rows printed (20)")
-    importer.set_defaults(run=cmd_import_legacy)
+    importer.set_defaults(run=cmd_import_legacy, streams=True)  # its progress shows as it goes
     args = parser.parse_args(argv)
+    # A report is written out whole at the end, so `stockpipe status | head` closing the pipe early
+    # neither interrupts the command nor changes its exit code.
+    streams = getattr(args, "streams", False)
+    buffer = out if streams else io.StringIO()
     try:
-        return args.run(args, out)
+        code = args.run(args, buffer)
     except (StoreError, RuntimeError, OSError, ValueError) as exc:
         print(f"stockpipe {args.command}: {exc}", file=sys.stderr)
-        return 2
+        code = 2
+    if not streams:
+        try:
+            out.write(buffer.getvalue())
+            out.flush()
+        except BrokenPipeError:
+            # The reader left: send what Python still flushes at exit to /dev/null instead of an error.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+    return code
 
 
 if __name__ == "__main__":

@@ -47,8 +47,12 @@ class stockpipe(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg s
         default="duckdb:///data/stockpipe.duckdb",
         description="duckdb:///relative.duckdb, duckdb:////absolute.duckdb or postgresql+psycopg2://user@host/db",
     )
-    source = luigi.ChoiceParameter(choices=["demo", "csv", "yahoo"], default="demo")
-    data_dir = luigi.Parameter(default="data", description="plans, backups, reports and the replica")
+    # A plain Parameter, checked by stockpipe.preflight: a ChoiceParameter would make every read of
+    # [stockpipe] (even `stockpipe status`, which needs no source) fail with a traceback on a typo.
+    source = luigi.Parameter(default="demo", description="demo, csv or yahoo")
+    data_dir = luigi.Parameter(
+        default="data", description="each store's plans, backups, reports and replica, in a subdirectory per store"
+    )
     chunk_size = luigi.IntParameter(default=50, description="symbols per IndicatorChunk task")
     calendar = luigi.Parameter(default="XNYS", description="exchange-calendars code of the market's sessions")
     min_symbols = luigi.IntParameter(default=10, description="CollectSymbols fails below this many symbols")
@@ -130,12 +134,47 @@ def source_name() -> str:
     return os.environ.get(ENV_SOURCE) or stockpipe().source
 
 
+SOURCES = ("demo", "csv", "yahoo")
 def engine_name() -> str:
     return stockpipe().engine
 
 
 def data_dir() -> Path:
     return Path(stockpipe().data_dir)
+
+
+def store_dir(url: str | None = None) -> Path:
+    """This store's own directory under data_dir: its runs and replica never mix with another store's."""
+    return data_dir() / store_slug(url or store_url())
+
+
+def store_slug(url: str) -> str:
+    """A readable, stable directory name for a store: its file or database name and a short hash of
+    where it lives (an absolute path, or user@host:port/db; never the password)."""
+    import hashlib
+    import re
+
+    if url.startswith("duckdb:"):
+        path = url.split("duckdb:///", 1)[1] if url.startswith("duckdb:///") else url.split("duckdb:", 1)[1]
+        where = os.path.abspath(os.path.expanduser(path))
+        name = Path(where).stem
+    else:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+        where = f"{parsed.drivername.split('+')[0]}://{parsed.username or ''}@{parsed.host or ''}:{parsed.port or ''}/{parsed.database or ''}"
+        name = parsed.database or "postgres"
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "store"
+    return f"{readable}-{hashlib.sha256(where.encode()).hexdigest()[:8]}"
+
+
+def config_files() -> list[str]:
+    """The user's configuration files Luigi read (not the package's defaults), lowest priority first,
+    for error messages."""
+    from luigi.configuration.cfg_parser import LuigiConfigParser
+
+    return [p for p in LuigiConfigParser._config_paths
+            if os.path.isfile(p) and Path(p).resolve() != PACKAGE_DEFAULTS.resolve()]
 
 
 class watchlist(luigi.Config):  # noqa: N801
@@ -156,7 +195,7 @@ class watchlist(luigi.Config):  # noqa: N801
 
 
 class replica(luigi.Config):  # noqa: N801
-    path = luigi.Parameter(default="", description="read-only DuckDB replica; empty = <data_dir>/replica.duckdb")
+    path = luigi.Parameter(default="", description="read-only DuckDB replica; empty = <data_dir>/<store>/replica.duckdb")
 
 
 class redis(luigi.Config):  # noqa: N801
@@ -181,7 +220,7 @@ def redis_url() -> str:
 
 
 def replica_path() -> Path:
-    return Path(replica().path) if replica().path else data_dir() / "replica.duckdb"
+    return Path(replica().path) if replica().path else store_dir() / "replica.duckdb"
 
 
 class yahoo(luigi.Config):  # noqa: N801

@@ -3,15 +3,24 @@
 Each task's run is recorded in the store's `task_runs` table (and pushed to a capped Redis list when
 Redis is configured). A failure sends an alert (task, parameters, error, time) to the `[alerts]`
 URLs through apprise (Slack, Discord, generic JSON webhooks, ...) and to a capped Redis list. A
-successful Daily sends a one-line summary. Reporting never fails the task it reports on.
+successful Daily sends a one-line summary. Reporting never fails the task it reports on, and never
+slows it: Redis gets short timeouts and a circuit breaker shared by every process on the machine
+(after a failure it is left alone for a while, and the outage is logged once).
+
+Luigi's timeout and dead-task-process events (raised in the worker's parent process, where the task
+never ran) are recorded and alerted like failures. A run that found its work done by another run
+meanwhile is recorded as SKIPPED and sends no summary.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
+import os
 import socket
+import tempfile
 import time
 from typing import Any
 
@@ -42,18 +51,68 @@ def notify(title: str, body: str, attach: str | None = None) -> bool:
     return bool(sender.notify(title=title, body=body, attach=attach))
 
 
+# Metrics are a side channel: a Redis that does not answer within this is treated as down.
+REDIS_METRICS_TIMEOUT_SECONDS = 1.0
+# ... and left alone this long before one probe tries again.
+REDIS_RETRY_SECONDS = 60.0
+
+
+def _breaker_file(url: str) -> str:
+    digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"stockpipe-redis-down-{digest}")
+
+
+def _breaker_open(path: str) -> bool:
+    try:
+        return time.time() - os.stat(path).st_mtime < REDIS_RETRY_SECONDS
+    except OSError:
+        return False
+
+
+def _trip_breaker(path: str) -> bool:
+    """Mark Redis down (for every process); True for the caller that marked it first."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        return True
+    except FileExistsError:
+        os.utime(path)
+        return False
+    except OSError:
+        return True
+
+
 def _redis_push(key_name: str, payload: dict[str, Any]) -> None:
     url = config.redis_url()
     if not url:
         return
+    import redis
+
+    from stockpipe.redaction import encode_userinfo, redact_url, scrub
     from stockpipe.services import redis_sync
 
+    breaker = _breaker_file(url)
+    if _breaker_open(breaker):
+        return  # the store's task_runs table has the record; Redis gets the next ones
     try:
-        client = redis_sync.connect(url)
-        keys = redis_sync.Keys(config.redis().prefix)
-        redis_sync.push_capped(client, getattr(keys, key_name), payload, config.redis().list_length)
-    except Exception as exc:  # noqa: BLE001 - Redis being down must not fail a data task
-        log.warning("could not push %s to Redis: %s", key_name, exc)
+        client = redis.Redis.from_url(encode_userinfo(url), decode_responses=True,
+                                      socket_timeout=REDIS_METRICS_TIMEOUT_SECONDS,
+                                      socket_connect_timeout=REDIS_METRICS_TIMEOUT_SECONDS)
+        try:
+            keys = redis_sync.Keys(config.redis().prefix)
+            redis_sync.push_capped(client, getattr(keys, key_name), payload, config.redis().list_length)
+        finally:
+            client.close()
+    except Exception as exc:  # noqa: BLE001 - Redis being down must not fail or slow a data task
+        if _trip_breaker(breaker):
+            log.warning("Redis at %s does not answer (%s): task runs and alerts go to the store only; "
+                        "Redis is tried again in %d s", redact_url(url), scrub(str(exc), url), REDIS_RETRY_SECONDS)
+        return
+    if os.path.exists(breaker):
+        try:
+            os.unlink(breaker)
+            log.info("Redis at %s answers again: task runs and alerts go to it again", redact_url(url))
+        except FileNotFoundError:
+            pass
 
 
 def record(task: luigi.Task, status: str, error: str | None = None) -> dict[str, Any]:
@@ -100,6 +159,9 @@ def _on_start(task: luigi.Task) -> None:
 def _on_success(task: luigi.Task) -> None:
     if not _is_ours(task):
         return
+    if getattr(task, "skipped", False):
+        record(task, "SKIPPED", "done by another run meanwhile")
+        return
     row = record(task, "DONE")
     if task.get_task_family() == "Daily":
         summary = daily_summary(task, row.get("duration_seconds"))
@@ -116,7 +178,22 @@ def _on_success(task: luigi.Task) -> None:
 def _on_failure(task: luigi.Task, exception: BaseException) -> None:
     if not _is_ours(task):
         return
-    error = f"{type(exception).__name__}: {exception}"
+    alert_failure(task, f"{type(exception).__name__}: {exception}")
+
+
+@luigi.Task.event_handler(luigi.Event.TIMEOUT)
+def _on_timeout(task: luigi.Task, error_msg: str) -> None:
+    if _is_ours(task):
+        alert_failure(task, f"timeout: {error_msg}")
+
+
+@luigi.Task.event_handler(luigi.Event.PROCESS_FAILURE)
+def _on_process_failure(task: luigi.Task, error_msg: str) -> None:
+    if _is_ours(task):
+        alert_failure(task, f"task process died: {error_msg}")
+
+
+def alert_failure(task: luigi.Task, error: str) -> None:
     row = record(task, "FAILED", error)
     alert = {"task": task.task_id, "task_family": task.get_task_family(), "params": _params(task),
              "error": error, "time": row["finished_at"].isoformat(), "host": row["host"], "attempt": row["attempt"]}
@@ -153,7 +230,7 @@ def _daily_report(task: luigi.Task) -> tuple[str | None, str | None]:
     from stockpipe.services.report import report_path
 
     day = getattr(task, "date", None)
-    path = report_path(config.data_dir(), day) if day is not None else None
+    path = report_path(config.store_dir(), day) if day is not None else None
     if path is None or not path.exists():
         return None, None
     base = config.report().link_base

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
+import inspect
 import logging
 import time
 from pathlib import Path
 
 import luigi
 
-from stockpipe import config, targets, trading_calendar
+from stockpipe import config, outcome, preflight, targets, trading_calendar
 from stockpipe.engines import ChunkRef, open_engine
 from stockpipe.progress import luigi_progress
 from stockpipe.services import cleanup as cleanup_service
@@ -24,10 +27,39 @@ from stockpipe.sources import open_source
 from stockpipe.store import open_store
 
 log = logging.getLogger("stockpipe.tasks")
+outcome.install()  # exit 0 when the job's target is complete, whoever ran its tasks (see outcome.py)
+
+
+def _once_per_store(run):
+    """A task's run under its marker's lock in the store: of two runs of the same task at once (two
+    overlapping Dailies, on any machines) one does the work, the other waits and then reports that
+    it was done meanwhile. This, not Luigi's pid lock, is the overlap protection."""
+
+    @functools.wraps(run)
+    def exclusive_run(self):
+        output = self.output()
+        if not isinstance(output, targets.MarkerTarget):
+            return run(self)
+        store = self.store()
+        with store.run_lock(output.marker_id):
+            if store.completed([output.marker_id]):
+                self.skipped = True
+                message = "done by another run meanwhile: nothing to do"
+                log.info("%s %s", self.task_id, message)
+                self.set_status_message(message)
+                output.record_done()
+                return None
+            return run(self)
+
+    return exclusive_run
 
 
 class StockpipeTask(luigi.Task):
-    """What every stockpipe task shares: its store, its source, progress, a marker target and a timeout."""
+    """What every stockpipe task shares: its store, its source, progress, a marker target and a timeout.
+
+    Created, a task checks the configuration and its own parameters (stockpipe.preflight): Luigi
+    creates the root task before scheduling, so a mistake is refused before any work.
+    """
 
     timeout_setting = "rebuild"  # which [timeouts] entry bounds this family's run
 
@@ -35,6 +67,37 @@ class StockpipeTask(luigi.Task):
     def worker_timeout(self) -> int | None:
         # Luigi runs a task with a timeout in a child process and terminates it when time is up.
         return getattr(config.timeouts(), self.timeout_setting) or None
+
+    # Tasks that read no trading calendar need not pay for importing one to check its name.
+    uses_calendar = True
+    # A task storing one session's data refuses a non-trading day instead of storing nothing as done.
+    needs_session = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        try:
+            preflight.check_config(calendar=self.uses_calendar)
+            self.preflight()
+        except preflight.UserError as exc:
+            preflight.refuse(exc)
+
+    def preflight(self) -> None:
+        """Refuse dates that have not happened (and non-trading days where a session is needed)."""
+        for name, value in self.param_kwargs.items():
+            if isinstance(value, dt.date) and name in ("date", "end_date"):
+                preflight.check_happened(value, f"{self.get_task_family()} --{name.replace('_', '-')} {value}")
+                if self.needs_session:
+                    preflight.check_session(value, f"{self.get_task_family()} --{name.replace('_', '-')} {value}")
+
+    skipped = False  # set when another run did this task's work meanwhile (reported, not counted)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        run = cls.__dict__.get("run")
+        # Tasks with dynamic dependencies are re-entered per batch of them; their chunks and final
+        # marker writes are claimed one by one instead.
+        if run is not None and not inspect.isgeneratorfunction(run):
+            cls.run = _once_per_store(run)
 
     def store(self):
         return open_store(config.store_url())
@@ -71,6 +134,7 @@ class CollectSymbols(StockpipeTask):
 
 
 class IngestDate(StockpipeTask):
+    needs_session = True
     timeout_setting = "ingest"
 
     date = luigi.DateParameter()
@@ -106,9 +170,12 @@ class Backfill(StockpipeTask):
     def output(self):
         return self.marker_target(self.start_date, self.end_date)
 
-    def run(self):
+    def preflight(self):
         if self.end_date < self.start_date:
-            raise ValueError(f"Backfill end_date {self.end_date} is before start_date {self.start_date}")
+            raise preflight.UserError(f"Backfill --end-date {self.end_date} is before --start-date {self.start_date}")
+        super().preflight()
+
+    def run(self):
         ingest_service.backfill(
             self.store(),
             self.source(),
@@ -123,6 +190,7 @@ class Backfill(StockpipeTask):
 class IndicatorChunk(StockpipeTask):
     """Indicators of one chunk of a plan's symbols from `date` to the latest bar."""
 
+    uses_calendar = False
     timeout_setting = "chunk"
 
     date = luigi.DateParameter(description="first date whose indicator rows are replaced")
@@ -133,14 +201,17 @@ class IndicatorChunk(StockpipeTask):
         return targets.MarkerTarget(rebuild_service.chunk_marker_id(self.plan_id, self.chunk_id),
                                      advisory_prefix=rebuild_service.chunk_marker_id(self.plan_id, ""))
 
+    def preflight(self):
+        """Checked by the rebuild or daily run that planned the chunk."""
+
     def run_dir(self):
-        return rebuild_service.run_dir(config.data_dir(), self.plan_id)
+        return rebuild_service.run_dir(config.store_dir(), self.plan_id)
 
     def run(self):
         plan = rebuild_service.load_plan(self.run_dir())
         if not 0 <= self.chunk_id < len(plan.chunks):
             raise ValueError(f"{self.plan_id} has chunks 0..{len(plan.chunks) - 1}, not {self.chunk_id}")
-        indicator_service.compute_chunk(
+        stats = indicator_service.compute_chunk(
             self.store(),
             plan.chunks[self.chunk_id],
             self.date,
@@ -152,7 +223,25 @@ class IndicatorChunk(StockpipeTask):
             full_history=plan.full_history,
             chunk=ChunkRef(rebuild_service.staging_dir(self.run_dir()), self.chunk_id),
         )
+        self.skipped = bool(stats.get("skipped"))
         self.output().record_done()
+        self.report_to_parent(plan)
+
+    def report_to_parent(self, plan) -> None:
+        """The rebuild (or daily run) waits as PENDING in luigid while its chunks run, so each chunk that
+        finishes, on whichever worker or machine, updates the parent's message and percentage there,
+        counted from the store's markers."""
+        scheduler = getattr(getattr(self.set_status_message, "__self__", None), "_scheduler", None)
+        if scheduler is None:  # not run by a Luigi worker
+            return
+        ids = [rebuild_service.chunk_marker_id(plan.plan_id, i) for i in range(len(plan.chunks))]
+        try:
+            done = len(self.store().completed(ids))
+            parent = parent_task_id(plan)
+            scheduler.set_task_status_message(parent, f"{done}/{len(ids)} chunks done")
+            scheduler.set_task_progress_percentage(parent, int(100 * done / max(len(ids), 1)))
+        except Exception as exc:  # noqa: BLE001 - progress display must never fail the chunk it reports
+            log.warning("could not report %s's progress to its parent: %s", self.plan_id, exc)
 
     def on_failure(self, exception):
         rebuild_service.record_failure(self.run_dir(), self.chunk_id, exception)
@@ -165,6 +254,14 @@ class IndicatorChunk(StockpipeTask):
         tasks = [cls(*t) if isinstance(t, (list, tuple)) else cls(**t) for t in tuples]
         done = targets.prefetch(config.store_url(), [t.output().marker_id for t in tasks])
         return [p for p, t in zip(tuples, tasks) if t.output().marker_id in done]
+
+
+def parent_task_id(plan) -> str:
+    """The task id of the RebuildFrom or DailyIndicators that planned `plan`, without creating it."""
+    if plan.kind == "daily":
+        return luigi.task.task_id_str("DailyIndicators", {"date": plan.plan_id[len("daily-"):]})
+    run_id = plan.plan_id[len(f"rebuild-{plan.start_date}"):].lstrip("-")
+    return luigi.task.task_id_str("RebuildFrom", {"run_id": run_id, "start_date": plan.start_date})
 
 
 def _chunk_tasks(plan) -> list[IndicatorChunk]:
@@ -191,23 +288,27 @@ def _prepare_chunks(task: StockpipeTask, plan, directory, chunks: list[Indicator
 class PlanRebuild(StockpipeTask):
     """Status report, backup and chunk plan of a rebuild (written once; a resumed run reuses them)."""
 
+    uses_calendar = False
     timeout_setting = "plan"
 
     start_date = luigi.DateParameter()
     run_id = luigi.Parameter(default="")
+
+    def preflight(self):
+        """Checked by RebuildFrom."""
 
     @property
     def plan_id(self) -> str:
         return f"rebuild-{self.start_date}" + (f"-{self.run_id}" if self.run_id else "")
 
     def output(self):
-        return luigi.LocalTarget(str(rebuild_service.run_dir(config.data_dir(), self.plan_id) / rebuild_service.PLAN_FILE))
+        return luigi.LocalTarget(str(rebuild_service.run_dir(config.store_dir(), self.plan_id) / rebuild_service.PLAN_FILE))
 
     def run(self):
         store = self.store()
         rebuild_service.create_plan(
             store,
-            rebuild_service.run_dir(config.data_dir(), self.plan_id),
+            rebuild_service.run_dir(config.store_dir(), self.plan_id),
             plan_id=self.plan_id,
             kind="rebuild",
             start=self.start_date,
@@ -224,8 +325,18 @@ class RebuildFrom(StockpipeTask):
     rebuild the same date again on purpose, pass a new `--run-id` (a new plan, backup and markers).
     """
 
+    uses_calendar = False
     start_date = luigi.DateParameter()
     run_id = luigi.Parameter(default="", description="name a deliberate repeat of a rebuild of the same date")
+
+    def preflight(self):
+        store = self.store()
+        _, last, count = store.bars_extent()
+        if not count:
+            raise preflight.UserError(f"RebuildFrom: store {store.redacted_url()} is empty: run Daily or Backfill first")
+        if self.start_date > last:
+            raise preflight.UserError(f"RebuildFrom --start-date {self.start_date}: the store's latest bar is {last}, "
+                                      "so there is nothing to rebuild")
 
     def requires(self):
         return PlanRebuild(start_date=self.start_date, run_id=self.run_id)
@@ -234,22 +345,27 @@ class RebuildFrom(StockpipeTask):
         return self.marker_target(self.requires().plan_id)
 
     def run(self):
-        started = time.monotonic()
-        directory = rebuild_service.run_dir(config.data_dir(), self.requires().plan_id)
-        plan = rebuild_service.load_plan(directory)
+        directory = rebuild_service.run_dir(config.store_dir(), self.requires().plan_id)
+        started = rebuild_service.attempt_started(directory)
+        plan = rebuild_service.open_plan(directory)
+        rebuild_service.remove_litter(directory)
         chunks = _chunk_tasks(plan)
         done = sum(1 for c in chunks if c.complete())
         self.set_status_message(f"{done}/{len(chunks)} chunks done")
         self.set_progress_percentage(int(100 * done / max(len(chunks), 1)))
         _prepare_chunks(self, plan, directory, chunks)
         yield chunks
+        self.set_status_message(f"{len(chunks)}/{len(chunks)} chunks done")
+        self.set_progress_percentage(100)
         report = rebuild_service.write_final_report(self.store(), plan, directory, started)
-        self.store().touch(self.output().marker(self, {k: report[k] for k in ("symbols", "chunks", "replaced_rows", "saved_rows", "seconds")}))
+        stats = {k: report[k] for k in ("symbols", "chunks", "replaced_rows", "saved_rows", "seconds")}
+        self.skipped = not self.store().touch(self.output().marker(self, stats))
 
 
 class DailyIndicators(StockpipeTask):
     """Indicators for the day: every active symbol recomputed from the ingest overlap on."""
 
+    needs_session = True
     date = luigi.DateParameter()
 
     @property
@@ -264,7 +380,7 @@ class DailyIndicators(StockpipeTask):
 
     def run(self):
         settings = config.stockpipe()
-        directory = rebuild_service.run_dir(config.data_dir(), self.plan_id)
+        directory = rebuild_service.run_dir(config.store_dir(), self.plan_id)
         store = self.store()
         plan = rebuild_service.create_plan(
             store,
@@ -281,12 +397,13 @@ class DailyIndicators(StockpipeTask):
         _prepare_chunks(self, plan, directory, chunks)
         yield chunks
         report = rebuild_service.write_final_report(store, plan, directory)
-        store.touch(self.output().marker(self, {k: report[k] for k in ("symbols", "chunks", "saved_rows")}))
+        self.skipped = not store.touch(self.output().marker(self, {k: report[k] for k in ("symbols", "chunks", "saved_rows")}))
 
 
 class ScanWatchlist(StockpipeTask):
     """The watchlist rules over `date`'s bars, indicators and symbols."""
 
+    needs_session = True
     timeout_setting = "scan"
 
     date = luigi.DateParameter()
@@ -304,6 +421,7 @@ class ScanWatchlist(StockpipeTask):
 class Replicate(StockpipeTask):
     """A verified, read-only DuckDB replica of the store, swapped in atomically."""
 
+    needs_session = True
     timeout_setting = "replicate"
 
     date = luigi.DateParameter()
@@ -335,7 +453,7 @@ class Report(StockpipeTask):
     def run(self):
         settings = config.report()
         report_service.build_report(
-            self.store(), self.date, config.data_dir(), calendar=config.stockpipe().calendar,
+            self.store(), self.date, config.store_dir(), calendar=config.stockpipe().calendar,
             sessions=settings.sessions, chart_months=settings.chart_months, slowest_chunks=settings.slowest_chunks,
             marker=self.run_marker(), progress=self.progress(),
         )
@@ -353,7 +471,7 @@ class CleanupOldFiles(StockpipeTask):
 
     def run(self):
         settings = config.cleanup()
-        cleanup_service.clean(self.store(), data_dir=config.data_dir(), replica_path=config.replica_path(),
+        cleanup_service.clean(self.store(), data_dir=config.store_dir(), replica_path=config.replica_path(),
                               log_dir=Path(settings.log_dir), days=settings.days(), marker=self.run_marker())
 
 
@@ -449,7 +567,10 @@ class Daily(StockpipeTask):
             self.set_status_message(message)
             self.store().touch(self.output().marker(self, {"trading_day": False}))
             return
-        self.store().touch(self.output().marker(self, {"trading_day": True, "seconds": round(time.monotonic() - started, 3)}))
+        if not config.redis_url():
+            log.info("Daily %s: Redis steps skipped: no [redis] url or %s is configured", self.date, config.ENV_REDIS_URL)
+        self.store().touch(self.output().marker(self, {"trading_day": True, "redis": bool(config.redis_url()),
+                                                       "seconds": round(time.monotonic() - started, 3)}))
 
 
 __all__ = [

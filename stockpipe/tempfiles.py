@@ -10,10 +10,13 @@ their writers' temporaries, alive or not, which their own next run removes.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import re
 import socket
 from pathlib import Path
+
+log = logging.getLogger("stockpipe.tempfiles")
 
 
 def _host() -> str:
@@ -46,4 +49,20 @@ def discard_orphans(path: Path) -> list[Path]:
         if match and int(match[1]) != os.getpid() and not _alive(int(match[1])):
             candidate.unlink(missing_ok=True)
             removed.append(candidate)
+    return removed
+
+
+def discard_orphans_in(directory: Path) -> list[Path]:
+    """Remove every temporary in `directory` left by a dead process of this host (any target)."""
+    directory = Path(directory)
+    pattern = re.compile(rf"^\..+\.{re.escape(_host())}-(\d+)\.tmp")
+    removed = []
+    for candidate in directory.glob(".*.tmp*"):
+        match = pattern.match(candidate.name)
+        if match and int(match[1]) != os.getpid() and not _alive(int(match[1])):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    if removed:
+        log.info("removed %d temporary file(s) of killed runs in %s: %s", len(removed), directory,
+                 ", ".join(p.name for p in removed))
     return removed

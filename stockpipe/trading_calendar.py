@@ -46,3 +46,57 @@ def sessions_back(code: str, day: dt.date, count: int) -> dt.date:
 
 def first_session(code: str) -> dt.date:
     return _calendar(code).first_session.date()
+
+
+def _now(now: dt.datetime | None) -> dt.datetime:
+    return now if now is not None else dt.datetime.now(dt.timezone.utc)
+
+
+def local_today(code: str, now: dt.datetime | None = None) -> dt.date:
+    """The exchange's own date right now (Seoul's date is not New York's)."""
+    return _now(now).astimezone(_calendar(code).tz).date()
+
+
+def not_happened(code: str, day: dt.date, now: dt.datetime | None = None) -> str | None:
+    """Why `day` cannot be stored yet (its session has not closed, or the date is still ahead in the
+    exchange's time zone), or None when it has happened. A source asked for such a date either
+    invents bars (demo) or returns a session still trading as if it were final (live sources)."""
+    import pandas as pd
+
+    calendar = _calendar(code)
+    now = _now(now)
+    today = local_today(code, now)
+    if day > today or day > calendar.last_session.date():
+        return f"{day} has not happened yet (today is {today} in {calendar.tz})"
+    if day >= calendar.first_session.date() and calendar.is_session(pd.Timestamp(day)):
+        close = calendar.session_close(pd.Timestamp(day))
+        if pd.Timestamp(now) < close:
+            local = close.tz_convert(calendar.tz)
+            return (f"the {code} session of {day} has not closed yet (it closes at {local:%H:%M} {calendar.tz}, "
+                    f"{close:%H:%M} UTC): run it after the close")
+    return None
+
+
+def last_closed_session(code: str, now: dt.datetime | None = None) -> dt.date:
+    """The most recent session whose close has passed: what a nightly job should run."""
+    import pandas as pd
+
+    calendar = _calendar(code)
+    now = _now(now)
+    today = pd.Timestamp(local_today(code, now))
+    anchor = today if calendar.is_session(today) else calendar.date_to_session(today, direction="previous")
+    if pd.Timestamp(now) < calendar.session_close(anchor):
+        anchor = calendar.previous_session(anchor)
+    return anchor.date()
+
+
+def is_known_calendar(code: str) -> bool:
+    import exchange_calendars
+
+    return code in exchange_calendars.get_calendar_names()
+
+
+def bounds(code: str) -> tuple[dt.date, dt.date]:
+    """The first and last sessions the calendar knows."""
+    calendar = _calendar(code)
+    return calendar.first_session.date(), calendar.last_session.date()

@@ -24,6 +24,7 @@ class RejectedBar:
     date: str
     reason: str
     origin: str = ""  # file:line when the source knows it
+    kind: str = ""  # the reason's category in the marker's counts (default: its first word)
 
     def describe(self) -> str:
         where = f" ({self.origin})" if self.origin else ""
@@ -31,6 +32,59 @@ class RejectedBar:
 
     def as_dict(self) -> dict[str, str]:
         return {"symbol": self.symbol, "date": self.date, "reason": self.reason, **({"origin": self.origin} if self.origin else {})}
+
+    @property
+    def category(self) -> str:
+        return self.kind or ("duplicate" if "duplicate" in self.reason else self.reason.split(" ")[0])
+
+
+_PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
+
+
+def collapse_identical_duplicates(rows: pa.Table, origins: list[str] | None) -> tuple[pa.Table, list[str] | None, int]:
+    """Copies of a bar identical in every value (a file listed twice, a row pasted twice) become one;
+    returns the rows, their origins and how many copies were dropped. Conflicting copies stay, for
+    `validate_bars` to reject."""
+    n = rows.num_rows
+    if n < 2:
+        return rows, origins, 0
+    keyed = rows.select(["symbol", "date", *_PRICE_COLUMNS]).append_column("_row", pa.array(np.arange(n)))
+    groups = keyed.group_by(["symbol", "date", *_PRICE_COLUMNS], use_threads=False).aggregate([("_row", "min"), ("_row", "count")])
+    if groups.num_rows == n:
+        return rows, origins, 0
+    keep = np.sort(groups.column("_row_min").to_numpy())
+    dropped = n - len(keep)
+    log.info("collapsed %d identical duplicate bar(s)", dropped)
+    kept = rows.take(pa.array(keep))
+    return kept, ([origins[i] for i in keep] if origins else origins), dropped
+
+
+def reject_non_sessions(rows: pa.Table, origins: list[str] | None, calendar: str) -> tuple[pa.Table, list[str] | None, list[RejectedBar]]:
+    """Bars dated on a day the exchange did not trade (a Saturday row would feed every windowed
+    indicator), or after the calendar's last known session, are rejected by name."""
+    from stockpipe import trading_calendar
+
+    dates = rows.column("date")
+    if rows.num_rows == 0 or dates.null_count == rows.num_rows:
+        return rows, origins, []
+    first, last = pc.min(dates).as_py(), pc.max(dates).as_py()
+    calendar_first, calendar_last = trading_calendar.bounds(calendar)
+    sessions = trading_calendar.sessions(calendar, max(first, calendar_first), min(last, calendar_last))
+    known = pc.or_(pc.is_in(dates, pa.array(sessions, pa.date32())), pc.less(dates, pa.scalar(calendar_first, pa.date32())))
+    bad = pc.invert(pc.fill_null(known, True)).to_numpy(zero_copy_only=False)
+    if not bad.any():
+        return rows, origins, []
+    rejected = []
+    for i in np.flatnonzero(bad):
+        day = dates[int(i)].as_py()
+        why = (f"{day} is after the last session {calendar_last} of the {calendar} calendar" if day > calendar_last
+               else f"{day} is not a {calendar} trading day")
+        rejected.append(RejectedBar(rows.column("symbol")[int(i)].as_py() or "?", str(day), why,
+                                    origins[i] if origins else "", kind="non_trading_day"))
+    for reject in rejected:
+        log.warning("rejected bar %s", reject.describe())
+    keep = np.flatnonzero(~bad)
+    return rows.take(pa.array(keep)), ([origins[i] for i in keep] if origins else origins), rejected
 
 
 def _as_float(table: pa.Table, name: str) -> np.ndarray:
@@ -72,11 +126,21 @@ def validate_bars(rows: pa.Table, origins: list[str] | None = None) -> tuple[pa.
     counts = keyed.group_by(["symbol", "date"]).aggregate([("row", "count")])
     doubled = counts.filter(pc.greater(counts.column("row_count"), 1))
     if doubled.num_rows:
-        copies = {(r["symbol"], r["date"]): r["row_count"] for r in doubled.to_pylist()}
         in_doubled = keyed.join(doubled, ["symbol", "date"], join_type="inner").column("row").to_numpy()
         mask = np.zeros(n, dtype=bool)
         mask[in_doubled] = True
-        flag(mask, "duplicate bar ({} rows for this symbol and date)".format(max(copies.values())) if len(set(copies.values())) == 1 else "duplicate bar")
+        copies: dict[tuple, list[int]] = {}
+        for i in np.sort(in_doubled):
+            copies.setdefault((rows.column("symbol")[int(i)].as_py(), rows.column("date")[int(i)].as_py()), []).append(int(i))
+        where = {i: group for group in copies.values() for i in group}
+
+        def conflicting(i, where=where):
+            group = where[i]
+            if origins:
+                return "conflicting duplicate bars at " + ", ".join(origins[j] for j in group)
+            return f"conflicting duplicate bars ({len(group)} rows for this symbol and date)"
+
+        flag(mask, conflicting)
 
     bad = np.zeros(n, dtype=bool)
     for mask, _ in checks:

@@ -141,13 +141,31 @@ class Pipeline:
 
     def build(self, *tasks, workers: int = 1) -> bool:
         _reset_luigi_state()
-        return luigi.build(list(tasks), local_scheduler=True, workers=workers, log_level="WARNING")
+        ok = luigi.build(list(tasks), local_scheduler=True, workers=workers, log_level="WARNING")
+        # Luigi takes a task's result before its process has exited, and a DuckDB task process
+        # checkpoints and closes its store on the way out: wait for that, as the `luigi` command
+        # does at exit, so a test sees the store (and its file) as a finished run leaves it.
+        import multiprocessing
+
+        from luigi.worker import TaskProcess
+
+        for child in multiprocessing.active_children():
+            if isinstance(child, TaskProcess):  # not the worker's Manager, which lives on
+                child.join(timeout=60)
+        return ok
 
     @property
     def store(self):
         from stockpipe.store import open_store
 
         return open_store(self.store_url)
+
+    @property
+    def store_dir(self) -> Path:
+        """This store's runs and replica: a subdirectory of data_dir named after the store."""
+        from stockpipe import config
+
+        return self.data_dir / config.store_slug(self.store_url)
 
 
 def _pipeline(tmp_path, store_url, monkeypatch) -> Pipeline:

@@ -19,6 +19,9 @@ from stockpipe.store import StoreError, open_store
 
 pytestmark = pytest.mark.slow
 PROJECT = Path(__file__).resolve().parents[1]
+# The venv must see its own stockpipe, not a checkout on PYTHONPATH (how worktrees run the suite): there
+# a build's stockpipe.egg-info reads as "already installed" and pip would skip the wheel.
+WITHOUT_PYTHONPATH = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +36,14 @@ def installed(tmp_path_factory) -> Path:
                              capture_output=True, text=True, check=True).stdout.strip()
     Path(purelib, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     wheels = root / "wheels"
+    # Without PYTHONPATH: a checkout on it (the worktree, after the build left stockpipe.egg-info
+    # there) makes pip take the wheel as already installed and skip it.
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     build = subprocess.run([str(venv / "bin" / "pip"), "wheel", "--no-deps", "--quiet", "-w", str(wheels), str(PROJECT)],
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, env=clean)
     assert build.returncode == 0, build.stderr
     install = subprocess.run([str(venv / "bin" / "pip"), "install", "--no-deps", "--quiet", *map(str, wheels.glob("*.whl"))],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, env=clean)
     assert install.returncode == 0, install.stderr
     return venv / "bin"
 
@@ -68,7 +74,7 @@ def test_the_wheel_runs_daily_from_a_users_directory_with_only_their_settings(in
     assert code == 0, output
     assert f"{installed.parent}" in subprocess.run(
         [str(installed / "python"), "-c", "import stockpipe; print(stockpipe.__file__)"], capture_output=True, text=True,
-        cwd=tmp_path).stdout, "the test must run the installed wheel, not the checkout"
+        cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}).stdout, "the test must run the installed wheel, not the checkout"
     store = open_store(f"duckdb:///{tmp_path / 'store.duckdb'}")
     bars = store.bars_extent()[2]
     assert bars > 0

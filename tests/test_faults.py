@@ -271,9 +271,9 @@ KILL_POINTS = {
     "daily-during-collect-symbols": (DAILY, r"running\s+CollectSymbols\("),
     "daily-during-ingest-writes": (DAILY, r"IngestDate_\S+ fetching \d+ symbols"),
     "daily-mid-chunks": (DAILY, r"\[chunk 2/3\] writing"),
-    "daily-during-replicate": (DAILY, "file:data/.replica.duckdb.*.tmp"),
+    "daily-during-replicate": (DAILY, "file:data/*/.replica.duckdb.*.tmp"),
     # PostgreSQL's backup is written in one quick call: the line logged just before it starts.
-    "rebuild-during-backup": (REBUILD, {"duckdb": "file:data/runs/*/.backup.parquet.*.tmp",
+    "rebuild-during-backup": (REBUILD, {"duckdb": "file:data/*/runs/*/.backup.parquet.*.tmp",
                                         "postgres": r"will replace \d+ indicator rows"}),
     "rebuild-mid-chunks": (REBUILD, r"\[chunk 2/3\] writing"),
 }
@@ -400,7 +400,7 @@ def test_pg_terminate_backend_of_every_store_connection_mid_chunk(seeds, tmp_pat
     chunk2 = sorted(before["symbols"].column("symbol").to_pylist()[10:20])
     keep = lambda t: t.filter(pa.compute.is_in(t.column("symbol"), pa.array(chunk2)))  # noqa: E731
     assert keep(after["indicators"]).equals(keep(before["indicators"])), "the failed chunk must keep the old rows"
-    failed = json.loads((tmp_path / "run" / "data" / "runs" / f"rebuild-{START}" / "failed" / "1.json").read_text())
+    failed = json.loads(next((tmp_path / "run" / "data").glob(f"*/runs/rebuild-{START}/failed/1.json")).read_text())
     assert "administrator command" in failed["error"] or "server closed" in failed["error"]
 
     run_ok(tmp_path / "run", *REBUILD)
@@ -589,7 +589,7 @@ def test_hostile_symbols_are_stored_exactly_and_never_executed(kind, tmp_path):
 
         # A rebuild backs the rows up (symbols in the backup's metadata) and a restore puts them back.
         run_ok(tmp_path, *REBUILD)
-        backup = tmp_path / "data" / "runs" / f"rebuild-{START}" / "backup.parquet"
+        backup = next((tmp_path / "data").glob(f"*/runs/rebuild-{START}/backup.parquet"))  # the store's own directory
         import pyarrow.parquet as pq
 
         meta = json.loads(pq.read_schema(backup).metadata[b"stockpipe"])

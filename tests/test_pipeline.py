@@ -8,8 +8,10 @@ import json
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pytest
 
 from stockpipe import tasks
+from stockpipe.preflight import UserError
 from stockpipe.indicators import INDICATOR_COLUMNS, indicator_rows
 from stockpipe.services import rebuild as rebuild_service
 from tests.indicators.test_parity import ATOL, RTOL
@@ -76,7 +78,7 @@ def test_rebuild_from_date_equals_full_recompute(pipeline):
     before = store.read_indicators(start=REBUILD_FROM)
     assert pipeline.build(tasks.RebuildFrom(start_date=REBUILD_FROM))
     assert_same_indicators(indicator_frame(store), full)
-    directory = rebuild_service.run_dir(pipeline.data_dir, f"rebuild-{REBUILD_FROM}")
+    directory = rebuild_service.run_dir(pipeline.store_dir, f"rebuild-{REBUILD_FROM}")
     report = json.loads((directory / "report.json").read_text())
     assert report["replaced_rows"] == before.num_rows
     assert report["saved_rows"] == before.num_rows
@@ -112,7 +114,7 @@ def test_failed_chunk_is_reported_and_the_rerun_redoes_only_it(pipeline, monkeyp
 
     monkeypatch.setattr(type(store), "replace_indicators", database_fails_for_chunk_1)
     assert not pipeline.build(tasks.RebuildFrom(start_date=REBUILD_FROM))
-    directory = rebuild_service.run_dir(pipeline.data_dir, plan_id)
+    directory = rebuild_service.run_dir(pipeline.store_dir, plan_id)
     assert json.loads((directory / "failed" / "1.json").read_text())["error"] == "connection lost while writing chunk 1"
     done = {m["marker_id"]: m["completed_at"] for m in store.markers(prefix=f"IndicatorChunk/{plan_id}/")}
     assert sorted(done) == [f"IndicatorChunk/{plan_id}/0", f"IndicatorChunk/{plan_id}/2"]
@@ -138,7 +140,7 @@ def test_restore_puts_back_what_a_rebuild_replaced(pipeline):
     marked = indicator_frame(store)
     assert pipeline.build(tasks.RebuildFrom(start_date=REBUILD_FROM))
     assert not pc.any(pc.equal(store.read_indicators(start=REBUILD_FROM).column("rsi_14"), 1.5)).as_py()
-    result = restore(store, rebuild_service.run_dir(pipeline.data_dir, f"rebuild-{REBUILD_FROM}") / "backup.parquet")
+    result = restore(store, rebuild_service.run_dir(pipeline.store_dir, f"rebuild-{REBUILD_FROM}") / "backup.parquet")
     assert result["rows_restored"] == store.read_indicators(start=REBUILD_FROM).num_rows
     assert_same_indicators(indicator_frame(store), marked, exact=True)
     assert store.markers(prefix=f"IndicatorChunk/rebuild-{REBUILD_FROM}/") == []
@@ -150,10 +152,27 @@ def test_collect_symbols_below_minimum_fails_clearly(pipeline):
     assert pipeline.store.active_symbols() == []
 
 
-def test_warmup_below_exact_minimum_is_refused(pipeline):
+def test_the_repositorys_csv_sample_below_min_symbols_says_what_to_set(tmp_path):
+    from pathlib import Path
+
+    from stockpipe.services.symbols import TooFewSymbolsError, collect_symbols
+    from stockpipe.sources.csv_source import CsvSource
+    from stockpipe.store import open_store
+
+    sample = Path(__file__).parent / "samples" / "csv_bars"
+    store = open_store(f"duckdb:///{tmp_path / 'store.duckdb'}")
+    with pytest.raises(TooFewSymbolsError, match=r"returned 2 symbols .* fewer than the minimum 100 \(\[stockpipe\] "
+                                                 r"min_symbols\): refusing it as a possibly truncated universe; if the "
+                                                 r"universe really is this small, set min_symbols = 2 or lower"):
+        collect_symbols(store, CsvSource(str(sample)), DAY, 100, None)
+    assert len(collect_symbols(store, CsvSource(str(sample)), DAY, 2, None)) and len(store.active_symbols()) == 2
+
+
+def test_warmup_below_exact_minimum_is_refused_before_any_work(pipeline):
     pipeline.configure("stockpipe", warmup_bars=300)
-    assert pipeline.build(tasks.IngestDate(date=DAY))
-    assert not pipeline.build(tasks.DailyIndicators(date=DAY))
+    with pytest.raises(UserError, match=r"\[stockpipe\] warmup_bars = 300 is refused: use 0 .* or at least 500"):
+        tasks.IngestDate(date=DAY)
+    assert pipeline.store.bars_extent()[2] == 0
 
 
 def test_backfill_fetches_history_in_batches_and_bulk_complete_answers_in_one_query(pipeline):

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from stockpipe.engines import ChunkRef, IndicatorEngine, computed_by
 from stockpipe.indicators.spec import WARMUP_BARS
@@ -98,7 +99,10 @@ def compute_chunk(
     }
     if marker is not None:
         marker = Marker(marker.marker_id, marker.task_family, marker.params, stats)
-    wrote = store.replace_indicators(symbols, start, rows, marker, whole_symbols=sorted(rescaled))
+    # Replace only up to the last bar read: a Daily that committed a newer session meanwhile keeps
+    # its rows (they were computed from bars this chunk never saw).
+    end = pc.max(bars.column("date")).as_py() if bars.num_rows else None
+    wrote = store.replace_indicators(symbols, start, rows, marker, whole_symbols=sorted(rescaled), end=end)
     if not wrote:
         log.info("%s already completed by another worker: nothing written", label)
         stats["skipped"] = True

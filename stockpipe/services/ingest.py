@@ -13,7 +13,7 @@ from stockpipe import trading_calendar
 from stockpipe.progress import Progress, silent
 from stockpipe.sources.base import BarFetch, Source
 from stockpipe.store import Marker, Store
-from stockpipe.validation import RejectedBar, validate_bars
+from stockpipe.validation import RejectedBar, collapse_identical_duplicates, reject_non_sessions, validate_bars
 
 log = logging.getLogger("stockpipe.ingest")
 
@@ -23,7 +23,14 @@ _MAX_LISTED = 50  # rejects / failures kept verbatim in a marker's stats
 def _fetch_valid(source: Source, symbols: Sequence[str], start: dt.date, end: dt.date) -> tuple[pa.Table, BarFetch, list[RejectedBar]]:
     fetched = source.bars(symbols, start, end)
     origins = fetched.rows.column("origin").to_pylist() if "origin" in fetched.rows.column_names else None
-    valid, rejected = validate_bars(fetched.rows, origins)
+    rows, origins, collapsed = collapse_identical_duplicates(fetched.rows, origins)
+    if collapsed:
+        fetched.skipped["identical_duplicate"] = fetched.skipped.get("identical_duplicate", 0) + collapsed
+    rows, origins, off_days = reject_non_sessions(rows, origins, source.calendar)
+    for reject in fetched.rejected:
+        log.warning("rejected row %s", reject.describe())
+    valid, rejected = validate_bars(rows, origins)
+    rejected = fetched.rejected + off_days + rejected
     for failure in fetched.failures:
         log.warning("fetch failed %s %s..%s: %s", failure.symbol, failure.start, failure.end, failure.reason)
     return valid, fetched, rejected
@@ -31,10 +38,15 @@ def _fetch_valid(source: Source, symbols: Sequence[str], start: dt.date, end: dt
 
 def _stats(requested: int, stored: int, rejected: list[RejectedBar], fetches: list[BarFetch], **extra) -> dict[str, Any]:
     failures = [f for fetch in fetches for f in fetch.failures]
+    # A source scanned once per group of symbols reports a row it cannot parse each time.
+    rejected = list({(r.origin or id(r), r.reason): r for r in rejected}.values())
     reasons: dict[str, int] = {}
     for r in rejected:
-        key = r.reason.split(" ")[0] if "duplicate" not in r.reason else "duplicate"
-        reasons[key] = reasons.get(key, 0) + 1
+        reasons[r.category] = reasons.get(r.category, 0) + 1
+    skipped: dict[str, int] = {}
+    for fetch in fetches:
+        for reason, count in fetch.skipped.items():
+            skipped[reason] = (max if reason == "unknown_symbol" else int.__add__)(skipped.get(reason, 0), count)
     return {
         "symbols_requested": requested,
         "bars_stored": stored,
@@ -44,6 +56,7 @@ def _stats(requested: int, stored: int, rejected: list[RejectedBar], fetches: li
         "failed_fetches": len(failures),
         "failures": [f.as_dict() for f in failures[:_MAX_LISTED]],
         "splits_detected": sorted({s for fetch in fetches for s in fetch.refetch_history}),
+        "rows_skipped": skipped,
         **extra,
     }
 
@@ -62,6 +75,7 @@ def ingest_date(
     heal. A symbol with no stored bar gets `backfill_sessions` of history, and a store whose latest bar
     is older than the overlap is filled from there, so no hole is left."""
     started = time.monotonic()
+    _refuse_unfinished(source, day)
     symbols = store.active_symbols()
     overlap_start = trading_calendar.sessions_back(source.calendar, day, days_back)
     history_start = trading_calendar.sessions_back(source.calendar, day, backfill_sessions - 1)
@@ -120,9 +134,19 @@ def ingest_date(
     )
     if marker is not None:
         marker = Marker(marker.marker_id, marker.task_family, marker.params, stats)
-    store.write_bars(rows_table, marker)
+    if not store.write_bars(rows_table, marker):
+        progress(100, "done by another run meanwhile: nothing stored")
+        return {**stats, "bars_stored": 0, "skipped": True}
     progress(100, f"stored {rows_table.num_rows} bars for {len(symbols)} symbols, rejected {len(rejected)}")
     return stats
+
+
+def _refuse_unfinished(source: Source, day: dt.date) -> None:
+    """No source is asked for a session that has not closed: demo would invent it, a live source would
+    return a bar still trading as if it were final (the tasks refuse it earlier; this guards callers)."""
+    reason = trading_calendar.not_happened(source.calendar, day)
+    if reason:
+        raise ValueError(f"ingest up to {day} refused: {reason}")
 
 
 def rescaled_symbols(store: Store, fetched: pa.Table, jump: float = 0.02, agreement: float = 0.005) -> set[str]:
@@ -178,6 +202,7 @@ def backfill(
     """History for every active symbol, fetched and written `batch_size` symbols at a time. Each
     batch is an idempotent upsert; the last one commits together with the marker."""
     started = time.monotonic()
+    _refuse_unfinished(source, end)
     symbols = store.active_symbols()
     if not symbols:
         raise ValueError("Backfill found no active symbols: run CollectSymbols first")

@@ -20,17 +20,24 @@ import json
 import logging
 import math
 import re
-from typing import Any, Iterable
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 
+from stockpipe.redaction import encode_userinfo, redact_url, scrub
 from stockpipe.store import Store
 from stockpipe.store.base import utcnow
 
 log = logging.getLogger("stockpipe.redis")
 
-_LOCK_SECONDS = 300
+# The sync lock expires soon after its holder dies (a killed sync must not block reruns), and is
+# extended every third of that while the holder works.
+LOCK_SECONDS = 15
 _RELEASE_IF_OURS = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+_EXTEND_IF_OURS = ("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) "
+                   "end return 0")
 _SCAN_BATCH = 500
 
 
@@ -39,7 +46,7 @@ class RedisUnavailable(RuntimeError):
 
 
 def redact(url: str) -> str:
-    return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)
+    return redact_url(url)
 
 
 def connect(url: str):
@@ -47,11 +54,11 @@ def connect(url: str):
 
     if not url:
         raise RedisUnavailable("Redis is not configured: set [redis] url or STOCKPIPE_REDIS_URL")
-    client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5)
+    client = redis.Redis.from_url(encode_userinfo(url), decode_responses=True, socket_timeout=10, socket_connect_timeout=5)
     try:
         client.ping()
     except redis.RedisError as exc:
-        raise RedisUnavailable(f"Redis at {redact(url)} is unreachable: {exc}") from exc
+        raise RedisUnavailable(scrub(f"Redis at {redact(url)} is unreachable: {exc}", url)) from None
     return client
 
 
@@ -105,13 +112,51 @@ def _scan(client, pattern: str) -> Iterable[str]:
     return client.scan_iter(match=pattern, count=_SCAN_BATCH)
 
 
+@contextmanager
+def held_lock(client, key: str, token: str, seconds: float = LOCK_SECONDS) -> Iterator[None]:
+    """`key` set to `token` for `seconds`, kept alive by a thread while the body runs, deleted
+    afterwards only if still ours. A killed holder's key expires within `seconds`."""
+    milliseconds = int(seconds * 1000)
+    if not client.set(key, token, nx=True, px=milliseconds):
+        raise RuntimeError(f"another Redis sync holds {key} ({client.get(key)}): try again later")
+    done = threading.Event()
+
+    def keep_alive() -> None:
+        while not done.wait(seconds / 3):
+            try:
+                if not client.eval(_EXTEND_IF_OURS, 1, key, token, milliseconds):
+                    log.warning("the Redis sync lock %s was lost (expired and taken)", key)
+                    return
+            except Exception as exc:  # noqa: BLE001 - the sync itself reports a Redis failure
+                log.warning("could not extend the Redis sync lock %s: %s", key, exc)
+                return
+
+    refresher = threading.Thread(target=keep_alive, name="redis-sync-lock", daemon=True)
+    refresher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        refresher.join(timeout=seconds)
+        # Delete the lock only if it is still ours (it may have expired and been taken), atomically.
+        try:
+            client.eval(_RELEASE_IF_OURS, 1, key, token)
+        except Exception as exc:  # noqa: BLE001 - it expires by itself; keep the sync's own error
+            log.warning("could not release the Redis sync lock %s (it expires in %d s): %s", key, seconds, exc)
+
+
+def _latest_scanned_session(store: Store, day: dt.date, synced: Iterable[str]) -> str | None:
+    """The latest date up to `day` that was scanned (a weekend is never one), for `watchlist:latest`."""
+    scanned = [m["marker_id"].split("/", 1)[1] for m in store.markers(prefix="ScanWatchlist/")]
+    candidates = [d for d in [*scanned, *synced] if d <= str(day)]
+    return max(candidates) if candidates else None
+
+
 def sync_watchlist(store: Store, client, prefix: str, day: dt.date, *, full: bool, full_days: int) -> dict[str, Any]:
     """Incremental: write only what changed for `day`. Full: rewrite the last `full_days` days."""
     keys = Keys(prefix)
     token = f"{day}:{utcnow().isoformat()}"
-    if not client.set(keys.lock, token, nx=True, ex=_LOCK_SECONDS):
-        raise RuntimeError(f"another Redis sync holds {keys.lock} ({client.get(keys.lock)}): try again later")
-    try:
+    with held_lock(client, keys.lock, token):
         since = day - dt.timedelta(days=full_days) if full else day
         wanted = documents(store.read_watchlist(since=since, until=day))
         days = sorted(set(wanted) | ({str(day)} if not full else set()))
@@ -148,16 +193,14 @@ def sync_watchlist(store: Store, client, prefix: str, day: dt.date, *, full: boo
                 deleted += 1
             pipe.execute()
         latest = client.get(keys.latest)
+        newest = _latest_scanned_session(store, day, wanted) if full else str(day)
         pipe = client.pipeline(transaction=True)
-        if latest is None or latest <= str(day):
-            pipe.set(keys.latest, str(day))
+        if newest is not None and (latest is None or latest <= newest):
+            pipe.set(keys.latest, newest)
         summary = {"mode": "full" if full else "incremental", "date": str(day), "dates": len(days),
                    "written": written, "deleted": deleted, "unchanged": unchanged, "at": utcnow().isoformat()}
         pipe.set(keys.last_sync, json.dumps(summary))
         pipe.execute()
-    finally:
-        # Delete the lock only if it is still ours (it may have expired and been taken), atomically.
-        client.eval(_RELEASE_IF_OURS, 1, keys.lock, token)
     log.info("redis %s sync for %s: %d written, %d deleted, %d unchanged over %d date(s)",
              summary["mode"], day, written, deleted, unchanged, len(days))
     return summary

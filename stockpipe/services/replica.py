@@ -67,6 +67,7 @@ def publish_replica(store: Store, path: Path) -> dict[str, Any]:
     discard_orphans(path)
     for leftover in (temporary, temporary.with_name(temporary.name + ".wal")):
         leftover.unlink(missing_ok=True)
+    discard_orphans(path.with_name(path.stem + ".previous" + path.suffix))
     try:
         counts = store.export_replica(temporary)
         create_views(temporary)
@@ -89,3 +90,45 @@ def publish_replica(store: Store, path: Path) -> dict[str, Any]:
              "bytes": path.stat().st_size}
     log.info("replica %s refreshed: %s", path, ", ".join(f"{t} {n}" for t, n in counts.items()))
     return stats
+
+
+def restore_from_replica(store: Store, path: Path, batch_rows: int = 500_000) -> dict[str, int]:
+    """Fill an empty store (a damaged one moved aside) with every table of a replica, in one
+    transaction: a failed restore leaves the store empty. The store keeps its own declared keys,
+    which the replica does not carry (so the replica file itself cannot simply become the store)."""
+    import duckdb
+    import pyarrow as pa
+
+    from stockpipe.store.schema import SCHEMA_VERSION, TABLES
+
+    path = Path(path)
+    try:
+        replica = duckdb.connect(str(path), read_only=True)
+    except duckdb.Error as exc:
+        raise ReplicaError(f"cannot open replica {path}: {' '.join(str(exc).split())}") from exc
+    try:
+        present = {r[0] for r in replica.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        missing = sorted(({t.name for t in TABLES} | {"schema_version"}) - present)
+        if missing:
+            raise ReplicaError(f"{path} is not a stockpipe replica: it lacks table(s) {', '.join(missing)}")
+        version = replica.execute("SELECT max(version) FROM schema_version").fetchall()[0][0]
+        if version != SCHEMA_VERSION:
+            raise ReplicaError(f"replica {path} has schema version {version}, this stockpipe expects {SCHEMA_VERSION}")
+        counts: dict[str, int] = {}
+        store.ensure_schema()  # a new, empty file gets its tables (with their keys) first
+        with store.session() as session:
+            for table in TABLES:
+                stored = session.fetch(f"SELECT count(*) FROM {table.name}")[0][0]
+                if stored:
+                    raise ReplicaError(
+                        f"{store.redacted_url()} is not empty ({table.name} has {stored:,} rows): a replica is restored "
+                        f"into an empty store; move the damaged one aside first")
+            for table in TABLES:
+                counts[table.name] = 0
+                reader = replica.sql(f"SELECT {', '.join(table.columns)} FROM {table.name}").to_arrow_reader(batch_rows)
+                for batch in reader:
+                    counts[table.name] += session.insert(table, table.conform(pa.Table.from_batches([batch])))
+                log.info("restored %s: %d rows from %s", table.name, counts[table.name], path)
+    finally:
+        replica.close()
+    return counts

@@ -30,9 +30,15 @@ def collect_symbols(store: Store, source: Source, as_of: dt.date, min_count: int
         dupes = counts.filter(pc.greater(counts.column("symbol_count"), 1)).column("symbol").to_pylist()
         raise SourceError(f"source {source.name!r} lists symbol(s) twice: {', '.join(dupes[:10])}")
     if universe.num_rows < min_count:
+        # A guard against a truncated download; a complete small universe (the repository's CSV
+        # sample has 2 symbols) needs a lower minimum, which the message says.
+        active = len(store.active_symbols())
+        consequence = (f"refusing to deactivate the rest of the {active} active symbols" if active else
+                       "refusing it as a possibly truncated universe")
         raise TooFewSymbolsError(
             f"source {source.name!r} returned {universe.num_rows} symbols for {as_of}, fewer than the minimum "
-            f"{min_count} ([stockpipe] min_symbols): refusing to deactivate the rest of the universe"
+            f"{min_count} ([stockpipe] min_symbols): {consequence}; if the universe really is this small, "
+            f"set min_symbols = {universe.num_rows} or lower"
         )
     now = pa.array([utcnow()] * universe.num_rows, pa.timestamp("us"))
     universe = universe.set_column(universe.schema.get_field_index("updated_at"), "updated_at", now)

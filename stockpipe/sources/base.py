@@ -10,6 +10,7 @@ from typing import Sequence
 import pyarrow as pa
 
 from stockpipe.store.schema import BARS, SYMBOLS
+from stockpipe.validation import RejectedBar
 
 
 class SourceError(RuntimeError):
@@ -35,6 +36,10 @@ class BarFetch:
     failures: list[FetchFailure] = field(default_factory=list)
     # Symbols whose whole history must be re-fetched (e.g. a split rescaled Yahoo's prices).
     refetch_history: set[str] = field(default_factory=set)
+    # Rows the source could not even parse (a malformed cell, a short row), with file and line.
+    rejected: list[RejectedBar] = field(default_factory=list)
+    # Rows deliberately left out, counted by reason (e.g. symbols the universe does not list).
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
 class Source(ABC):

@@ -51,6 +51,25 @@ class SchemaVersionError(StoreError):
     """The database was created by a different stockpipe version than this one."""
 
 
+class IntegrityError(StoreError):
+    """A stored table could not be read back; `table` names it (None: the database itself)."""
+
+    def __init__(self, message: str, table: str | None, cause: str):
+        super().__init__(message)
+        self.table = table
+        self.cause = cause
+
+
+@dataclass
+class IntegrityReport:
+    """What `Store.check_integrity` found: per-table row counts and checksums, storage facts, and
+    problems that leave the data readable but wrong (duplicate keys, a pending WAL)."""
+
+    tables: dict[str, dict[str, int]] = field(default_factory=dict)
+    storage: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class Marker:
     """Completion record of one task, written in the same transaction as the data it marks."""
@@ -89,6 +108,16 @@ class Session(ABC):
         """Serialise writers of `key` across processes until the transaction ends (no-op if the
         store already serialises every writer)."""
 
+    def lock_symbols(self, table: str, symbols: Sequence[str]) -> None:
+        """Serialise writers of these symbols' rows of `table` until the transaction ends, so two
+        delete-then-insert replaces of one key (a rebuild chunk next to a Daily) wait for each
+        other instead of failing on the key (no-op if the store serialises every writer)."""
+
+    def fetch_batches(self, sql: str, params: dict[str, Any] | None = None, schema: pa.Schema | None = None,
+                      rows: int = 262_144) -> Iterator[pa.RecordBatch]:
+        """A query's result in record batches (stores that can stream do, so memory stays bounded)."""
+        yield from self.fetch_arrow(sql, params, schema).to_batches(rows)
+
 
 class Store(ABC):
     dialect: str = ""
@@ -105,7 +134,9 @@ class Store(ABC):
         return f"{type(self).__name__}({self.redacted_url()!r})"
 
     def redacted_url(self) -> str:
-        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.url)
+        from stockpipe.redaction import redact_url
+
+        return redact_url(self.url)
 
     # -- dialect primitives -------------------------------------------------------------------
     @abstractmethod
@@ -118,6 +149,14 @@ class Store(ABC):
             self.ensure_schema()
         with self._open_session(write) as session:
             yield session
+
+    @contextmanager
+    def run_lock(self, key: str) -> Iterator[None]:
+        """Hold `key` against every other process using this store (not only this machine's, on
+        PostgreSQL) while a task does its work, so two runs of one task (two overlapping Dailies of
+        one date) do not both do it: the second waits, then finds it done. A killed holder's lock
+        goes with its process. The holder's own task timeout bounds the wait."""
+        yield
 
     # -- schema ---------------------------------------------------------------------------------
     def ensure_schema(self) -> None:
@@ -267,8 +306,8 @@ class Store(ABC):
             {
                 "marker_id": r[0],
                 "task_family": r[1],
-                "params": json.loads(r[2] or "{}"),
-                "stats": json.loads(r[3] or "{}"),
+                "params": _json_object(r[2], r[0], "params"),
+                "stats": _json_object(r[3], r[0], "stats"),
                 "completed_at": r[4],
             }
             for r in rows
@@ -336,6 +375,7 @@ class Store(ABC):
             if not self._claim(session, marker):
                 return False
             if rows.num_rows:
+                session.lock_symbols("bars", pc_unique_symbols(rows))
                 session.stage("incoming_bars", rows, BARS)
                 session.execute(
                     "DELETE FROM bars WHERE EXISTS (SELECT 1 FROM incoming_bars i "
@@ -396,30 +436,37 @@ class Store(ABC):
 
     def replace_indicators(
         self, symbols: Sequence[str], start: dt.date, rows: pa.Table, marker: Marker | None = None,
-        whole_symbols: Sequence[str] = (),
+        whole_symbols: Sequence[str] = (), end: dt.date | None = None,
     ) -> bool:
-        """Replace the symbols' indicator rows from `start` on, with the marker, in one transaction:
-        readers see the old rows or the new ones, never neither. False if already completed."""
+        """Replace the symbols' indicator rows from `start` (to `end`, the last date the caller read
+        bars of) with the marker, in one transaction: readers see the old rows or the new ones,
+        never neither. Rows after `end`, written meanwhile by another run from bars this caller
+        never saw, stand. False if already completed."""
         rows = INDICATORS.conform(_stamped(rows))
+        until = "" if end is None else " AND date <= :e"
         with self.session() as session:
             if not self._claim(session, marker):
                 return False
-            params: dict[str, Any] = {"d": start}
+            session.lock_symbols("indicators", sorted(set(symbols) | set(whole_symbols)))
+            bound: dict[str, Any] = {} if end is None else {"e": end}
+            params: dict[str, Any] = {"d": start, **bound}
             where = symbol_filter("symbol", symbols, params, collate=self.codepoint_collation)
-            session.execute(f"DELETE FROM indicators WHERE {where} AND date >= :d", params)
+            session.execute(f"DELETE FROM indicators WHERE {where} AND date >= :d{until}", params)
             if whole_symbols:
-                whole: dict[str, Any] = {}
+                whole: dict[str, Any] = dict(bound)
                 where = symbol_filter("symbol", whole_symbols, whole, "w", collate=self.codepoint_collation)
-                session.execute(f"DELETE FROM indicators WHERE {where}", whole)
+                session.execute(f"DELETE FROM indicators WHERE {where}{until}", whole)
             if rows.num_rows:
                 session.insert(INDICATORS, rows)
                 latest = _latest_per_symbol(rows, "avg_volume_30")
                 if latest.num_rows:
                     # symbols.avg_volume_30 mirrors each symbol's latest average volume.
                     session.stage("latest_volume", latest, INDICATORS)
+                    # ... unless a newer row (another run's) has the say.
                     session.execute(
                         "UPDATE symbols SET avg_volume_30 = l.avg_volume_30 FROM latest_volume l "
-                        "WHERE symbols.symbol = l.symbol"
+                        "WHERE symbols.symbol = l.symbol AND NOT EXISTS "
+                        "(SELECT 1 FROM indicators n WHERE n.symbol = l.symbol AND n.date > l.date)"
                     )
             self._touch(session, marker)
         return True
@@ -433,14 +480,34 @@ class Store(ABC):
                 f"SELECT * FROM indicators{where} ORDER BY symbol, date", params, schema=INDICATORS.schema
             )
 
-    def export_indicators(self, path, symbols: Sequence[str], start: dt.date, metadata: dict[str, str]) -> int:
-        """Write the symbols' indicator rows from `start` to a Parquet file with key-value metadata."""
+    def export_indicators(self, path, symbols: Sequence[str], start: dt.date, metadata: dict[str, str],
+                          end: dt.date | None = None) -> int:
+        """Write the symbols' indicator rows from `start` (to `end`) to a Parquet file, streamed, with
+        key-value `metadata` plus the row count and checksum (`stockpipe.rows`, `stockpipe.checksum`)
+        a reader verifies the file against. The file is synced to disk before this returns."""
+        import os
+
         import pyarrow.parquet as pq
 
-        rows = self.read_indicators(list(symbols), start=start)
-        pq.write_table(rows.replace_schema_metadata({k.encode(): v.encode() for k, v in metadata.items()}), path,
-                       compression="lz4")
-        return rows.num_rows
+        from stockpipe.store.checksum import batch_checksum
+
+        where, params = range_filter(list(symbols), start, end)
+        count, checksum = 0, 0
+        with self.session(write=False) as session, open(path, "wb") as sink:
+            writer = pq.ParquetWriter(sink, INDICATORS.schema, compression="lz4")
+            try:
+                for batch in session.fetch_batches(f"SELECT * FROM indicators{where} ORDER BY symbol, date", params,
+                                                   schema=INDICATORS.schema):
+                    writer.write_batch(batch)
+                    count += batch.num_rows
+                    checksum = (checksum + batch_checksum(batch)) % (1 << 64)
+                writer.add_key_value_metadata({**metadata, "stockpipe.rows": str(count),
+                                               "stockpipe.checksum": format(checksum, "016x")})
+            finally:
+                writer.close()
+            sink.flush()
+            os.fsync(sink.fileno())
+        return count
 
     def indicator_summary(self, symbols: Sequence[str], start: dt.date) -> dict[str, Any]:
         """What a rebuild from `start` would replace: symbols, rows and date range."""
@@ -453,14 +520,18 @@ class Store(ABC):
         return {"symbols": int(row[0]), "rows": int(row[1]), "first_date": row[2], "last_date": row[3]}
 
     def restore_indicators(
-        self, rows: pa.Table, symbols: Sequence[str], start: dt.date, forget_markers: Sequence[str] = ()
+        self, rows: pa.Table, symbols: Sequence[str], start: dt.date, forget_markers: Sequence[str] = (),
+        end: dt.date | None = None,
     ) -> int:
-        """Put back saved rows for `symbols` from `start`, and forget the markers of the run that
-        replaced them (so rerunning that run redoes it), in one transaction."""
+        """Put back saved rows for `symbols` from `start` to `end` (the range that was saved), and
+        forget the markers of the run that replaced them (so rerunning that run redoes it), in one
+        transaction. Rows after `end` were computed from bars the backup never covered and stand."""
         rows = INDICATORS.conform(rows)
         with self.session() as session:
+            session.lock_symbols("indicators", list(symbols))
             session.execute(
-                "DELETE FROM indicators WHERE symbol = ANY(:s) AND date >= :d", {"s": list(symbols), "d": start}
+                "DELETE FROM indicators WHERE symbol = ANY(:s) AND date >= :d" + ("" if end is None else " AND date <= :e"),
+                {"s": list(symbols), "d": start, **({} if end is None else {"e": end})},
             )
             if rows.num_rows:
                 session.insert(INDICATORS, rows)
@@ -571,6 +642,72 @@ class Store(ABC):
         with self.session(write=False) as session:
             return session.fetch_arrow(sql, params or {})
 
+    # -- integrity --------------------------------------------------------------------------------
+    def check_integrity(self) -> IntegrityReport:
+        """Read every value of every table in one read-only transaction (a full read makes the
+        database verify every stored block it holds), and count duplicate keys. Never creates or
+        changes anything; raises IntegrityError naming the table that cannot be read."""
+        report = IntegrityReport()
+        table = None
+        try:
+            with self._open_session(False) as session:
+                report.storage.update(self._storage_facts(session))
+                keys = {t.name: t.key for t in (SCHEMA_VERSION_TABLE, *TABLES)}
+                names = [r[0] for r in session.fetch(
+                    "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'"
+                    + self._schema_filter() + " ORDER BY table_name")]
+                missing = sorted(set(keys) - set(names))
+                if missing:
+                    report.problems.append(f"missing table(s) {', '.join(missing)}: run `stockpipe init-db`")
+                for table in names:
+                    columns = [r[0] for r in session.fetch(
+                        "SELECT column_name FROM information_schema.columns WHERE table_name = :t"
+                        + self._schema_filter() + " ORDER BY ordinal_position", {"t": table})]
+                    rows, checksum = session.fetch(self._full_scan_sql(table, columns))[0]
+                    report.tables[table] = {"rows": int(rows), "checksum": int(checksum or 0)}
+                    key = keys.get(table, ())
+                    self._probe_key_index(session, table, key)
+                    if key:
+                        listed = ", ".join(key)
+                        found = session.fetch(
+                            f"SELECT count(*), sum(n), min(example) FROM (SELECT {listed}, count(*) AS n, "
+                            f"CAST(concat_ws(' ', {listed}) AS VARCHAR) AS example "
+                            f"FROM {table} GROUP BY {listed} HAVING count(*) > 1) d")[0]
+                        if found[0]:
+                            report.tables[table]["duplicate_keys"] = int(found[0])
+                            report.problems.append(
+                                f"{table}: {int(found[0]):,} duplicate ({listed}) key(s), {int(found[1]):,} rows "
+                                f"(e.g. {found[2]})")
+                table = None
+        except IntegrityError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever the driver raises, the table and its error are the report
+            # The database's own words, not a wrapper's guess at the cause.
+            cause = exc.__cause__ if isinstance(exc, StoreError) and exc.__cause__ is not None else exc
+            where = f"table {table}" if table else "the database"
+            raise IntegrityError(f"{self.redacted_url()}: reading {where} failed: {_one_line(cause)}", table,
+                                 _one_line(cause)) from exc
+        return report
+
+    def _full_scan_sql(self, table: str, columns: Sequence[str]) -> str:
+        """count(*) and a checksum over every column of every row."""
+        return f"SELECT count(*), sum(hashtext(CAST(t AS text))) FROM {table} t"
+
+    def _storage_facts(self, session: Session) -> dict[str, Any]:
+        return {}
+
+    def _probe_key_index(self, session: Session, table: str, key: Sequence[str]) -> None:
+        """Look up the first and last key through the table's key index, where a scan would not read it."""
+        if not key or not self.declares_key(next((t for t in TABLES if t.name == table), SCHEMA_VERSION_TABLE)):
+            return
+        order = ", ".join(key)
+        for direction in ("ASC", "DESC"):
+            found = session.fetch(f"SELECT {order} FROM {table} ORDER BY {order} {direction} LIMIT 1")
+            if found:
+                params = {f"k{i}": value for i, value in enumerate(found[0])}
+                session.fetch(f"SELECT count(*) FROM {table} WHERE "
+                              + " AND ".join(f"{column} = :k{i}" for i, column in enumerate(key)), params)
+
     def session_counts(self, start: dt.date, end: dt.date | None = None) -> pa.Table:
         """Per stored date from `start` (to `end`): symbols and rows of bars and of indicators
         (aggregated in the database: only one row per date comes back)."""
@@ -656,6 +793,24 @@ def _bar_export_query(symbols: Sequence[str], start: dt.date | None, warmup: int
     return sql, params
 
 
+def _json_object(text: str | None, marker_id: str, column: str) -> dict[str, Any]:
+    """A marker's JSON column; garbage there is named and read as {"unreadable": why}, so one
+    damaged marker never stops a rerun, `stockpipe status` or a restore."""
+    try:
+        value = json.loads(text or "{}")
+    except ValueError as exc:
+        value = exc
+    if isinstance(value, dict):
+        return value
+    why = f"marker {marker_id}: {column} is not a JSON object ({value})"
+    log.warning("%s: ignored", why)
+    return {"unreadable": why}
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def _trim_warmup(bars: pa.Table, start: dt.date, warmup: int) -> tuple[pa.Table, list[str]]:
     """Keep each symbol's last `warmup` bars before `start` and everything from `start`; name the
     symbols with fewer than `warmup` bars before `start` in the window."""
@@ -694,6 +849,12 @@ def _latest_per_symbol(rows: pa.Table, column: str) -> pa.Table:
         return rows.select(["symbol", "date", column])
     ends = pc.run_end_encode(symbols.combine_chunks()).run_ends.to_numpy() - 1
     return rows.take(pa.array(np.asarray(ends, dtype=np.int64))).select(["symbol", "date", column])
+
+
+def pc_unique_symbols(rows: pa.Table) -> list[str]:
+    import pyarrow.compute as pc
+
+    return sorted(pc.unique(rows.column("symbol")).to_pylist())
 
 
 def range_filter(

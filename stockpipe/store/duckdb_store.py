@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import logging
 import multiprocessing
 import os
 import threading
@@ -32,7 +33,7 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-from stockpipe.store.base import Session, Store, StoreError, _bar_export_query, symbol_filter, translate_placeholders
+from stockpipe.store.base import Session, Store, StoreError, _bar_export_query, translate_placeholders
 from stockpipe.store.schema import BULK_TABLES, Table
 
 _LIVE_STORES: "weakref.WeakSet[DuckDBStore]" = weakref.WeakSet()
@@ -65,6 +66,12 @@ class _DuckDBSession(Session):
     def fetch_arrow(self, sql: str, params: dict[str, Any] | None = None, schema: pa.Schema | None = None) -> pa.Table:
         table = self._con.sql(translate_placeholders(sql, "dollar"), params=params or {}).to_arrow_table()
         return table.cast(schema) if schema is not None and table.schema != schema else table
+
+    def fetch_batches(self, sql: str, params: dict[str, Any] | None = None, schema: pa.Schema | None = None,
+                      rows: int = 262_144):
+        reader = self._con.sql(translate_placeholders(sql, "dollar"), params=params or {}).to_arrow_reader(rows)
+        for batch in reader:
+            yield batch.cast(schema) if schema is not None and batch.schema != schema else batch
 
     def stage(self, name: str, data: pa.Table, like: Table) -> None:
         self._con.register(name, data)
@@ -112,6 +119,7 @@ class DuckDBStore(Store):
         self._held: _Held | None = None
         self._hold_depth = 0
         self._wait_probe = None
+        self._run_lock_file = None
         self._exit_hook = None
 
     def declares_key(self, table: Table) -> bool:
@@ -213,19 +221,26 @@ class DuckDBStore(Store):
         with self._guard:
             self._release()
 
-    def export_indicators(self, path, symbols, start, metadata) -> int:
-        # DuckDB streams the rows to Parquet itself: no 6M-row Arrow copy in this process.
-        params: dict[str, Any] = {"d": start}
-        where = symbol_filter("symbol", symbols, params, collate=self.codepoint_collation)
-        options = ", ".join(f"{k}: '{v.replace(chr(39), chr(39) * 2)}'" for k, v in metadata.items())
-        target = str(path).replace("'", "''")
-        with self.session(write=False) as session:
-            session.execute(
-                f"COPY (SELECT * FROM indicators WHERE {where} AND date >= :d ORDER BY symbol, date) TO '{target}' "
-                f"(FORMAT parquet, COMPRESSION lz4_raw, KV_METADATA {{{options}}})",
-                params,
-            )
-            return int(session.fetch(f"SELECT count(*) FROM indicators WHERE {where} AND date >= :d", params)[0][0])
+    @contextmanager
+    def run_lock(self, key: str) -> Iterator[None]:
+        # One byte of `<file>.runs` per key (record locks: released by the kernel when the holder
+        # dies, one file whatever the number of keys).
+        import hashlib
+
+        offset = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:4], "big") & 0x3FFFFFFF
+        if self._run_lock_file is None:
+            self._run_lock_file = open(self.path.with_name(self.path.name + ".runs"), "a+")
+        handle = self._run_lock_file
+        try:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+        except OSError:
+            logging.getLogger("stockpipe.store").info("%s: waiting for another run doing the same work", key)
+            self.close()  # that run needs the file: never wait while holding it
+            fcntl.lockf(handle, fcntl.LOCK_EX, 1, offset)
+        try:
+            yield
+        finally:
+            fcntl.lockf(handle, fcntl.LOCK_UN, 1, offset)
 
     def export_bars(self, path, symbols, start, warmup_bars=0) -> int:
         # DuckDB writes the Parquet snapshot itself: no Arrow copy of the bars in this process.
@@ -246,19 +261,55 @@ class DuckDBStore(Store):
                 for table in self.replica_tables():
                     session.execute(f"CREATE TABLE replica.{table.name} AS SELECT * FROM main.{table.name}")
                     counts[table.name] = int(session.fetch(f"SELECT count(*) FROM main.{table.name}")[0][0])
+                # DuckDB detaches only outside a transaction: end this one (a full disk fails here),
+                # detach, and open the empty one the session will commit.
                 session.execute("COMMIT")
-            except BaseException:
-                try:
-                    session.execute("ROLLBACK")
-                except duckdb.Error:
-                    pass  # a COMMIT that failed (disk full) has ended the transaction already
+            except BaseException as exc:
+                # A failed copy (e.g. a full disk) may have ended the transaction already: the copy's
+                # own error is the one to report, not the clean-up's. Detached even after a failure,
+                # so this connection never keeps the replica file.
+                _rollback_keeping(exc, lambda: session.execute("ROLLBACK"),
+                                  lambda: session.execute("DETACH DATABASE IF EXISTS replica"),
+                                  lambda: session.execute("BEGIN TRANSACTION"))
                 raise
-            finally:
-                # DuckDB detaches only outside a transaction; then open the empty one the session
-                # ends. Detached even after a failure, so this connection never keeps the file.
-                session.execute("DETACH DATABASE IF EXISTS replica")
-                session.execute("BEGIN TRANSACTION")
+            session.execute("DETACH DATABASE IF EXISTS replica")
+            session.execute("BEGIN TRANSACTION")
         return counts
+
+    # -- integrity --------------------------------------------------------------------------------
+    @property
+    def wal_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".wal")
+
+    def check_integrity(self):
+        if not self.path.exists():
+            raise StoreError(f"{self.path}: no such DuckDB file")
+        report = super().check_integrity()
+        wal = report.storage.get("wal_file_bytes", 0)
+        if wal:
+            report.problems.append(
+                f"{self.wal_path} holds {wal:,} bytes of committed but un-checkpointed changes while no stockpipe "
+                f"writer is running: the last writer did not close cleanly, and a copy of {self.path.name} alone "
+                f"would miss them (any write, e.g. `stockpipe init-db`, checkpoints them)")
+        return report
+
+    def _full_scan_sql(self, table, columns) -> str:
+        listed = ", ".join(f'"{c}"' for c in columns)
+        return f'SELECT count(*), sum(hash({listed})) % 9223372036854775807 FROM "{table}"'
+
+    def _storage_facts(self, session) -> dict[str, Any]:
+        # Read while holding the lock, so no stockpipe writer is mid-transaction: a .wal now is one
+        # a writer left behind.
+        size = session.fetch_arrow("PRAGMA database_size").to_pylist()[0]
+        return {
+            "file": str(self.path),
+            "file_bytes": self.path.stat().st_size,
+            "wal_file_bytes": self.wal_path.stat().st_size if self.wal_path.exists() else 0,
+            "block_size": size["block_size"],
+            "total_blocks": size["total_blocks"],
+            "used_blocks": size["used_blocks"],
+            "free_blocks": size["free_blocks"],
+        }
 
     # -- sessions --------------------------------------------------------------------------------
     @contextmanager
@@ -272,17 +323,10 @@ class DuckDBStore(Store):
             connection.execute("BEGIN TRANSACTION")
             try:
                 yield session
-            except BaseException:
-                try:
-                    connection.execute("ROLLBACK")
-                except duckdb.Error:
-                    pass  # e.g. a failed COMMIT already ended it: the error worth reporting is the first one
-                finally:
-                    session.close()
-                    try:
-                        self._release()  # a failed connection is not worth keeping
-                    except Exception:  # noqa: BLE001 - the error that brought us here is the one to report
-                        pass
+            except BaseException as exc:
+                # A failed connection is not worth keeping; the error that brought us here is the
+                # one to report, not a clean-up's ("cannot rollback - no transaction is active").
+                _rollback_keeping(exc, lambda: connection.execute("ROLLBACK"), session.close, self._release)
                 raise
             else:
                 connection.execute("COMMIT")
@@ -290,6 +334,16 @@ class DuckDBStore(Store):
                 held.last_used = time.monotonic()
                 if not self._keeps_connection() or self._someone_waits():
                     self._release()
+
+
+def _rollback_keeping(error: BaseException, *steps) -> None:
+    """Run clean-up steps after `error`; their own failures (\"cannot rollback - no transaction is
+    active\" after a full disk ended the transaction) are logged, never raised in its place."""
+    for step in steps:
+        try:
+            step()
+        except Exception as cleanup_error:  # noqa: BLE001 - the original error is the one raised
+            logging.getLogger("stockpipe.store").debug("clean-up after %r failed: %s", error, cleanup_error)
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from stockpipe.redaction import encode_userinfo, scrub
 from stockpipe.store import pg_binary
 from stockpipe.store.base import Session, Store, StoreError, translate_placeholders
 from stockpipe.store.schema import Table
@@ -100,6 +101,17 @@ class _PostgresSession(Session):
     def lock(self, key: str) -> None:
         self._cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%(k)s, 0))", {"k": key})
 
+    def lock_symbols(self, table: str, symbols) -> None:
+        # Symbols fall into 64 buckets per table (few locks per transaction, whatever the batch),
+        # taken in order so two writers never wait on each other in a cycle.
+        if not symbols:
+            return
+        self._cur.execute(
+            "SELECT pg_advisory_xact_lock(hashtext(%(t)s), b) FROM "
+            "(SELECT DISTINCT hashtext(s) & 63 AS b FROM unnest(CAST(%(s)s AS varchar[])) AS s ORDER BY 1) buckets",
+            {"t": f"stockpipe:{table}", "s": list(symbols)},
+        )
+
 
 class PostgresStore(Store):
     dialect = "postgresql"
@@ -120,7 +132,8 @@ class PostgresStore(Store):
             if self._engine is not None:
                 # A forked Luigi worker must not reuse its parent's sockets.
                 self._engine.dispose(close=False)
-            url = self.url.replace("postgresql:", "postgresql+psycopg2:", 1) if self.url.startswith("postgresql:") else self.url
+            url = encode_userinfo(self.url)
+            url = url.replace("postgresql:", "postgresql+psycopg2:", 1) if url.startswith("postgresql:") else url
             url = url.replace("postgres:", "postgresql+psycopg2:", 1) if url.startswith("postgres:") else url
             self._engine = create_engine(url, pool_pre_ping=True, pool_recycle=_POOL_RECYCLE_SECONDS, pool_size=2,
                                          connect_args=_connect_args(url))
@@ -135,7 +148,7 @@ class PostgresStore(Store):
         try:
             connection = self.engine().raw_connection()
         except (sqlalchemy.exc.OperationalError, psycopg2.OperationalError) as exc:
-            raise StoreError(f"cannot connect to {self.redacted_url()}: {exc}".strip()) from exc
+            raise StoreError(scrub(f"cannot connect to {self.redacted_url()}: {exc}".strip(), self.url)) from None
         try:
             if not write:
                 connection.set_session(readonly=True)
@@ -150,13 +163,48 @@ class PostgresStore(Store):
                 raise
             connection.commit()
         finally:
+            if connection.dbapi_connection is None or connection.dbapi_connection.closed:
+                # A dropped connection goes out of the pool without the pool's reset, whose
+                # "connection already closed" traceback would be logged before the real error.
+                connection.invalidate()
+            else:
+                try:
+                    if not write:
+                        connection.rollback()
+                        connection.set_session(readonly=False)
+                except psycopg2.Error:
+                    pass
+                connection.close()
+
+    @contextmanager
+    def run_lock(self, key: str) -> Iterator[None]:
+        # A session-level advisory lock on a connection of its own, outside any transaction: held
+        # for the task's whole run, released by the server if this process dies.
+        import logging
+        import time
+
+        connection = self.engine().raw_connection()
+        try:
+            connection.dbapi_connection.autocommit = True
+            cursor = connection.cursor()
+            lock_key = {"k": f"stockpipe-run:{key}"}
+            cursor.execute("SELECT pg_try_advisory_lock(hashtextextended(%(k)s, 0))", lock_key)
+            if not cursor.fetchone()[0]:
+                logging.getLogger("stockpipe.store").info("%s: waiting for another run doing the same work", key)
+                while True:
+                    time.sleep(0.2)
+                    cursor.execute("SELECT pg_try_advisory_lock(hashtextextended(%(k)s, 0))", lock_key)
+                    if cursor.fetchone()[0]:
+                        break
             try:
-                if not write:
-                    connection.rollback()
-                    connection.set_session(readonly=False)
-            except psycopg2.Error:
-                pass
-            connection.close()
+                yield
+            finally:
+                try:
+                    cursor.execute("SELECT pg_advisory_unlock(hashtextextended(%(k)s, 0))", lock_key)
+                except Exception:  # noqa: BLE001 - a dropped connection released it; keep the task's error
+                    pass
+        finally:
+            connection.invalidate()  # not back to the pool in autocommit mode
 
     def latest_indicator_dates(self, symbols, before):
         if not symbols:

@@ -52,9 +52,9 @@ def _run(data: Path, plan_id: str, *, start: str, kind: str = "rebuild", finishe
     return directory
 
 
-def _tree(root: Path, store) -> dict[str, set[Path]]:
+def _tree(root: Path, store, data: Path | None = None) -> dict[str, set[Path]]:
     """Every kind of file, with the set that must go and the set that must stay."""
-    data, logs = root / "data", root / "logs"
+    data, logs = data or root / "data", root / "logs"
     gone: set[Path] = set()
     kept: set[Path] = set()
 
@@ -165,8 +165,11 @@ def test_negative_days_are_refused_naming_the_setting(duckdb_url, tmp_path):
 
 def test_cli_dry_run_lists_what_would_go_and_the_space(duckdb_pipeline, tmp_path, monkeypatch):
     pipeline = duckdb_pipeline
-    tree = _tree(tmp_path / "tree", pipeline.store)
-    pipeline.configure("stockpipe", data_dir=tree["data"])
+    pipeline.configure("stockpipe", data_dir=tmp_path / "tree" / "data")
+    # The store's own directory under data_dir holds its runs, reports and replica.
+    from stockpipe import config
+
+    tree = _tree(tmp_path / "tree", pipeline.store, data=config.store_dir())
     pipeline.configure("cleanup", log_dir=tree["logs"])
     before = _existing(tmp_path / "tree")
     out = io.StringIO()

@@ -118,7 +118,7 @@ def reported(pipeline):
     through `stockpipe report`."""
     pipeline.configure("watchlist", rules=RULES)
     assert pipeline.build(tasks.Daily(date=DAY))
-    path = report_service.report_path(pipeline.data_dir, DAY)
+    path = report_service.report_path(pipeline.store_dir, DAY)
     assert path.exists(), "Daily did not write its report"
     assert pipeline.store.read_marker(f"Report/{DAY}")["stats"]["charts"] == WATCHLIST_ROWS
     _damage_the_day(pipeline.store)
@@ -213,14 +213,14 @@ def test_report_lists_failed_attempts_and_chunk_failures(duckdb_pipeline):
             ":t, :t, 2.5, 'MemoryError: out of memory', 'h1')",
             {"p": json.dumps({"chunk_id": "1", "date": "2025-10-03", "plan_id": f"daily-{DAY}"}, sort_keys=True),
              "t": dt.datetime(2025, 10, 10, 22, 0)})
-    failed_dir = pipeline.data_dir / "runs" / f"daily-{DAY}" / "failed"
+    failed_dir = pipeline.store_dir / "runs" / f"daily-{DAY}" / "failed"
     failed_dir.mkdir(parents=True)
     (failed_dir / "1.json").write_text(json.dumps({"chunk_id": 1, "error": "disk full", "at": "2025-10-10T22:00:00"}))
-    stats = report_service.build_report(store, DAY, pipeline.data_dir, calendar="XNYS")
-    dom = parse(report_service.report_path(pipeline.data_dir, DAY).read_text(encoding="utf-8"))
+    stats = report_service.build_report(store, DAY, pipeline.store_dir, calendar="XNYS")
+    dom = parse(report_service.report_path(pipeline.store_dir, DAY).read_text(encoding="utf-8"))
     assert stats["failures"] == 2
     assert dom.by_id["failure-count"] is not None
-    text = report_service.report_path(pipeline.data_dir, DAY).read_text(encoding="utf-8")
+    text = report_service.report_path(pipeline.store_dir, DAY).read_text(encoding="utf-8")
     assert "MemoryError: out of memory" in text and "disk full" in text
 
 

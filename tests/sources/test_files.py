@@ -26,10 +26,11 @@ def test_csv_directory_with_case_insensitive_headers_and_any_column_order():
     assert rows[-1]["origin"] == "us_part2.csv:2"
 
 
-def test_a_value_that_is_not_a_number_names_file_line_and_column(tmp_path):
+def test_a_value_that_is_not_a_number_rejects_its_row_naming_file_line_and_column(tmp_path):
     shutil.copy(SAMPLES / "bad_number.csv", tmp_path / "bars.csv")
-    with pytest.raises(SourceError, match=r"bars.csv line 3: close '25O.90' is not a number"):
-        CsvSource(str(tmp_path)).bars(["AAPL"], dt.date(2025, 10, 1), dt.date(2025, 10, 10))
+    fetched = CsvSource(str(tmp_path)).bars(["AAPL"], dt.date(2025, 10, 1), dt.date(2025, 10, 10))
+    assert [r.describe() for r in fetched.rejected] == ["AAPL 2025-10-07: close '25O.90' is not a number (bars.csv:3)"]
+    assert fetched.rows.column("date").to_pylist() == [dt.date(2025, 10, 6)]
     (tmp_path / "bars.csv").write_text("ticker,day,price\nAAPL,2025-10-06,1\n")
     with pytest.raises(SourceError, match=r"bars.csv line 1: missing column\(s\) symbol, date, open"):
         CsvSource(str(tmp_path)).bars(["AAPL"], dt.date(2025, 10, 1), dt.date(2025, 10, 10))
