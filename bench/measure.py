@@ -1,4 +1,7 @@
-"""Run one command and print its wall seconds and peak RSS (of it and its children) as JSON."""
+"""Run one command and print its wall seconds and peak RSS (of it and its children) as JSON.
+
+    python measure.py [--grep TEXT] command ...    # --grep: also return the stderr lines containing TEXT
+"""
 
 import json
 import resource
@@ -6,9 +9,16 @@ import subprocess
 import sys
 import time
 
+arguments = sys.argv[1:]
+grep = None
+if arguments[:1] == ["--grep"]:
+    grep, arguments = arguments[1], arguments[2:]
 started = time.perf_counter()
-completed = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+completed = subprocess.run(arguments, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 seconds = time.perf_counter() - started
 peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(json.dumps({"returncode": completed.returncode, "seconds": round(seconds, 3), "peak_rss_mb": round(peak_kib / 1024, 1),
-                  "stderr_tail": completed.stderr[-3000:] if completed.returncode else ""}))
+result = {"returncode": completed.returncode, "seconds": round(seconds, 3), "peak_rss_mb": round(peak_kib / 1024, 1),
+          "stderr_tail": completed.stderr[-3000:] if completed.returncode else ""}
+if grep is not None:
+    result["matched"] = [line for line in completed.stderr.splitlines() if grep in line]
+print(json.dumps(result))

@@ -65,16 +65,11 @@ def coverage(store: Store, since: dt.date, calendar: str) -> list[dict[str, Any]
 
 
 def first_valid_positions() -> dict[str, int]:
-    """Per indicator, the bar position (0-based) of its first value, found by running the engine on a
-    made-up series. bb_position is left out: a zero-width band makes it NULL at any position."""
-    import numpy as np
+    """Per indicator, the bar position (0-based) of its first value, from the indicator set itself.
+    bb_position is left out: a zero-width band makes it NULL at any position."""
+    from stockpipe.indicators.spec import FIRST_VALID
 
-    from stockpipe.indicators.engine import compute_indicator_matrix
-
-    n = 200
-    close = 50 + np.sin(np.arange(n)) + np.arange(n) * 0.01
-    values = compute_indicator_matrix(close, 1e6 + np.arange(n, dtype=float))
-    return {name: int(np.flatnonzero(~np.isnan(v))[0]) for name, v in values.items() if name != "bb_position"}
+    return {name: first for name, first in FIRST_VALID.items() if name != "bb_position"}
 
 
 def _null_despite_history(store: Store, since: dt.date) -> dict[dt.date, tuple[int, str]]:

@@ -63,6 +63,10 @@ class stockpipe(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg s
         default=500,
         description="bars of history read before a rebuild's first date; 0 reads the whole history",
     )
+    engine = luigi.ChoiceParameter(
+        choices=["numpy", "spark"], default="numpy",
+        description="indicator engine: numpy (in each chunk task) or spark (one Spark job per plan, see [spark])",
+    )
 
 
 class timeouts(luigi.Config):  # noqa: N801
@@ -88,6 +92,31 @@ class timeouts(luigi.Config):  # noqa: N801
     pg_statement = luigi.IntParameter(default=900, description="PostgreSQL: seconds one statement may run (0 = no limit)")
 
 
+class spark(luigi.Config):  # noqa: N801
+    """The Spark engine's session, in luigi.contrib.spark's SparkConfig keys (see README "Spark engine")."""
+
+    master = luigi.Parameter(default="local[*]", description="local[N], spark://host:7077 or sc://host:15002 (Spark Connect)")
+    deploy_mode = luigi.Parameter(default="", description="client (the only mode a library session can use)")
+    app_name = luigi.Parameter(default="stockpipe-indicators", description="the application's name in Spark's UI")
+    driver_memory = luigi.Parameter(default="", description="spark.driver.memory, e.g. 2g")
+    driver_cores = luigi.Parameter(default="", description="spark.driver.cores")
+    driver_java_options = luigi.Parameter(default="", description="spark.driver.extraJavaOptions")
+    driver_class_path = luigi.Parameter(default="", description="spark.driver.extraClassPath")
+    executor_memory = luigi.Parameter(default="", description="spark.executor.memory, e.g. 2g")
+    executor_cores = luigi.Parameter(default="", description="spark.executor.cores")
+    total_executor_cores = luigi.Parameter(default="", description="spark.cores.max (standalone)")
+    num_executors = luigi.Parameter(default="", description="spark.executor.instances")
+    jars = luigi.Parameter(default="", description="spark.jars (comma separated)")
+    packages = luigi.Parameter(default="", description="spark.jars.packages (Maven coordinates)")
+    py_files = luigi.Parameter(default="", description="spark.submit.pyFiles: .py/.zip/.egg shipped to executors")
+    files = luigi.Parameter(default="", description="spark.files")
+    archives = luigi.Parameter(default="", description="spark.archives")
+    conf = luigi.Parameter(default="", description="any Spark settings as k=v|k=v (spark.sql.shuffle.partitions=8|...)")
+    startup_timeout = luigi.IntParameter(
+        default=60, description="seconds to wait for the master to answer and for executors to register",
+    )
+
+
 class demo(luigi.Config):  # noqa: N801
     tickers = luigi.IntParameter(default=100, description="size of the synthetic universe")
     seed = luigi.IntParameter(default=20240101, description="changes every synthetic price")
@@ -106,6 +135,8 @@ def source_name() -> str:
 
 
 SOURCES = ("demo", "csv", "yahoo")
+def engine_name() -> str:
+    return stockpipe().engine
 
 
 def data_dir() -> Path:

@@ -12,6 +12,7 @@ from pathlib import Path
 import luigi
 
 from stockpipe import config, outcome, preflight, targets, trading_calendar
+from stockpipe.engines import ChunkRef, open_engine
 from stockpipe.progress import luigi_progress
 from stockpipe.services import cleanup as cleanup_service
 from stockpipe.services import indicators as indicator_service
@@ -103,6 +104,9 @@ class StockpipeTask(luigi.Task):
 
     def source(self):
         return open_source(config.source_name())
+
+    def engine(self):
+        return open_engine(config.engine_name())
 
     def progress(self):
         return luigi_progress(self, log)
@@ -211,11 +215,13 @@ class IndicatorChunk(StockpipeTask):
             self.store(),
             plan.chunks[self.chunk_id],
             self.date,
+            engine=self.engine(),
             warmup_bars=config.stockpipe().warmup_bars,
             marker=self.run_marker(),
             label=f"[chunk {self.chunk_id + 1}/{len(plan.chunks)}]",
             progress=self.progress(),
             full_history=plan.full_history,
+            chunk=ChunkRef(rebuild_service.staging_dir(self.run_dir()), self.chunk_id),
         )
         self.skipped = bool(stats.get("skipped"))
         self.output().record_done()
@@ -263,6 +269,20 @@ def _chunk_tasks(plan) -> list[IndicatorChunk]:
     # One query answers every chunk's complete() that Luigi is about to ask.
     targets.prefetch(config.store_url(), [c.output().marker_id for c in chunks])
     return chunks
+
+
+def _prepare_chunks(task: StockpipeTask, plan, directory, chunks: list[IndicatorChunk]) -> None:
+    """Let the engine compute the unfinished chunks ahead of their tasks (once per plan and attempt;
+    nothing for an engine that computes in the chunk task, or when every chunk is done)."""
+    engine = task.engine()
+    try:
+        indicator_service.prepare_chunks(
+            task.store(), engine, plan.chunks, [c.chunk_id for c in chunks if not c.complete()], plan.start,
+            warmup_bars=config.stockpipe().warmup_bars, staging=rebuild_service.staging_dir(directory),
+            full_history=plan.full_history, progress=task.progress(),
+        )
+    finally:
+        engine.close()  # e.g. a Spark session: not held while the chunks run
 
 
 class PlanRebuild(StockpipeTask):
@@ -333,6 +353,7 @@ class RebuildFrom(StockpipeTask):
         done = sum(1 for c in chunks if c.complete())
         self.set_status_message(f"{done}/{len(chunks)} chunks done")
         self.set_progress_percentage(int(100 * done / max(len(chunks), 1)))
+        _prepare_chunks(self, plan, directory, chunks)
         yield chunks
         self.set_status_message(f"{len(chunks)}/{len(chunks)} chunks done")
         self.set_progress_percentage(100)
@@ -372,7 +393,9 @@ class DailyIndicators(StockpipeTask):
             backup=False,
             full_history=(store.read_marker(f"IngestDate/{self.date}") or {"stats": {}})["stats"].get("splits_detected", []),
         )
-        yield _chunk_tasks(plan)
+        chunks = _chunk_tasks(plan)
+        _prepare_chunks(self, plan, directory, chunks)
+        yield chunks
         report = rebuild_service.write_final_report(store, plan, directory)
         self.skipped = not store.touch(self.output().marker(self, {k: report[k] for k in ("symbols", "chunks", "saved_rows")}))
 

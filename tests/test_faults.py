@@ -28,7 +28,7 @@ import pyarrow as pa
 import pytest
 from sqlalchemy.engine import make_url
 
-from stockpipe.indicators import compute_indicators
+from stockpipe.indicators import indicator_rows
 from stockpipe.services.indicators import chunk
 from stockpipe.store import open_store
 from tests.conftest import _pg_admin, luigi_command, pg_url_for, run_luigi, write_luigi_cfg
@@ -583,8 +583,8 @@ def test_hostile_symbols_are_stored_exactly_and_never_executed(kind, tmp_path):
         # widths may round a last bit differently).
         chunks = [pa.array(c, pa.string()) for c in chunk(sorted(HOSTILE_SYMBOLS), 5)]
         recomputed = pa.concat_tables(
-            [compute_indicators(bars.filter(pa.compute.is_in(bars.column("symbol"), c))) for c in chunks]
-        ).drop(["created_at"])
+            [indicator_rows(bars.filter(pa.compute.is_in(bars.column("symbol"), c))) for c in chunks]
+        )
         assert_tables_equal(first.drop(["created_at"]), recomputed, "indicators")
 
         # A rebuild backs the rows up (symbols in the backup's metadata) and a restore puts them back.

@@ -12,7 +12,7 @@ import pytest
 
 from stockpipe import tasks
 from stockpipe.preflight import UserError
-from stockpipe.indicators import INDICATOR_COLUMNS, compute_indicators
+from stockpipe.indicators import INDICATOR_COLUMNS, indicator_rows
 from stockpipe.services import rebuild as rebuild_service
 from tests.indicators.test_parity import ATOL, RTOL
 
@@ -51,7 +51,7 @@ def test_daily_runs_symbols_bars_indicators(pipeline):
     assert ingest["bars_rejected"] == 0 and ingest["bars_stored"] == count
     # Every stored bar has its indicator row: nothing left as a hole.
     assert store.read_indicators().num_rows == count
-    assert_same_indicators(indicator_frame(store), compute_indicators(store.read_bars()).drop(["created_at"]))
+    assert_same_indicators(indicator_frame(store), indicator_rows(store.read_bars()))
 
 
 def test_daily_on_a_holiday_does_nothing_and_says_so(pipeline, capfd):
@@ -68,13 +68,13 @@ def test_second_daily_only_refetches_the_overlap(pipeline):
     assert pipeline.build(tasks.Daily(date=DAY))
     stats = pipeline.store.read_marker(f"IngestDate/{DAY}")["stats"]
     assert stats["from_dates"] == {"2025-10-03": 30}
-    assert_same_indicators(indicator_frame(pipeline.store), compute_indicators(pipeline.store.read_bars()).drop(["created_at"]))
+    assert_same_indicators(indicator_frame(pipeline.store), indicator_rows(pipeline.store.read_bars()))
 
 
 def test_rebuild_from_date_equals_full_recompute(pipeline):
     assert pipeline.build(tasks.Daily(date=DAY))
     store = pipeline.store
-    full = compute_indicators(store.read_bars()).drop(["created_at"])
+    full = indicator_rows(store.read_bars())
     before = store.read_indicators(start=REBUILD_FROM)
     assert pipeline.build(tasks.RebuildFrom(start_date=REBUILD_FROM))
     assert_same_indicators(indicator_frame(store), full)

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from stockpipe import cli, tasks
-from stockpipe.indicators import compute_indicators
+from stockpipe.indicators import indicator_rows
 from stockpipe.services import rebuild as rebuild_service
 from stockpipe.services.rebuild import RebuildError, restore
 from tests.conftest import run_luigi, write_luigi_cfg
@@ -34,7 +34,7 @@ def assert_whole_and_exact(store) -> None:
         counts = store.query(f"SELECT count(*) AS n, count(DISTINCT (symbol, date)) AS k FROM {table}").to_pylist()[0]
         assert counts["n"] == counts["k"], f"duplicate rows in {table}"
     bars = store.read_bars()
-    assert_same_indicators(indicator_frame(store), compute_indicators(bars).drop(["created_at"]))
+    assert_same_indicators(indicator_frame(store), indicator_rows(bars))
 
 
 def run_dir(pipeline, plan_id=PLAN_ID):
@@ -274,7 +274,7 @@ def test_a_rebuild_chunk_next_to_a_daily_on_postgres_waits_instead_of_failing_on
     store.ensure_schema()
     store.replace_universe(symbols_table({"symbol": ["AAA"]}))
     store.write_bars(bars_rows("AAA", dt.date(2024, 1, 1), 80))
-    rows = compute_indicators(store.read_bars())
+    rows = indicator_rows(store.read_bars())
     store.replace_indicators(["AAA"], dt.date(2024, 1, 1), rows)
 
     dsn = postgres_url.replace("postgresql+psycopg2://", "postgresql://")

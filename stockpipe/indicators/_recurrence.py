@@ -8,19 +8,23 @@ sum of at most B terms and stays within a few ulps of the bar-by-bar recursion.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 
 _BLOCK = 64
+# A plain dict rather than functools.lru_cache: the Spark engine ships these kernels to executors by
+# value (cloudpickle), and an lru_cache wrapper would be pickled by reference, i.e. need stockpipe
+# installed (and its whole package imported) on every executor.
+_OPERATORS: dict[tuple[float, float, int], tuple[np.ndarray, np.ndarray]] = {}
 
 
-@lru_cache(maxsize=32)
 def _block_operators(a: float, b: float, block: int) -> tuple[np.ndarray, np.ndarray]:
-    exponent = np.arange(block)[:, None] - np.arange(block)[None, :]
-    lower = np.where(exponent >= 0, b * np.power(a, np.maximum(exponent, 0)), 0.0)
-    carry = np.power(a, np.arange(1, block + 1))
-    return lower, carry
+    found = _OPERATORS.get((a, b, block))
+    if found is None:
+        exponent = np.arange(block)[:, None] - np.arange(block)[None, :]
+        lower = np.where(exponent >= 0, b * np.power(a, np.maximum(exponent, 0)), 0.0)
+        carry = np.power(a, np.arange(1, block + 1))
+        found = _OPERATORS[(a, b, block)] = (lower, carry)
+    return found
 
 
 def linear_recurrence(x: np.ndarray, a: float, b: float, initial: np.ndarray | float) -> np.ndarray:

@@ -5,6 +5,7 @@ A run's files live in `<data_dir>/runs/<plan_id>/`:
                  chunks even if the universe changed; the status report of what gets replaced
   backup.parquet the indicator rows the rebuild replaces (restore: `stockpipe restore <file>`)
   failed/N.json  the last error of chunk N, if it ever failed
+  staged/        rows an engine computed ahead of the chunk tasks (Spark), until each chunk stores them
   attempt.json   when the current attempt started (so the report covers all of it)
   report.json    the final report
 
@@ -67,6 +68,11 @@ class Plan:
 
 def run_dir(data_dir: Path, plan_id: str) -> Path:
     return Path(data_dir) / "runs" / plan_id
+
+
+def staging_dir(directory: Path) -> Path:
+    """Where an engine that computes ahead of the chunk tasks (Spark) stages each chunk's rows."""
+    return Path(directory).resolve() / "staged"
 
 
 def chunk_marker_id(plan_id: str, chunk_id: int) -> str:

@@ -401,14 +401,24 @@ class Store(ABC):
         exactly that many of its own bars before `start` (history the recursive indicators need)."""
         if start is None or warmup_bars <= 0:
             return self._read_bar_range(symbols, start, end)
-        # Sessions are at most 5 in 7 days, minus holidays: this window holds `warmup_bars` sessions
-        # of any exchange; symbols that traded less in it (halts, listings) are read in full.
-        window = self._read_bar_range(symbols, start - dt.timedelta(days=warmup_bars * 7 // 5 + 45), end)
+        window = self._read_bar_range(symbols, _warmup_window_start(start, warmup_bars), end)
         trimmed, short = _trim_warmup(window, start, warmup_bars)
         if short:
             trimmed = pa.concat_tables([_drop_symbols(trimmed, short), self._read_bar_range(short, None, end)])
             trimmed = trimmed.sort_by([("symbol", "ascending"), ("date", "ascending")])
         return trimmed
+
+    def export_bars(self, path, symbols: Sequence[str], start: dt.date | None, warmup_bars: int = 0) -> int:
+        """Write to a Parquet file the (symbol, date, close, volume) rows that
+        `read_bars(symbols, start, warmup_bars=warmup_bars)` returns, without bringing them through
+        Python rows: the snapshot an engine computing elsewhere (Spark) reads. Returns the row count."""
+        import pyarrow.parquet as pq
+
+        sql, params = _bar_export_query(symbols, start, warmup_bars)
+        with self.session(write=False) as session:
+            rows = session.fetch_arrow(sql, params, schema=BAR_SNAPSHOT)
+        pq.write_table(rows, path, compression="lz4")
+        return rows.num_rows
 
     def _read_bar_range(self, symbols: Sequence[str] | None, start: dt.date | None, end: dt.date | None) -> pa.Table:
         where, params = range_filter(symbols, start, end, collate=self.codepoint_collation)
@@ -432,7 +442,7 @@ class Store(ABC):
         bars of) with the marker, in one transaction: readers see the old rows or the new ones,
         never neither. Rows after `end`, written meanwhile by another run from bars this caller
         never saw, stand. False if already completed."""
-        rows = INDICATORS.conform(rows)
+        rows = INDICATORS.conform(_stamped(rows))
         until = "" if end is None else " AND date <= :e"
         with self.session() as session:
             if not self._claim(session, marker):
@@ -741,6 +751,46 @@ class Store(ABC):
 
     def close(self) -> None:
         """Release pooled connections (a no-op for stores that hold none between operations)."""
+
+
+BAR_SNAPSHOT = pa.schema([BARS.schema.field(c) for c in ("symbol", "date", "close", "volume")])
+
+
+def _stamped(rows: pa.Table) -> pa.Table:
+    """Indicator rows with `created_at` set to now: the time they were written, by the store."""
+    if "created_at" in rows.column_names:
+        rows = rows.drop_columns(["created_at"])
+    return rows.append_column("created_at", pa.repeat(pa.scalar(utcnow(), pa.timestamp("us")), rows.num_rows))
+
+
+def _warmup_window_start(start: dt.date, warmup: int) -> dt.date:
+    # Sessions are at most 5 in 7 days, minus holidays: this window holds `warmup` sessions of any
+    # exchange; symbols that traded less in it (halts, listings) are read in full.
+    return start - dt.timedelta(days=warmup * 7 // 5 + 45)
+
+
+def _bar_export_query(symbols: Sequence[str], start: dt.date | None, warmup: int) -> tuple[str, dict[str, Any]]:
+    """SQL selecting exactly what `read_bars(symbols, start, warmup_bars=warmup)` returns (see there
+    and `_trim_warmup`): each symbol's last `warmup` bars before `start` and every bar from it, or
+    the whole history of a symbol with fewer than `warmup` bars in the look-back window."""
+    columns = "symbol, date, close, volume"
+    if start is None or warmup <= 0:
+        where, params = range_filter(symbols, start, None)
+        return f"SELECT {columns} FROM bars{where}", params
+    params: dict[str, Any] = {"d": start, "w": _warmup_window_start(start, warmup), "n": warmup}
+    where = symbol_filter("symbol", symbols, params)
+    # The window functions run over the look-back window only (~1.1 x warmup bars a symbol), not
+    # the whole history; a symbol with fewer than `warmup` bars before `start` there is read in full.
+    sql = (
+        f"WITH win AS (SELECT {columns}, "
+        "row_number() OVER (PARTITION BY symbol, date < :d ORDER BY date DESC) AS back, "
+        "count(*) FILTER (WHERE date < :d) OVER (PARTITION BY symbol) AS before_in_window "
+        f"FROM bars WHERE {where} AND date >= :w) "
+        f"SELECT {columns} FROM win WHERE date >= :d OR back <= :n OR before_in_window < :n "
+        f"UNION ALL SELECT {columns} FROM bars WHERE {where} AND date < :w "
+        "AND symbol IN (SELECT symbol FROM win WHERE before_in_window < :n)"
+    )
+    return sql, params
 
 
 def _json_object(text: str | None, marker_id: str, column: str) -> dict[str, Any]:

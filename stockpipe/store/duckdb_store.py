@@ -33,7 +33,7 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-from stockpipe.store.base import Session, Store, StoreError, translate_placeholders
+from stockpipe.store.base import Session, Store, StoreError, _bar_export_query, translate_placeholders
 from stockpipe.store.schema import BULK_TABLES, Table
 
 _LIVE_STORES: "weakref.WeakSet[DuckDBStore]" = weakref.WeakSet()
@@ -241,6 +241,13 @@ class DuckDBStore(Store):
             yield
         finally:
             fcntl.lockf(handle, fcntl.LOCK_UN, 1, offset)
+
+    def export_bars(self, path, symbols, start, warmup_bars=0) -> int:
+        # DuckDB writes the Parquet snapshot itself: no Arrow copy of the bars in this process.
+        sql, params = _bar_export_query(symbols, start, warmup_bars)
+        target = str(path).replace("'", "''")
+        with self.session(write=False) as session:
+            return int(session.fetch(f"COPY ({sql}) TO '{target}' (FORMAT parquet, COMPRESSION lz4_raw)", params)[0][0])
 
     def export_replica(self, path) -> dict[str, int]:
         # A read-only DuckDB cannot attach a new file, so this takes the writer lock for the copy.

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from stockpipe.indicators.engine import INDICATOR_COLUMNS
+from stockpipe.indicators.spec import INDICATOR_COLUMNS
 
 # Bump when a table's or view's layout changes, and add the upgrade step to MIGRATIONS.
 SCHEMA_VERSION = 2

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from stockpipe.indicators.engine import INDICATOR_COLUMNS
+from stockpipe.indicators.spec import INDICATOR_COLUMNS
 from stockpipe.watchlist.expressions import ExpressionError, Node, parse_condition, parse_expression
 
 # Numeric columns of the scan frame (Store.scan_frame) a rule may use.

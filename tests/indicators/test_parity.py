@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from stockpipe.indicators import INDICATOR_COLUMNS, bollinger, compute_indicators, ema, macd, rsi, sma
+from stockpipe.indicators import INDICATOR_COLUMNS, bollinger, ema, indicator_rows, macd, rsi, sma
 from tests.indicators import reference
 
 RTOL = 1e-9
@@ -107,7 +107,7 @@ def test_engine_computes_many_symbols_like_one_at_a_time():
             "volume": pa.array(volume.astype(np.int64)),
         }))
         expected[symbol] = reference.all_indicators(close.tolist(), volume.tolist())
-    out = compute_indicators(pa.concat_tables(frames))
+    out = indicator_rows(pa.concat_tables(frames))
     for symbol, columns in expected.items():
         rows = out.filter(pa.compute.equal(out.column("symbol"), symbol))
         for name in INDICATOR_COLUMNS:
@@ -123,7 +123,7 @@ def test_engine_keeps_rows_from_each_symbols_from_date():
         "close": np.r_[close, close],
         "volume": pa.array([1000] * 200, pa.int64()),
     })
-    out = compute_indicators(table, {"A": dt.date(2021, 3, 1)})
+    out = indicator_rows(table, {"A": dt.date(2021, 3, 1)})
     a_dates = out.filter(pa.compute.equal(out.column("symbol"), "A")).column("date").to_pylist()
     assert min(a_dates) == dt.date(2021, 3, 1)
     assert out.filter(pa.compute.equal(out.column("symbol"), "B")).num_rows == 100
@@ -133,4 +133,36 @@ def test_engine_rejects_unsorted_symbols():
     table = pa.table({"symbol": ["A", "B", "A"], "date": pa.array([dt.date(2021, 1, d) for d in (1, 1, 2)]),
                       "close": [1.0, 2.0, 3.0], "volume": pa.array([1, 1, 1], pa.int64())})
     with pytest.raises(ValueError, match="sorted by symbol"):
-        compute_indicators(table)
+        indicator_rows(table)
+
+
+def test_the_indicator_set_states_talib_first_valid_bars():
+    from stockpipe.indicators.spec import FIRST_VALID as SPEC_FIRST_VALID
+
+    assert tuple(SPEC_FIRST_VALID) == INDICATOR_COLUMNS
+    assert dict(SPEC_FIRST_VALID) == FIRST_VALID
+    x = random_walk(80)
+    rows = indicator_rows(pa.table({"symbol": ["A"] * 80, "date": pa.array([dt.date(2020, 1, 1) + dt.timedelta(days=d) for d in range(80)], pa.date32()),
+                                    "close": x, "volume": pa.array([1000] * 80, pa.int64())}))
+    for name, first in SPEC_FIRST_VALID.items():
+        column = rows.column(name)
+        assert column[first - 1].as_py() is None and column[first].as_py() is not None, name
+
+
+def test_numpy_engine_is_the_pure_computation_labelled():
+    from stockpipe.engines import computed_by, open_engine
+
+    table = pa.table({"symbol": ["A"] * 60, "date": pa.array([dt.date(2021, 1, 1) + dt.timedelta(days=d) for d in range(60)], pa.date32()),
+                      "close": random_walk(60), "volume": pa.array([1000] * 60, pa.int64())})
+    engine = open_engine("numpy")
+    rows = engine.compute(table, {"A": dt.date(2021, 2, 1)})
+    assert computed_by(rows) == "numpy"
+    assert rows.equals(indicator_rows(table, {"A": dt.date(2021, 2, 1)}))
+    assert "created_at" not in rows.column_names  # stamped by the store when written
+
+
+def test_unknown_engine_is_named():
+    from stockpipe.engines import EngineError, open_engine
+
+    with pytest.raises(EngineError, match="unknown indicator engine 'pandas'"):
+        open_engine("pandas")

@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import pytest
 
 from stockpipe import tasks
-from stockpipe.indicators import compute_indicators
+from stockpipe.indicators import indicator_rows
 from stockpipe.sources.yahoo import RateLimitedError, YahooSource
 from tests.sources.fake_yahoo import FakeYahoo, Listing
 
@@ -97,7 +97,7 @@ def test_a_split_reingests_history_and_recomputes_indicators(yahoo_pipeline):
     after = store.read_bars(["BRK-B"]).to_pandas().set_index("date")["close"]
     first = before.index[0]
     assert after.loc[first] == pytest.approx(before.loc[first] / 4)  # the whole history was rescaled
-    expected = compute_indicators(store.read_bars(["BRK-B"])).to_pandas().set_index("date")
+    expected = indicator_rows(store.read_bars(["BRK-B"])).to_pandas().set_index("date")
     stored = store.read_indicators(["BRK-B"]).to_pandas().set_index("date")
     np.testing.assert_allclose(stored["sma_50"].dropna(), expected["sma_50"].dropna(), rtol=1e-9)
     assert len(stored) == len(expected)

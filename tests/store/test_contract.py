@@ -7,9 +7,10 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
-from stockpipe.indicators import compute_indicators
+from stockpipe.indicators import indicator_rows
 from stockpipe.store import Marker, SchemaVersionError, StoreError, open_store
 from stockpipe.store.schema import INDICATORS, SCHEMA_VERSION
 
@@ -111,7 +112,7 @@ def test_read_bars_reaches_back_warmup_bars_per_symbol(store):
 def test_failed_replace_leaves_previous_rows_and_no_marker(store):
     bars = bars_rows("AAA", dt.date(2024, 1, 1), 80)
     store.write_bars(bars)
-    first = compute_indicators(store.read_bars())
+    first = indicator_rows(store.read_bars())
     store.replace_indicators(["AAA"], dt.date(2024, 1, 1), first)
     broken = first.set_column(0, "symbol", pa.array([None] * first.num_rows, pa.string()))
     marker = Marker("IndicatorChunk/x/0", "IndicatorChunk")
@@ -124,7 +125,7 @@ def test_failed_replace_leaves_previous_rows_and_no_marker(store):
 def test_replace_indicators_swaps_rows_and_marker_together(store):
     store.replace_universe(symbols_rows("AAA"))
     store.write_bars(bars_rows("AAA", dt.date(2024, 1, 1), 80))
-    rows = compute_indicators(store.read_bars())
+    rows = indicator_rows(store.read_bars())
     assert store.replace_indicators(["AAA"], dt.date(2024, 1, 1), rows, Marker("IndicatorChunk/p/0", "IndicatorChunk"))
     stored = store.read_indicators(["AAA"])
     assert stored.num_rows == 80
@@ -136,7 +137,7 @@ def test_replace_indicators_swaps_rows_and_marker_together(store):
 
 def test_restore_puts_rows_back_and_forgets_markers(store):
     store.write_bars(bars_rows("AAA", dt.date(2024, 1, 1), 60))
-    rows = compute_indicators(store.read_bars())
+    rows = indicator_rows(store.read_bars())
     store.replace_indicators(["AAA"], dt.date(2024, 1, 1), rows)
     saved = store.read_indicators(["AAA"], start=dt.date(2024, 2, 1))
     store.replace_indicators(["AAA"], dt.date(2024, 2, 1), rows.slice(0, 0), Marker("IndicatorChunk/r/0", "IndicatorChunk"))
@@ -161,12 +162,16 @@ def test_bulk_writes_round_trip_values_exactly(store):
     rows = pa.table({"symbol": symbols, "date": pa.array([dt.date(1999, 12, 31)] * n, pa.date32()),
                      **{k: pa.array(v, from_pandas=True) for k, v in columns.items()},
                      "created_at": pa.array([dt.datetime(1970, 1, 1, 0, 0, 0, 1)] * n, pa.timestamp("us"))})
+    before = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     store.replace_indicators(symbols, dt.date(1999, 1, 1), rows)
     back = store.read_indicators(symbols)
     got = back.column("macd").to_numpy(zero_copy_only=False).astype(float)
     np.testing.assert_array_equal(got, values)  # bit-exact, NaN where NULL
     assert back.column("macd").null_count == len(values[::97])
-    assert back.column("created_at")[0].as_py() == dt.datetime(1970, 1, 1, 0, 0, 0, 1)
+    # created_at is the store's: the time of the write, whatever the computation handed over.
+    assert before <= back.column("created_at")[0].as_py() <= dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    store.restore_indicators(rows, symbols, dt.date(1999, 1, 1))  # a backup's rows keep their own
+    assert store.read_indicators(symbols).column("created_at")[0].as_py() == dt.datetime(1970, 1, 1, 0, 0, 0, 1)
     store.replace_universe(symbols_rows("삼성전자.KS", "É", name=["한글 이름, \"quoted\"\nline", ""], is_etf=[True, False]))
     names = {r["symbol"]: r for r in store.read_symbols().to_pylist()}
     assert names["삼성전자.KS"]["name"] == "한글 이름, \"quoted\"\nline" and names["삼성전자.KS"]["is_etf"] is True
@@ -178,11 +183,37 @@ def test_a_row_of_only_nulls_is_still_a_row(store):
     assert result.num_rows == 1 and result.column("latest")[0].as_py() is None
 
 
+def test_bar_export_holds_exactly_what_read_bars_returns(store, tmp_path):
+    """The Spark engine's snapshot: its chunks' staged rows are used only if the chunk's own read
+    agrees, so the export must select the same bars, warm-up trimming included."""
+    import pyarrow.parquet as pq
+
+    start = dt.date(2024, 6, 3)
+    store.write_bars(pa.concat_tables([
+        bars_rows("LONG", dt.date(2021, 1, 1), 1300),  # 1,249 bars before start: the last 500 kept
+        bars_rows("OLD", dt.date(2015, 1, 1), 300),  # nothing in the look-back window: not read
+        bars_rows("HALTED", dt.date(2019, 1, 1), 600),
+        bars_rows("HALTED", dt.date(2024, 2, 1), 150),  # 123 bars in the window: read in full
+        bars_rows("NEW", dt.date(2024, 5, 20), 30),
+    ]))
+    symbols = ["HALTED", "LONG", "NEW", "OLD", "NONE"]
+    columns = ["symbol", "date", "close", "volume"]
+    for read_start, warmup in ((start, 500), (None, 0), (start, 0), (dt.date(2025, 6, 2), 500)):
+        path = tmp_path / f"bars-{read_start}-{warmup}.parquet"
+        count = store.export_bars(path, symbols, read_start, warmup)
+        exported = pq.read_table(path).select(columns).sort_by([("symbol", "ascending"), ("date", "ascending")])
+        expected = store.read_bars(symbols, start=read_start, warmup_bars=warmup).select(columns)
+        assert count == expected.num_rows > 0
+        assert exported.cast(expected.schema).equals(expected), (read_start, warmup)
+    trimmed = store.read_bars(["LONG"], start=start, warmup_bars=500)
+    assert pc.sum(pc.less(trimmed.column("date"), pa.scalar(start, pa.date32()))).as_py() == 500
+
+
 def test_report_reads_aggregate_per_date_and_name_the_missing(store):
     store.replace_universe(symbols_rows("AAA", "BBB", "CCC"))
     day = dt.date(2025, 1, 10)
     store.write_bars(pa.concat_tables([bars_rows("AAA", dt.date(2025, 1, 1), 10), bars_rows("BBB", dt.date(2025, 1, 1), 9)]))
-    indicators = compute_indicators(store.read_bars(["AAA"]))
+    indicators = indicator_rows(store.read_bars(["AAA"]))
     store.replace_indicators(["AAA"], dt.date(2025, 1, 1), indicators)
     counts = {r["date"]: r for r in store.session_counts(dt.date(2025, 1, 9), day).to_pylist()}
     assert counts[dt.date(2025, 1, 9)] == {"date": dt.date(2025, 1, 9), "bar_symbols": 2, "bar_rows": 2,

@@ -1,8 +1,11 @@
-"""Apply every indicator to many symbols at once.
+"""Indicator rows for many symbols' bars at once: the indicator set applied to an Arrow table.
 
 Bars arrive long (one row per symbol and date, sorted by symbol then date). They are laid out as a
 (bar position x symbol) matrix so each recursive kernel (EMA, Wilder RSI) loops over positions once
 for all symbols instead of once per symbol; results are gathered back to the long rows.
+
+Pure computation (numpy, pyarrow): every indicator engine runs this, in its own process or on a
+Spark executor.
 """
 
 from __future__ import annotations
@@ -14,24 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stockpipe.indicators.bollinger import bollinger
-from stockpipe.indicators.macd import macd
-from stockpipe.indicators.rsi import rsi
-from stockpipe.indicators.sma import sma
-
-INDICATOR_COLUMNS = (
-    "sma_20",
-    "sma_50",
-    "rsi_14",
-    "macd",
-    "macd_signal",
-    "macd_hist",
-    "bb_upper",
-    "bb_middle",
-    "bb_lower",
-    "bb_position",
-    "avg_volume_30",
-)
+from stockpipe.indicators.spec import INDICATOR_COLUMNS, evaluate
 
 
 def _layout(symbols: pa.Array) -> tuple[np.ndarray, np.ndarray, list[str], int]:
@@ -55,31 +41,9 @@ def _layout(symbols: pa.Array) -> tuple[np.ndarray, np.ndarray, list[str], int]:
     return position * len(names) + column, column, names, depth
 
 
-def compute_indicator_matrix(close: np.ndarray, volume: np.ndarray) -> dict[str, np.ndarray]:
-    """All indicator columns for arrays laid out along axis 0 (1-D series or position x symbol)."""
-    bands = bollinger(close, 20, 2.0)
-    lines = macd(close, 12, 26, 9)
-    return {
-        "sma_20": bands.middle,
-        "sma_50": sma(close, 50),
-        "rsi_14": rsi(close, 14),
-        "macd": lines.macd,
-        "macd_signal": lines.signal,
-        "macd_hist": lines.hist,
-        "bb_upper": bands.upper,
-        "bb_middle": bands.middle,
-        "bb_lower": bands.lower,
-        "bb_position": bands.position,
-        "avg_volume_30": sma(volume, 30),
-    }
-
-
-def compute_indicators(
-    bars: pa.Table,
-    from_dates: Mapping[str, dt.date] | None = None,
-    created_at: dt.datetime | None = None,
-) -> pa.Table:
-    """Indicator rows for `bars` (columns symbol, date, close, volume; sorted by symbol, date).
+def indicator_rows(bars: pa.Table, from_dates: Mapping[str, dt.date] | None = None) -> pa.Table:
+    """Indicator rows (symbol, date, every indicator column) for `bars` (columns symbol, date,
+    close, volume; sorted by symbol, date).
 
     `from_dates` keeps, per symbol, only rows on or after that date (the earlier rows are warm-up
     history); symbols missing from it keep every row. NULL marks a bar before an indicator's first
@@ -95,14 +59,12 @@ def compute_indicators(
     volume_matrix = np.full(depth * width, np.nan)
     close_matrix[flat_index] = close
     volume_matrix[flat_index] = volume
-    values = compute_indicator_matrix(close_matrix.reshape(depth, width), volume_matrix.reshape(depth, width))
+    values = evaluate({"close": close_matrix.reshape(depth, width), "volume": volume_matrix.reshape(depth, width)})
 
-    created = created_at or dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     arrays = {"symbol": symbol_column, "date": bars.column("date")}
     for name in INDICATOR_COLUMNS:
         gathered = np.take(values[name].reshape(-1), flat_index)
         arrays[name] = pa.array(gathered, type=pa.float64(), from_pandas=True)
-    arrays["created_at"] = pa.array(np.full(len(flat_index), np.datetime64(created, "us")), pa.timestamp("us"))
     table = pa.table(arrays)
 
     if from_dates:

@@ -1,0 +1,362 @@
+"""The Spark engine: one Spark job per plan computes every unfinished chunk with the numpy kernels.
+
+How Spark and the chunk tasks meet (README "Spark engine"):
+1. `prepare` runs once per rebuild or daily run, in the RebuildFrom/DailyIndicators task before it
+   yields its chunks. The store exports the bars each unfinished chunk will read (with their
+   warm-up) as a Parquet snapshot (DuckDB `COPY ... TO`; PostgreSQL `COPY ... TO STDOUT` into
+   Arrow), and ONE Spark job groups them by chunk (`groupBy("chunk_id").applyInArrow`), runs
+   `stockpipe.indicators` on each group and writes the chunk's rows to `<run dir>/staged/` as Parquet,
+   atomically, tagged with a digest of the bars they came from. One JVM per plan, never per chunk.
+2. Each `IndicatorChunk` task then reads its bars as always, and uses the staged rows only if their
+   digest matches what it read (otherwise it computes them itself with the same kernels: correctness
+   first); it replaces its rows and writes its marker in one transaction through the store's bulk
+   path. A chunk is never marked done without its rows, a rerun skips finished chunks, and a killed
+   run reuses whatever was staged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from stockpipe.engines import spark_job
+from stockpipe.engines.base import EngineError, IndicatorEngine, label
+from stockpipe.indicators.table import indicator_rows
+
+log = logging.getLogger("stockpipe.engines.spark")
+
+_MASTER = re.compile(r"^(local(\[(\*|\d+)(,\d+)?\])?|spark://[^/]+|sc://.+|yarn|k8s://.+)$")
+# luigi.contrib.spark's SparkConfig keys -> the Spark settings they stand for.
+_SETTINGS = {
+    "driver_memory": "spark.driver.memory",
+    "driver_cores": "spark.driver.cores",
+    "driver_java_options": "spark.driver.extraJavaOptions",
+    "driver_class_path": "spark.driver.extraClassPath",
+    "executor_memory": "spark.executor.memory",
+    "executor_cores": "spark.executor.cores",
+    "total_executor_cores": "spark.cores.max",
+    "num_executors": "spark.executor.instances",
+    "jars": "spark.jars",
+    "packages": "spark.jars.packages",
+    "py_files": "spark.submit.pyFiles",
+    "files": "spark.files",
+    "archives": "spark.archives",
+}
+
+
+@dataclass(frozen=True)
+class SparkSettings:
+    master: str = "local[*]"
+    app_name: str = "stockpipe-indicators"
+    conf: dict[str, str] = field(default_factory=dict)
+    startup_timeout: int = 60
+
+    @classmethod
+    def from_config(cls) -> "SparkSettings":
+        from stockpipe import config
+
+        section = config.spark()
+        conf = parse_conf(section.conf)
+        for key, setting in _SETTINGS.items():
+            value = str(getattr(section, key)).strip()
+            if value:
+                conf.setdefault(setting, value)
+        if section.deploy_mode.strip() not in ("", "client"):
+            raise EngineError(
+                f"[spark] deploy_mode = {section.deploy_mode}: the Spark engine's driver runs inside the stockpipe "
+                "task that prepares the chunks, so only client mode is possible"
+            )
+        return cls(master=section.master.strip(), app_name=section.app_name, conf=conf,
+                   startup_timeout=int(section.startup_timeout)).checked()
+
+    def checked(self) -> "SparkSettings":
+        if not _MASTER.match(self.master):
+            raise EngineError(
+                f"[spark] master = {self.master!r} is not a Spark master URL: use local[N], local[*], "
+                "spark://host:7077 (standalone), sc://host:15002 (Spark Connect), yarn or k8s://..."
+            )
+        if self.startup_timeout <= 0:
+            raise EngineError(f"[spark] startup_timeout = {self.startup_timeout}: must be a positive number of seconds")
+        return self
+
+
+def parse_conf(text: str) -> dict[str, str]:
+    """`k=v|k=v` (luigi.contrib.spark's format) into a dict; an entry without `=` is named."""
+    conf: dict[str, str] = {}
+    for entry in (e.strip() for e in text.split("|")):
+        if not entry:
+            continue
+        key, sep, value = entry.partition("=")
+        if not sep or not key.strip():
+            raise EngineError(f"[spark] conf entry {entry!r} is not key=value (entries are separated by '|')")
+        conf[key.strip()] = value.strip()
+    return conf
+
+
+class SparkEngine(IndicatorEngine):
+    name = "spark"
+
+    def __init__(self, settings: SparkSettings):
+        self.settings = settings.checked()
+        self._session = None
+
+    @classmethod
+    def from_config(cls) -> "SparkEngine":
+        return cls(SparkSettings.from_config())
+
+    # -- the job ----------------------------------------------------------------------------------
+    def prepare(self, store, chunks, requests, progress):
+        started = time.monotonic()
+        staging = Path(chunks[0].staging)
+        # Chunks staged by an earlier, interrupted attempt are kept: their tasks check each one
+        # against the bars they read.
+        todo = sorted(c.chunk_id for c in chunks if not spark_job.staged_path(staging, c.chunk_id).exists())
+        stats: dict[str, Any] = {"chunks": len(chunks), "reused": len(chunks) - len(todo)}
+        if not todo:
+            log.info("spark: the %d unfinished chunks are already staged in %s", len(chunks), staging)
+            return stats
+        progress(5, f"spark: exporting bars of {len(todo)} chunks")
+        wanted = requests()
+        wanted = wanted.filter(pc.is_in(wanted.column("chunk_id"), pa.array(todo, pa.int32())))
+        snapshot = staging / f".snapshot-{uuid.uuid4().hex[:12]}"
+        snapshot.mkdir(parents=True)
+        try:
+            bars = 0
+            groups = wanted.group_by(["read_start", "warmup_bars"], use_threads=False).aggregate([("symbol", "list")])
+            for i, group in enumerate(groups.to_pylist()):
+                bars += store.export_bars(snapshot / f"bars-{i}.parquet", group["symbol_list"], group["read_start"],
+                                          group["warmup_bars"])
+            pq.write_table(wanted.select(["chunk_id", "symbol", "keep_from"]), snapshot / "requests.parquet")
+            stats["bars"] = bars
+            stats["export_seconds"] = round(time.monotonic() - started, 3)
+            progress(15, f"spark: starting a session on {self.settings.master}")
+            session = self.session()
+            stats["start_seconds"] = round(time.monotonic() - started - stats["export_seconds"], 3)
+            progress(25, f"spark: computing {len(todo)} chunks ({bars} bars) on {self.settings.master}")
+            summary = self._run(session, snapshot, staging)
+        finally:
+            shutil.rmtree(snapshot, ignore_errors=True)
+        # A chunk none of whose symbols has a bar to read forms no group: its task has nothing to compute.
+        stats["chunks_without_bars"] = len(set(todo) - {r["chunk_id"] for r in summary})
+        stats["staged_rows"] = sum(r["rows"] for r in summary)
+        stats["seconds"] = round(time.monotonic() - started, 3)
+        stats["job_seconds"] = round(stats["seconds"] - stats["export_seconds"] - stats["start_seconds"], 3)
+        log.info("spark: staged %d chunks (%d rows from %d bars) of %s in %.1f s (export %.1f s, session %.1f s, job %.1f s)",
+                 len(summary), stats["staged_rows"], bars, staging.parent.name, stats["seconds"], stats["export_seconds"],
+                 stats["start_seconds"], stats["job_seconds"])
+        progress(100, f"spark: staged {len(summary)} chunks")
+        return stats
+
+    def _run(self, session, snapshot: Path, staging: Path) -> list[dict[str, Any]]:
+        from pyspark.sql import functions as F
+
+        target = str(staging)
+
+        def stage(group: pa.Table) -> pa.Table:
+            return spark_job.stage_chunk(target, group)
+
+        bars = session.read.parquet(*sorted(str(path) for path in snapshot.glob("bars-*.parquet")))
+        wanted = session.read.parquet(str(snapshot / "requests.parquet"))
+        job = bars.join(F.broadcast(wanted), "symbol").groupBy("chunk_id").applyInArrow(stage, spark_job.RESULT_SCHEMA)
+        try:
+            return [row.asDict() for row in job.collect()]
+        except Exception as exc:  # noqa: BLE001 - py4j/pyspark raise many types; the message is what matters
+            raise EngineError(f"spark job on {self.settings.master} failed: {_reason(exc)}") from exc
+
+    def compute(self, bars, from_dates=None, *, chunk=None):
+        if chunk is not None:
+            staged = spark_job.read_staged(chunk.staging, chunk.chunk_id)
+            if staged is None:
+                log.warning("chunk %d: no rows staged by Spark in %s: computing them here", chunk.chunk_id, chunk.staging)
+            elif staged[1] != spark_job.fingerprint(bars, from_dates):
+                log.warning("chunk %d: the bars changed since Spark computed its rows: computing them here", chunk.chunk_id)
+            else:
+                return label(staged[0], self.name)
+        return label(indicator_rows(bars, from_dates), "numpy")
+
+    def release(self, chunk):
+        spark_job.staged_path(chunk.staging, chunk.chunk_id).unlink(missing_ok=True)
+
+    # -- the session ------------------------------------------------------------------------------
+    def session(self):
+        if self._session is None:
+            self._session = self._start()
+        return self._session
+
+    def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            try:
+                session.stop()
+            except Exception as exc:  # noqa: BLE001 - stopping must not hide the work's own outcome
+                log.warning("spark: stopping the session failed: %s", exc)
+
+    def _start(self):
+        master = self.settings.master
+        try:
+            import pyspark  # noqa: F401
+        except ImportError as exc:
+            raise EngineError(f"[stockpipe] engine = spark needs pyspark ({exc}): pip install 'stockpipe[spark]'") from exc
+        if master.startswith("sc://"):
+            return self._connect(master)
+        java = find_java()
+        if master.startswith("spark://"):
+            for host, port in _hosts(master):
+                _probe(master, host, port, min(self.settings.startup_timeout, 15))
+        _register_kernels_by_value()
+        from pyspark import SparkContext
+        from pyspark.sql import SparkSession
+
+        active = SparkContext._active_spark_context
+        if active is not None and active.master != master:
+            # getOrCreate() would hand back that session, silently on the wrong master.
+            raise EngineError(f"this process already runs a Spark session on {active.master}, not {master}: close it first")
+        builder = SparkSession.builder.master(master).appName(self.settings.app_name)
+        # Executors on this machine run this interpreter (numpy/pyarrow as the driver's); another
+        # cluster sets spark.pyspark.python in [spark] conf.
+        defaults = {"spark.pyspark.python": sys.executable, "spark.ui.showConsoleProgress": "false"}
+        if master.startswith("local"):
+            # A local job needs no outside address (and a host name resolving to loopback would warn).
+            defaults.update({"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"})
+        for key, value in {**defaults, **self.settings.conf}.items():
+            builder = builder.config(key, value)
+        environment = {"JAVA_HOME": str(Path(java).resolve().parent.parent)} if not os.environ.get("JAVA_HOME") else {}
+        started = time.monotonic()
+        saved = {k: os.environ.get(k) for k in environment}
+        os.environ.update(environment)
+        try:
+            session = builder.getOrCreate()
+        except Exception as exc:  # noqa: BLE001
+            raise EngineError(f"Spark could not start with master {master}: {_reason(exc)}") from exc
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+        session.sparkContext.setLogLevel("WARN")
+        if master.startswith("spark://"):
+            self._wait_for_executors(session, started)
+        log.info("spark: session on %s started in %.1f s", master, time.monotonic() - started)
+        return session
+
+    def _wait_for_executors(self, session, started: float) -> None:
+        tracker = session.sparkContext._jsc.sc().statusTracker()
+        while len(tracker.getExecutorInfos()) < 2:  # the driver counts as one
+            if time.monotonic() - started > self.settings.startup_timeout:
+                session.stop()
+                raise EngineError(
+                    f"no Spark executor registered with {self.settings.master} within {self.settings.startup_timeout} s "
+                    "([spark] startup_timeout): is a worker running there, with the memory and cores asked for "
+                    f"(executor memory {self.settings.conf.get('spark.executor.memory', '1g')})?"
+                )
+            time.sleep(0.2)
+
+    def _connect(self, master: str):
+        try:
+            from pyspark.sql.connect.utils import check_dependencies
+
+            check_dependencies("pyspark.sql.connect")
+        except Exception as exc:  # noqa: BLE001 - an ImportError or pyspark's own dependency error
+            raise EngineError(
+                f"[spark] master = {master} is Spark Connect, whose client libraries are missing ({_reason(exc)}): "
+                "pip install 'pyspark[connect]', or use local[N] / spark://host:7077"
+            ) from exc
+        for host, port in _hosts(master):
+            _probe(master, host, port, min(self.settings.startup_timeout, 15))
+        _register_kernels_by_value()
+        from pyspark.sql import SparkSession
+
+        builder = SparkSession.builder.remote(master).appName(self.settings.app_name)
+        for key, value in self.settings.conf.items():
+            builder = builder.config(key, value)
+        try:
+            return builder.getOrCreate()
+        except Exception as exc:  # noqa: BLE001
+            raise EngineError(f"Spark Connect server {master} refused the session: {_reason(exc)}") from exc
+
+
+# pyspark warns that it does not fully support pandas 3 whenever an Arrow UDF is declared; this
+# engine moves Arrow tables end to end and never goes through pandas.
+warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
+
+
+def find_java() -> str:
+    """The `java` Spark will start (JAVA_HOME's, else the PATH's), checked to be Java 17 or newer."""
+    home = os.environ.get("JAVA_HOME")
+    java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    if not java or not os.access(java, os.X_OK):
+        where = f"JAVA_HOME={home} has no bin/java" if home else "no java on PATH and JAVA_HOME is not set"
+        raise EngineError(f"the Spark engine needs Java 17 or newer: {where}")
+    try:
+        shown = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30).stderr
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EngineError(f"the Spark engine needs Java 17 or newer: {java} -version failed: {exc}") from exc
+    found = re.search(r'version "(\d+)(?:\.(\d+))?', shown)
+    major = int(found.group(1)) if found else 0
+    major = int(found.group(2)) if major == 1 and found and found.group(2) else major
+    if major < 17:
+        raise EngineError(f"the Spark engine needs Java 17 or newer: {java} is {shown.splitlines()[0] if shown else 'unknown'}")
+    return java
+
+
+def _hosts(master: str) -> list[tuple[str, int]]:
+    """host:port pairs of spark://h1:p1,h2:p2 or sc://host:port/;params."""
+    scheme, _, rest = master.partition("://")
+    rest = rest.split("/")[0].split(";")[0]
+    default = 7077 if scheme == "spark" else 15002
+    pairs = []
+    for item in rest.split(","):
+        host, _, port = item.rpartition(":") if ":" in item else (item, "", "")
+        try:
+            pairs.append((host.strip("[]"), int(port) if port else default))
+        except ValueError:
+            raise EngineError(f"[spark] master = {master}: {item!r} is not host:port") from None
+    return pairs
+
+
+def _probe(master: str, host: str, port: int, timeout: float) -> None:
+    """A master that does not answer fails now, with its address, instead of after Spark's retries."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except OSError as exc:
+        raise EngineError(f"Spark master {master} does not answer at {host}:{port} ({exc.strerror or exc}; waited up to {timeout:g} s)") from exc
+
+
+def _register_kernels_by_value() -> None:
+    """Ship the executor code by value so executors need numpy and pyarrow, not stockpipe itself."""
+    from pyspark import cloudpickle
+
+    import stockpipe.indicators
+
+    for module in (stockpipe.indicators, spark_job):
+        cloudpickle.register_pickle_by_value(module)
+
+
+def _reason(exc: BaseException) -> str:
+    """The line of a Spark/py4j error that says why, not its JVM stack."""
+    text = str(exc)
+    for pattern in (r"Job aborted due to stage failure: (.*)", r"(Python worker exited unexpectedly.*)",
+                    r"(Java gateway process exited.*)", r"(JAVA_GATEWAY_EXITED.*)", r"(Lost executor.*)"):
+        found = re.search(pattern, text)
+        if found:
+            return found.group(1).strip()[:500]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Exit)\b: ", line)]
+    if raised:  # a Python traceback from a worker: its exception line
+        return raised[-1][:500]
+    return (lines[0] if lines else type(exc).__name__)[:500]
