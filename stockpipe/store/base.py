@@ -414,7 +414,7 @@ class Store(ABC):
         Python rows: the snapshot an engine computing elsewhere (Spark) reads. Returns the row count."""
         import pyarrow.parquet as pq
 
-        sql, params = _bar_export_query(symbols, start, warmup_bars)
+        sql, params = _bar_export_query(symbols, start, warmup_bars, collate=self.codepoint_collation)
         with self.session(write=False) as session:
             rows = session.fetch_arrow(sql, params, schema=BAR_SNAPSHOT)
         pq.write_table(rows, path, compression="lz4")
@@ -769,16 +769,16 @@ def _warmup_window_start(start: dt.date, warmup: int) -> dt.date:
     return start - dt.timedelta(days=warmup * 7 // 5 + 45)
 
 
-def _bar_export_query(symbols: Sequence[str], start: dt.date | None, warmup: int) -> tuple[str, dict[str, Any]]:
+def _bar_export_query(symbols: Sequence[str], start: dt.date | None, warmup: int, collate: str = "") -> tuple[str, dict[str, Any]]:
     """SQL selecting exactly what `read_bars(symbols, start, warmup_bars=warmup)` returns (see there
     and `_trim_warmup`): each symbol's last `warmup` bars before `start` and every bar from it, or
     the whole history of a symbol with fewer than `warmup` bars in the look-back window."""
     columns = "symbol, date, close, volume"
     if start is None or warmup <= 0:
-        where, params = range_filter(symbols, start, None)
+        where, params = range_filter(symbols, start, None, collate=collate)
         return f"SELECT {columns} FROM bars{where}", params
     params: dict[str, Any] = {"d": start, "w": _warmup_window_start(start, warmup), "n": warmup}
-    where = symbol_filter("symbol", symbols, params)
+    where = symbol_filter("symbol", symbols, params, collate=collate)
     # The window functions run over the look-back window only (~1.1 x warmup bars a symbol), not
     # the whole history; a symbol with fewer than `warmup` bars before `start` there is read in full.
     sql = (

@@ -244,7 +244,7 @@ class DuckDBStore(Store):
 
     def export_bars(self, path, symbols, start, warmup_bars=0) -> int:
         # DuckDB writes the Parquet snapshot itself: no Arrow copy of the bars in this process.
-        sql, params = _bar_export_query(symbols, start, warmup_bars)
+        sql, params = _bar_export_query(symbols, start, warmup_bars, collate=self.codepoint_collation)
         target = str(path).replace("'", "''")
         with self.session(write=False) as session:
             return int(session.fetch(f"COPY ({sql}) TO '{target}' (FORMAT parquet, COMPRESSION lz4_raw)", params)[0][0])
