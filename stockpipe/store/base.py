@@ -162,6 +162,8 @@ class Store(ABC):
     def ensure_schema(self) -> None:
         """Create missing tables; refuse to work on a database of another schema version."""
         with self._open_session(True) as session:
+            # Two first runs on an empty PostgreSQL database must not both create the tables.
+            session.lock("stockpipe:schema")
             found = self._stored_version(session)
             if found is None:
                 self._refuse_tables_named_like_views(session)
@@ -185,6 +187,7 @@ class Store(ABC):
     def upgrade_schema(self) -> tuple[int | None, int]:
         """Create or upgrade the schema; returns (version found, version now)."""
         with self._open_session(True) as session:
+            session.lock("stockpipe:schema")
             found = self._stored_version(session)
             if found is not None and found > SCHEMA_VERSION:
                 raise SchemaVersionError(
