@@ -41,6 +41,14 @@ def luigi_cfg(directory: Path, store_url: str, tickers: int) -> Path:
 WORKERS = ["--workers", "1"]
 
 
+def runs_dir(directory: Path, store_url: str) -> Path:
+    """Where a store's run plans and reports live: each store has its own directory under data_dir."""
+    sys.path.insert(0, str(HERE.parent))
+    from stockpipe.config import store_slug
+
+    return directory / "data" / store_slug(store_url) / "runs"
+
+
 def measure(directory: Path, *args: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKPIPE_")}
     env["LUIGI_CONFIG_PATH"] = str(directory / "luigi.cfg")
@@ -98,11 +106,11 @@ def main() -> None:
     figures["rebuild_13_days"] = measure(directory, "RebuildFrom", "--start-date", str(rebuild_13))
     figures["rebuild_13_days_again"] = measure(directory, "RebuildFrom", "--start-date", str(rebuild_13), "--run-id", "again")
     figures["daily"] = measure(directory, "Daily", "--date", str(next_day))
-    report = json.loads((directory / "data" / "runs" / f"daily-{next_day}" / "report.json").read_text())
+    report = json.loads((runs_dir(directory, store_url) / f"daily-{next_day}" / "report.json").read_text())
     figures["daily_indicators"] = {"seconds": report["seconds"], "note": "plan to last chunk, inside the Daily run"}
     for name in ("rebuild_full", "rebuild_13_days"):
         plan_id = f"rebuild-{start}" if name == "rebuild_full" else f"rebuild-{rebuild_13}"
-        run_report = json.loads((directory / "data" / "runs" / plan_id / "report.json").read_text())
+        run_report = json.loads((runs_dir(directory, store_url) / plan_id / "report.json").read_text())
         figures[name]["rows_saved"] = run_report["saved_rows"]
         figures[name]["chunks"] = run_report["chunks"]
     figures["targets_seconds"] = TARGETS[options.store]

@@ -24,6 +24,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from benchmark import runs_dir  # noqa: E402 - where each store keeps its run reports
 
 
 def luigi_cfg(directory: Path, store_url: str, tickers: int, engine: str, master: str) -> None:
@@ -79,7 +82,7 @@ def main() -> None:
         directory.mkdir(parents=True)
         luigi_cfg(directory, store_url, options.tickers, "numpy", options.master)
         figures["backfill"] = run(directory, "Backfill", "--start-date", str(start), "--end-date", str(end))
-    shutil.rmtree(directory / "data" / "runs", ignore_errors=True)
+    shutil.rmtree(runs_dir(directory, store_url), ignore_errors=True)
     # Full history first: after a Backfill no indicator is stored, so a 13-session rebuild run first
     # would heal every symbol from its first bar, i.e. be a full rebuild too.
     rebuilds = {"rebuild_full": start, "rebuild_13_days": rebuild_13}
@@ -91,7 +94,7 @@ def main() -> None:
             # A new run id per measurement: each engine replaces the same rows from scratch.
             run_id = f"{engine}-{dt.datetime.now():%H%M%S}"
             figures.setdefault(name, {})[engine] = run(directory, "RebuildFrom", "--start-date", str(first), "--run-id", run_id)
-            report = json.loads((directory / "data" / "runs" / f"rebuild-{first}-{run_id}" / "report.json").read_text())
+            report = json.loads((runs_dir(directory, store_url) / f"rebuild-{first}-{run_id}" / "report.json").read_text())
             figures[name][engine]["rows_saved"] = report["saved_rows"]
         figures[name]["spark_over_numpy"] = round(figures[name]["spark"]["seconds"] / figures[name]["numpy"]["seconds"], 2)
     print(json.dumps(figures, indent=2))

@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from benchmark import luigi_cfg  # noqa: E402 - the benchmark's settings (chunk_size 50, demo source)
+from benchmark import luigi_cfg, runs_dir  # noqa: E402 - the benchmark's settings (chunk_size 50, demo source)
 
 # Output that means a process died in native code or the file went bad, whatever the exit code says.
 ABORT_SIGNS = re.compile(r"terminate called|FATAL|Aborted|core dumped|Segmentation fault|INTERNAL Error|"
@@ -193,7 +193,7 @@ def one_run(root: Path, index: int, state: dict, base: dict, options) -> dict:
     record["wal_bytes"] = wal.stat().st_size if wal.exists() else None
     if wal.exists():
         problems.append(f"pending WAL left: {record['wal_bytes']:,} bytes")
-    report_file = directory / "data" / "runs" / plan_id / "report.json"
+    report_file = runs_dir(directory, f"duckdb:///{store}") / plan_id / "report.json"
     if not report_file.exists():
         problems.append(f"no {report_file.relative_to(directory)}")
     else:
