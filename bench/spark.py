@@ -9,6 +9,7 @@ chunk tasks storing the staged rows), from the engine's log line.
     python bench/spark.py                              # 2,500 symbols x 10 years, master local[2]
     python bench/spark.py --tickers 20000 --master local[2]
     python bench/spark.py --tickers 300 --years 3      # a quick look
+    python bench/spark.py --keep --out /tmp/my-bench   # a store of your own, kept for the next run
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ def main() -> None:
     parser.add_argument("--end", default="2025-10-10", help="last backfilled session")
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--only", choices=["13", "full"], help="just one of the two rebuilds")
-    parser.add_argument("--keep", action="store_true", help="keep (and reuse) bench/out/spark-N-Y")
+    parser.add_argument("--keep", action="store_true", help="keep (and reuse) the store directory (--out)")
+    parser.add_argument("--out", type=Path, help="the store directory (default bench/out/spark-N-Y); another one "
+                        "lets two copies of the project measure side by side without sharing a store")
     options = parser.parse_args()
 
     sys.path.insert(0, str(HERE.parent))
@@ -73,7 +76,7 @@ def main() -> None:
     end = dt.date.fromisoformat(options.end)
     start = trading_calendar.sessions_back("XNYS", end, 252 * options.years - 1)
     rebuild_13 = trading_calendar.sessions_back("XNYS", end, 12)
-    directory = HERE / "out" / f"spark-{options.tickers}-{options.years}"
+    directory = (options.out or HERE / "out" / f"spark-{options.tickers}-{options.years}").resolve()
     store_url = f"duckdb:///{directory / 'bench.duckdb'}"
     figures: dict = {"symbols": options.tickers, "sessions": 252 * options.years, "master": options.master,
                      "cpus": os.cpu_count(), "store": "duckdb", "workers": 1}
