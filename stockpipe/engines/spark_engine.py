@@ -283,8 +283,10 @@ class SparkEngine(IndicatorEngine):
         # cluster sets spark.pyspark.python in [spark] conf.
         defaults = {"spark.pyspark.python": sys.executable, "spark.ui.showConsoleProgress": "false"}
         if master.startswith("local"):
-            # A local job needs no outside address (and a host name resolving to loopback would warn).
-            defaults.update({"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"})
+            # A local job needs no outside address (and a host name resolving to loopback would warn),
+            # nor a web UI to start with the session (luigid shows the run's progress).
+            defaults.update({"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1",
+                             "spark.ui.enabled": "false"})
         for key, value in {**defaults, **self.settings.conf}.items():
             builder = builder.config(key, value)
         environment = {"JAVA_HOME": str(Path(java).resolve().parent.parent)} if not os.environ.get("JAVA_HOME") else {}
