@@ -1,12 +1,14 @@
-"""The Spark engine: one Spark job per plan computes every unfinished chunk with the numpy kernels.
+"""The Spark engine: one Spark session per plan computes every unfinished chunk with the numpy kernels.
 
 How Spark and the chunk tasks meet (README "Spark engine"):
 1. `prepare` runs once per rebuild or daily run, in the RebuildFrom/DailyIndicators task before it
-   yields its chunks. The store exports the bars each unfinished chunk will read (with their
-   warm-up) as a Parquet snapshot (DuckDB `COPY ... TO`; PostgreSQL `COPY ... TO STDOUT` into
-   Arrow), and ONE Spark job groups them by chunk (`groupBy("chunk_id").applyInArrow`), runs
-   `stockpipe.indicators` on each group and writes the chunk's rows to `<run dir>/staged/` as Parquet,
-   atomically, tagged with a digest of the bars they came from. One JVM per plan, never per chunk.
+   yields its chunks. It starts one session (one JVM per plan, never per chunk) and computes the
+   chunks in jobs of whole chunks (`symbols_per_job`): the store exports the bars a job's chunks will
+   read (with their warm-up) as a Parquet snapshot on this machine, each chunk's bars travel inside
+   the job as one Arrow IPC value (one row, one task), the executors run `stockpipe.indicators` on
+   them (`mapInArrow`) and return each chunk's rows as the bytes of a Parquet file tagged with a
+   digest of the bars they came from, and this process writes them to `<run dir>/staged/`,
+   atomically. Executors touch no file: a cluster needs no shared filesystem.
 2. Each `IndicatorChunk` task then reads its bars as always, and uses the staged rows only if their
    digest matches what it read (otherwise it computes them itself with the same kernels: correctness
    first); it replaces its rows and writes its marker in one transaction through the store's bulk
