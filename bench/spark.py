@@ -50,11 +50,15 @@ def run(directory: Path, *args: str) -> dict:
         raise SystemExit(f"luigi {' '.join(args)} failed:\n{result['stderr_tail']}")
     figures = {"seconds": result["seconds"], "peak_rss_mb": result["peak_rss_mb"]}
     for line in result["matched"]:
-        found = re.search(r"in ([\d.]+) s \(export ([\d.]+) s, session ([\d.]+) s, job ([\d.]+) s\)", line)
+        found = re.search(r"in ([\d.]+) s \(export ([\d.]+) s, session ([\d.]+) s, job ([\d.]+) s", line)
         if found:
             prepare, export, session, job = map(float, found.groups())
             figures["spark"] = {"prepare": prepare, "export_bars": export, "session_start": session, "job": job,
                                 "chunks_and_luigi": round(result["seconds"] - prepare, 3)}
+            more = re.search(r"(\d+) jobs, writing staged rows ([\d.]+) s, driver peak RSS (\d+) MB", line)
+            if more:
+                figures["spark"].update(jobs=int(more.group(1)), write_staged=float(more.group(2)),
+                                        driver_peak_rss_mb=int(more.group(3)))
     return figures
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -185,10 +186,13 @@ class SparkEngine(IndicatorEngine):
         for key in ("export_seconds", "job_seconds", "write_seconds"):
             stats[key] = round(stats[key], 3)
         stats["seconds"] = round(time.monotonic() - started, 3)
+        # What the driver's memory had to hold (a job's bars and rows at once): see symbols_per_job.
+        stats["driver_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         log.info("spark: staged %d chunks (%d rows from %d bars) of %s in %.1f s (export %.1f s, session %.1f s, job %.1f s, "
-                 "%d jobs, writing staged rows %.1f s)",
+                 "%d jobs, writing staged rows %.1f s, driver peak RSS %.0f MB)",
                  stats["staged_chunks"], stats["staged_rows"], stats["bars"], staging.parent.name, stats["seconds"],
-                 stats["export_seconds"], stats["start_seconds"], stats["job_seconds"], len(jobs), stats["write_seconds"])
+                 stats["export_seconds"], stats["start_seconds"], stats["job_seconds"], len(jobs), stats["write_seconds"],
+                 stats["driver_peak_rss_mb"])
         return stats
 
     def _job_input(self, store, staging: Path, wanted: pa.Table) -> tuple[pa.Table, int]:
