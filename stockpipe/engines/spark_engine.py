@@ -227,11 +227,11 @@ class SparkEngine(IndicatorEngine):
         return pa.Table.from_batches(batches, spark_job.JOB_SCHEMA), bars.num_rows
 
     def _compute(self, session, shipped: pa.Table) -> pa.Table:
-        chunks = session.createDataFrame(shipped)
-        if self.settings.master.startswith("sc://"):
-            # Spark Connect ships local data as one relation: spread it, a task per chunk.
-            chunks = chunks.repartition(shipped.num_rows)
         try:
+            chunks = session.createDataFrame(shipped)
+            if self.settings.master.startswith("sc://"):
+                # Spark Connect ships local data as one relation: spread it, a task per chunk.
+                chunks = chunks.repartition(shipped.num_rows)
             return chunks.mapInArrow(spark_job.compute_chunks, spark_job.RESULT_SCHEMA).toArrow()
         except Exception as exc:  # noqa: BLE001 - py4j/pyspark raise many types; the message is what matters
             raise EngineError(f"spark job on {self.settings.master} failed: {_reason(exc)}") from exc

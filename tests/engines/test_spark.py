@@ -155,6 +155,35 @@ def test_spark_stores_what_numpy_stores(local_engine, tmp_path):
     assert not list((tmp_path / "staged").glob("*.parquet"))  # each chunk dropped its staged rows once stored
 
 
+def test_a_plan_is_computed_in_jobs_of_whole_chunks(local_engine, tmp_path, monkeypatch):
+    import dataclasses
+
+    from stockpipe.engines.spark_engine import job_groups
+
+    wanted = pa.table({"chunk_id": pa.array([0, 0, 0, 1, 1, 2, 2, 2, 2], pa.int32()), "symbol": list("abcdefghi")})
+    assert job_groups(wanted, 5) == [[0, 1], [2]] and job_groups(wanted, 1) == [[0], [1], [2]]
+    assert job_groups(wanted, 100) == [[0, 1, 2]]
+
+    # A job's input has one record batch per chunk, which Spark makes one partition (one task) each.
+    shipped = pa.Table.from_batches([pa.record_batch({"chunk_id": pa.array([i], pa.int32())}) for i in range(3)])
+    assert local_engine.session().createDataFrame(shipped).rdd.getNumPartitions() == 3
+
+    monkeypatch.setattr(local_engine, "settings", dataclasses.replace(local_engine.settings, symbols_per_job=3))
+    store = _market(f"duckdb:///{tmp_path / 'spark.duckdb'}")
+    staging = tmp_path / "staged"
+    stats = indicator_service.prepare_chunks(store, local_engine, CHUNKS, [0, 1], START, warmup_bars=WARMUP,
+                                             staging=staging, full_history=FULL_HISTORY)
+    assert stats["jobs"] == 2 and stats["staged_chunks"] == 2
+    assert sorted(p.name for p in staging.iterdir()) == ["chunk-0.parquet", "chunk-1.parquet"]  # no snapshot left
+    expected = _market(f"duckdb:///{tmp_path / 'numpy.duckdb'}")
+    _run_chunks(expected, open_engine("numpy"), tmp_path / "numpy-staged")
+    chunks = [indicator_service.compute_chunk(store, symbols, START, engine=local_engine, warmup_bars=WARMUP, marker=None,
+                                              full_history=FULL_HISTORY, chunk=ChunkRef(staging, i))
+              for i, symbols in enumerate(CHUNKS)]
+    assert [c["computed_by"] for c in chunks] == ["spark", "spark"]
+    _assert_close(_stored(store), _stored(expected), rtol=1e-12)
+
+
 def test_spark_values_match_the_reference_definitions(local_engine, tmp_path):
     store = _market(f"duckdb:///{tmp_path / 'spark.duckdb'}")
     _run_chunks(store, local_engine, tmp_path / "staged")
