@@ -5,7 +5,7 @@ How Spark and the chunk tasks meet (README "Spark engine"):
    yields its chunks. It starts one session (one JVM per plan, never per chunk) and computes the
    chunks in jobs of whole chunks (`symbols_per_job`): the store exports the bars a job's chunks will
    read (with their warm-up) as a Parquet snapshot on this machine, each chunk's bars travel inside
-   the job as one Arrow IPC value (one row, one task), the executors run `stockpipe.indicators` on
+   the job as one Arrow IPC value (one row per chunk), the executors run `stockpipe.indicators` on
    them (`mapInArrow`) and return each chunk's rows as the bytes of a Parquet file tagged with a
    digest of the bars they came from, and this process writes them to `<run dir>/staged/`,
    atomically. Executors touch no file: a cluster needs no shared filesystem.
@@ -197,8 +197,8 @@ class SparkEngine(IndicatorEngine):
 
     def _job_input(self, store, staging: Path, wanted: pa.Table) -> tuple[pa.Table, int]:
         """One job's rows: per chunk, its bars (exported by the store to a Parquet snapshot on this
-        machine, read back here) as one Arrow IPC payload. One record batch per chunk, which
-        `createDataFrame` turns into one partition, so one Spark task, per chunk."""
+        machine, read back here) as one Arrow IPC payload. `createDataFrame` spreads the rows over
+        the session's default parallelism (a partition per core), whole chunks each."""
         snapshot = staging / f".snapshot-{uuid.uuid4().hex[:12]}"
         snapshot.mkdir(parents=True)
         try:
@@ -230,7 +230,7 @@ class SparkEngine(IndicatorEngine):
         try:
             chunks = session.createDataFrame(shipped)
             if self.settings.master.startswith("sc://"):
-                # Spark Connect ships local data as one relation: spread it, a task per chunk.
+                # Spark Connect ships local data as one relation: spread it, a partition per chunk.
                 chunks = chunks.repartition(shipped.num_rows)
             return chunks.mapInArrow(spark_job.compute_chunks, spark_job.RESULT_SCHEMA).toArrow()
         except Exception as exc:  # noqa: BLE001 - py4j/pyspark raise many types; the message is what matters
