@@ -106,7 +106,8 @@ def table(document: dict[str, Any]) -> str:
     lines = [
         f"{document['symbols']:,} demo symbols × {document['sessions']:,} sessions, median of {document['repeats']} "
         f"(wall seconds with process start; peak memory of the process tree), {machine['cpus']} cores, "
-        f"load average {machine['load_average_before']:.1f} before / {machine['load_average_after']:.1f} after, {document['date']}",
+        f"load average {machine['load_average_before']:.1f} before / {machine['load_average_after']:.1f} after, "
+        f"{document['date']}",
         "",
         "| job | store | engine | workers | figure | goal | met |",
         "|---|---|---|---|---|---|---|",
@@ -116,7 +117,8 @@ def table(document: dict[str, Any]) -> str:
         lines.append(f"| {r['label']} | {r['store']} | {r['engine']} | {r['workers'] or '—'} | {figure(r)} | "
                      f"{r['goal'] or '—'} | {verdict[r['met']]} |")
     if not document["reference_size"]:
-        lines += ["", "Absolute goals are for 2,500 symbols × 10 years: at this size only the relative ones are judged."]
+        lines += ["", "Absolute goals are for 2,500 symbols × 10 years: at this size only the relative ones are "
+                  "judged."]
     return "\n".join(lines)
 
 
@@ -143,7 +145,8 @@ def _workers(text: str) -> list[int]:
 def options_of(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stores", "--store", type=_list(STORES), default=list(STORES), help="duckdb,postgres (both)")
-    parser.add_argument("--engines", type=_list(ENGINES), default=["numpy"], help="numpy (default), spark, or numpy,spark")
+    parser.add_argument("--engines", type=_list(ENGINES), default=["numpy"],
+                        help="numpy (default), spark, or numpy,spark")
     parser.add_argument("--workers", type=_workers, default=[1, 2], help="luigi --workers counts to measure (1,2)")
     parser.add_argument("--only", type=_list(JOBS), default=list(JOBS), help=f"some of {','.join(JOBS)} (all)")
     parser.add_argument("--tickers", type=int, default=2500)
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     options = options_of(argv)
     if "postgres" in options.stores:
         check_postgres(options.pg_admin)
-    dates = Dates.of(options.end, options.years)
+    dates = Dates.of(options.end, options.years, dailies=options.repeats + 1)
     load_before = os.getloadavg()[0]
     rows: list[dict[str, Any]] = []
     for kind in options.stores:
@@ -180,13 +183,15 @@ def main(argv: list[str] | None = None) -> None:
 
     from goals import judge
 
-    rows.sort(key=lambda r: (STORES.index(r["store"]), ENGINES.index(r["engine"]), ORDER.index(r["job"]), r["workers"] or 0))
+    rows.sort(key=lambda r: (STORES.index(r["store"]), ENGINES.index(r["engine"]), ORDER.index(r["job"]),
+                             r["workers"] or 0))
     judge(rows, options.tickers, options.years)
     document = {
         "symbols": options.tickers, "sessions": 252 * options.years, "from": str(dates.start), "to": str(dates.end),
         "repeats": options.repeats, "date": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
         "reference_size": (options.tickers, options.years) == (2500, 10),
-        "machine": {"cpus": os.cpu_count(), "load_average_before": load_before, "load_average_after": os.getloadavg()[0]},
+        "machine": {"cpus": os.cpu_count(), "load_average_before": load_before,
+                    "load_average_after": os.getloadavg()[0]},
         "rows": rows,
     }
     if options.json:

@@ -74,10 +74,12 @@ def measure_command(command: list[str], cwd: Path, env: dict[str, str], grep: st
     return result
 
 
-def measure(directory: Path, *args: str, workers: int = 1, cfg: Path | None = None, grep: str | None = None) -> dict[str, Any]:
+def measure(directory: Path, *args: str, workers: int = 1, cfg: Path | None = None,
+            grep: str | None = None) -> dict[str, Any]:
     """One `luigi --module stockpipe ...` run with the local scheduler, as its own process."""
     cfg = cfg or directory / "luigi.cfg"
-    command = [sys.executable, "-m", "luigi", "--module", "stockpipe", *args, "--local-scheduler", "--workers", str(workers)]
+    command = [sys.executable, "-m", "luigi", "--module", "stockpipe", *args,
+               "--local-scheduler", "--workers", str(workers)]
     result = measure_command(command, directory, luigi_env(cfg), grep)
     result["workers"] = workers
     return result
@@ -108,7 +110,8 @@ class Dates:
         from stockpipe import trading_calendar
 
         start = trading_calendar.sessions_back(CALENDAR, end, SESSIONS_A_YEAR * years - 1)
-        following = trading_calendar.sessions(CALENDAR, end + dt.timedelta(days=1), end + dt.timedelta(days=2 * dailies + 10))
+        after = end + dt.timedelta(days=1)
+        following = trading_calendar.sessions(CALENDAR, after, after + dt.timedelta(days=2 * dailies + 10))
         return cls(start, end, trading_calendar.sessions_back(CALENDAR, end, 12), tuple(following[:dailies]))
 
 
@@ -157,7 +160,8 @@ class DuckDBBench(BenchStore):
         return self.path.exists()
 
     def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.directory.glob(f"{self.label}.duckdb*") if not p.name.endswith((".lock", ".wait")))
+        files = self.directory.glob(f"{self.label}.duckdb*")  # the file and its WAL, not the lock files
+        return sum(p.stat().st_size for p in files if not p.name.endswith((".lock", ".wait")))
 
 
 class PostgresBench(BenchStore):
@@ -231,7 +235,8 @@ def task_seconds(store: BenchStore, day: dt.date) -> dict[str, float]:
     seconds: dict[str, float] = {}
     for run in runs:
         if run.get("duration_seconds") is not None:
-            seconds[run["task_family"]] = round(seconds.get(run["task_family"], 0.0) + float(run["duration_seconds"]), 3)
+            family = run["task_family"]
+            seconds[family] = round(seconds.get(family, 0.0) + float(run["duration_seconds"]), 3)
     return seconds
 
 
@@ -264,10 +269,14 @@ class Bench:
     def say(self, text: str) -> None:
         print(f"[{dt.datetime.now():%H:%M:%S}] {text}", file=sys.stderr, flush=True)
 
+    def measured(self, store: BenchStore, engine: str, workers: int, what: str, result: dict[str, Any]) -> None:
+        self.say(f"{store.kind} {engine} workers {workers}: {what} {result['seconds']} s, {result['peak_mb']} MB")
 
-def row(job: str, store: BenchStore, engine: str, workers: int | None, runs: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+
+def row(job: str, store: BenchStore, engine: str, workers: int | None, runs: list[dict[str, Any]],
+        **extra: Any) -> dict[str, Any]:
     """One line of the benchmark's table: the median of `runs`, and what it was measured on."""
-    return {"job": job, "store": store.kind, "engine": engine, "workers": workers, **median(runs), **extra}
+    return {**median(runs), "job": job, "store": store.kind, "engine": engine, "workers": workers, **extra}
 
 
 def backfilled(bench: Bench, kind: str, pg_admin: str, pg_prefix: str) -> tuple[BenchStore, dict[str, Any] | None]:
@@ -284,8 +293,8 @@ def backfilled(bench: Bench, kind: str, pg_admin: str, pg_prefix: str) -> tuple[
         base.create()
     else:
         base.drop()
-    result = measure(bench.directory, "Backfill", "--start-date", str(bench.dates.start), "--end-date", str(bench.dates.end),
-                     cfg=bench.cfg(base))
+    result = measure(bench.directory, "Backfill", "--start-date", str(bench.dates.start),
+                     "--end-date", str(bench.dates.end), cfg=bench.cfg(base))
     stamp.write_text(json.dumps(wanted))
     bench.say(f"{kind}: Backfill {result['seconds']} s, {result['peak_mb']} MB")
     return base, result

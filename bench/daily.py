@@ -32,8 +32,8 @@ def dailies(bench: Bench, store: BenchStore, engine: str, workers: int) -> list[
     runs = []
     for day in days[: bench.repeats + 1]:
         runs.append(daily(bench, store, engine, workers, day))
-        bench.say(f"{store.kind} {engine} workers {workers}: Daily {day} {runs[-1]['seconds']} s, {runs[-1]['peak_mb']} MB"
-                  f" (Replicate {runs[-1]['task_seconds'].get('Replicate')} s)")
+        bench.measured(store, engine, workers, f"Daily {day} (Replicate {runs[-1]['task_seconds'].get('Replicate')} s)",
+                       runs[-1])
     return [row("daily_first", store, engine, workers, runs[:1], label="Daily, first on the store (whole replica)",
                 replicate_seconds=_replicate(runs[:1])),
             row("daily", store, engine, workers, runs[1:], label="Daily, the sessions after",

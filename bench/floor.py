@@ -5,8 +5,8 @@ Luigi, no plan, no backup and no markers. What any rebuild of the whole history 
 
 Reads the bars of `--batch` symbols at a time (all of their history), computes their indicators
 from START_DATE and replaces the stored rows through the store's bulk path, one transaction a batch;
-prints on stderr `floor: ` and JSON (symbols, batches, rows saved). Run it through bench/measure.py for seconds and memory
-(bench/rebuild.py does).
+prints on stderr `floor: ` and JSON (symbols, batches, rows saved). Run it through bench/measure.py
+for seconds and memory (bench/rebuild.py does).
 """
 
 from __future__ import annotations
@@ -37,8 +37,10 @@ def main() -> None:
     store = open_store(options.store_url)
     engine = open_engine("numpy")
     batches = chunk(symbols_with_bars(store), options.batch)
-    saved = sum(compute_chunk(store, batch, options.start_date, engine=engine, warmup_bars=WARMUP_BARS, marker=None)["rows_saved"]
-                for batch in batches)
+    saved = 0
+    for batch in batches:
+        saved += compute_chunk(store, batch, options.start_date, engine=engine, warmup_bars=WARMUP_BARS,
+                               marker=None)["rows_saved"]
     store.close()
     # On stderr: bench/measure.py keeps stderr lines (--grep) and discards stdout.
     print(FLOOR_LINE + json.dumps({"symbols": sum(map(len, batches)), "batches": len(batches), "rows_saved": saved}),

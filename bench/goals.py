@@ -27,7 +27,8 @@ class Figures:
     def __init__(self, rows: list[dict[str, Any]]):
         self.rows = rows
 
-    def find(self, job: str, store: str, engine: str | None = None, workers: int | None = None) -> dict[str, Any] | None:
+    def find(self, job: str, store: str, engine: str | None = None,
+             workers: int | None = None) -> dict[str, Any] | None:
         for found in self.rows:
             if found["job"] == job and found["store"] == store and engine in (None, found["engine"]) \
                     and workers in (None, found["workers"]):

@@ -35,7 +35,7 @@ def full_rebuilds(bench: Bench, base: BenchStore, engine: str, workers: int) -> 
     for attempt in range(bench.repeats):
         store = base.copy(f"{engine}_w{workers}_{attempt}")
         fresh.append(rebuild(bench, store, engine, workers, bench.dates.start, f"fresh{attempt}"))
-        bench.say(f"{store.kind} {engine} workers {workers}: full rebuild on a fresh store {fresh[-1]['seconds']} s, {fresh[-1]['peak_mb']} MB")
+        bench.measured(store, engine, workers, "full rebuild on a fresh store", fresh[-1])
         if attempt < bench.repeats - 1:
             bench.discard(store)
     sizes = [store.size_bytes()]
@@ -43,13 +43,14 @@ def full_rebuilds(bench: Bench, base: BenchStore, engine: str, workers: int) -> 
     for attempt in range(bench.repeats):
         replacing.append(rebuild(bench, store, engine, workers, bench.dates.start, f"again{attempt}"))
         sizes.append(store.size_bytes())
-        bench.say(f"{store.kind} {engine} workers {workers}: full rebuild replacing rows {replacing[-1]['seconds']} s, {replacing[-1]['peak_mb']} MB")
+        bench.measured(store, engine, workers, "full rebuild replacing rows", replacing[-1])
     rows = [
         row("full_fresh", store, engine, workers, fresh, label=f"full {years} RebuildFrom, fresh store"),
         row("full_replacing", store, engine, workers, replacing,
             label=f"full {years} RebuildFrom replacing rows ({_rebuilds(bench.repeats)})"),
         {"job": "size", "store": store.kind, "engine": engine, "workers": workers,
-         "label": f"store size after 1 and {len(sizes)} full rebuilds", "sizes_mb": [round(s / 2**20, 1) for s in sizes]},
+         "label": f"store size after 1 and {len(sizes)} full rebuilds",
+         "sizes_mb": [round(size / 2**20, 1) for size in sizes]},
     ]
     return rows, store
 
@@ -59,7 +60,7 @@ def last_13_sessions(bench: Bench, store: BenchStore, engine: str, workers: int)
     runs = []
     for attempt in range(bench.repeats):
         runs.append(rebuild(bench, store, engine, workers, bench.dates.rebuild_13, f"last13-{attempt}"))
-        bench.say(f"{store.kind} {engine} workers {workers}: 13-session rebuild {runs[-1]['seconds']} s, {runs[-1]['peak_mb']} MB")
+        bench.measured(store, engine, workers, "13-session rebuild", runs[-1])
     return row("rebuild_13", store, engine, workers, runs, label="13-session RebuildFrom")
 
 

@@ -22,6 +22,7 @@ import datetime as dt
 import json
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -66,7 +67,8 @@ def main() -> None:
         check_postgres(options.pg_admin)
     base, backfill = backfilled(bench, options.store, options.pg_admin, f"stockpipe_{name}".replace("-", "_"))
     figures: dict = {"symbols": options.tickers, "sessions": 252 * options.years, "master": options.master,
-                     "cpus": os.cpu_count(), "store": options.store, "workers": 1, "load_average_1m": os.getloadavg()[0]}
+                     "cpus": os.cpu_count(), "store": options.store, "workers": 1,
+                     "load_average_1m": os.getloadavg()[0]}
     if backfill:
         figures["backfill"] = backfill
     store = base.copy("engines")
@@ -79,12 +81,15 @@ def main() -> None:
         for job, first in rebuilds.items():
             for engine in ("numpy", "spark"):
                 # A new run id per measurement: each engine replaces the same rows from scratch.
-                figures.setdefault(job, {})[engine] = rebuild(bench, store, engine, 1, first, f"{engine}-{dt.datetime.now():%H%M%S}")
-            figures[job]["spark_over_numpy"] = round(figures[job]["spark"]["seconds"] / figures[job]["numpy"]["seconds"], 2)
+                run_id = f"{engine}-{dt.datetime.now():%H%M%S}"
+                figures.setdefault(job, {})[engine] = rebuild(bench, store, engine, 1, first, run_id)
+            ratio = figures[job]["spark"]["seconds"] / figures[job]["numpy"]["seconds"]
+            figures[job]["spark_over_numpy"] = round(ratio, 2)
     finally:
         bench.discard(store)
         if not options.keep:
             bench.discard(base)
+            shutil.rmtree(bench.directory.parent, ignore_errors=True)
     print(json.dumps(figures, indent=2))
 
 

@@ -24,8 +24,8 @@ TREE = textwrap.dedent("""
             time.sleep(3)
             os._exit(0)
         children.append(pid)
-    subprocess.Popen([sys.executable, "-c", f"import time; mine = b'g' * (100 << 20); open('{ready}/grandchild', 'w').close(); time.sleep(3)"],
-                     start_new_session=True)
+    grandchild = f"import time; mine = b'g' * (100 << 20); open('{ready}/grandchild', 'w').close(); time.sleep(3)"
+    subprocess.Popen([sys.executable, "-c", grandchild], start_new_session=True)
     while len(os.listdir(ready)) < 3:
         time.sleep(0.05)
     print("all filled", file=sys.stderr)
