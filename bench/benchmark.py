@@ -64,7 +64,8 @@ def bench_store(kind: str, options: argparse.Namespace, dates: Dates) -> list[di
     try:
         if "floor" in options.only:
             rows.append(raw_floor(bench, base, options.floor_batch))
-        for engine in options.engines:
+        on_rebuilt_store = {"full", "rebuild_13", "daily"} & set(options.only)
+        for engine in options.engines if on_rebuilt_store else []:
             for workers in options.workers:
                 if "full" in options.only:
                     found, work = full_rebuilds(bench, base, engine, workers)
