@@ -71,7 +71,7 @@ def bench_store(kind: str, options: argparse.Namespace, dates: Dates) -> list[di
                     found, work = full_rebuilds(bench, base, engine, workers)
                     rows += found
                 else:  # the other figures need a store whose indicators are complete
-                    work = base.copy(f"{engine}_w{workers}")
+                    work = bench.copy(base, f"{engine}_w{workers}")
                     rebuild(bench, work, engine, workers, dates.start, "unmeasured")
                 try:
                     if "rebuild_13" in options.only:
@@ -81,6 +81,7 @@ def bench_store(kind: str, options: argparse.Namespace, dates: Dates) -> list[di
                 finally:
                     bench.discard(work)
     finally:
+        bench.discard_all()
         if not options.keep:
             bench.discard(base)
             shutil.rmtree(bench.directory, ignore_errors=True)

@@ -67,7 +67,16 @@ def measure_command(command: list[str], cwd: Path, env: dict[str, str], grep: st
     """Wall seconds and peak memory of `command` and every process it starts (bench/measure.py).
     A failure stops the benchmark with the command's output."""
     wrapper = [sys.executable, str(HERE / "measure.py"), *(["--grep", grep] if grep else []), *command]
-    result = json.loads(subprocess.run(wrapper, cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout)
+    process = subprocess.Popen(wrapper, cwd=cwd, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        output, _ = process.communicate()
+    except BaseException:  # Ctrl-C: measure.py stops the command's processes (its own session) too
+        process.terminate()
+        process.wait()
+        raise
+    if process.returncode != 0:
+        raise SystemExit(f"bench/measure.py {' '.join(command)} failed (exit {process.returncode})")
+    result = json.loads(output)
     if result.pop("returncode") != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{result['stderr_tail']}")
     result.pop("stderr_tail")
@@ -91,6 +100,8 @@ def median(runs: list[dict[str, Any]]) -> dict[str, Any]:
                                "peak_mb": round(statistics.median(r["peak_mb"] for r in runs), 1)}
     if len(runs) > 1:
         figures["runs"] = runs
+        if all(r.get("spark") for r in runs):  # where a Spark run's time went, phase by phase
+            figures["spark"] = {k: round(statistics.median(r["spark"][k] for r in runs), 3) for k in runs[0]["spark"]}
     else:
         figures.update({k: v for k, v in runs[0].items() if k not in figures})
     return figures
@@ -256,6 +267,19 @@ class Bench:
     def cfg(self, store: BenchStore, engine: str = "numpy") -> Path:
         return luigi_cfg(self.directory, store.url, self.tickers, engine, self.spark_master,
                          path=self.directory / f"luigi-{store.label}-{engine}.cfg")
+
+    def __post_init__(self) -> None:
+        self.made: list[BenchStore] = []
+
+    def copy(self, store: BenchStore, label: str) -> BenchStore:
+        """A copy of `store` that `discard_all` drops even if a measurement fails."""
+        made = store.copy(label)
+        self.made.append(made)
+        return made
+
+    def discard_all(self) -> None:
+        for store in self.made:
+            self.discard(store)
 
     def discard(self, store: BenchStore) -> None:
         """Drop a store and its runs (plans, backups, reports, replica), unless --keep."""

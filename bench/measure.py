@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -104,7 +105,12 @@ def run(arguments: list[str], grep: str | None = None, interval: float = 0.1) ->
     return result
 
 
+def _stop(signum, frame):
+    raise SystemExit(128 + signum)  # run() then kills the command's whole process group
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _stop)
     arguments = sys.argv[1:]
     grep, interval = None, 0.1
     while arguments[:1] in (["--grep"], ["--interval"]):

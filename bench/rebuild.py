@@ -33,7 +33,7 @@ def full_rebuilds(bench: Bench, base: BenchStore, engine: str, workers: int) -> 
     years = f"{bench.years}-year"
     fresh = []
     for attempt in range(bench.repeats):
-        store = base.copy(f"{engine}_w{workers}_{attempt}")
+        store = bench.copy(base, f"{engine}_w{workers}_{attempt}")
         fresh.append(rebuild(bench, store, engine, workers, bench.dates.start, f"fresh{attempt}"))
         bench.measured(store, engine, workers, "full rebuild on a fresh store", fresh[-1])
         if attempt < bench.repeats - 1:
@@ -68,7 +68,7 @@ def raw_floor(bench: Bench, base: BenchStore, batch: int) -> dict[str, Any]:
     """bench/floor.py on fresh copies of the backfilled store: computation and bulk write only."""
     runs = []
     for attempt in range(bench.repeats):
-        store = base.copy(f"floor_{attempt}")
+        store = bench.copy(base, f"floor_{attempt}")
         command = [sys.executable, str(HERE / "floor.py"), store.url, str(bench.dates.start), "--batch", str(batch)]
         result = measure_command(command, bench.directory, luigi_env(bench.cfg(store)), grep=FLOOR_LINE)
         result.update(json.loads(result.pop("matched")[-1][len(FLOOR_LINE):]))

@@ -71,7 +71,7 @@ def main() -> None:
                      "load_average_1m": os.getloadavg()[0]}
     if backfill:
         figures["backfill"] = backfill
-    store = base.copy("engines")
+    store = bench.copy(base, "engines")
     # Full history first: after a Backfill no indicator is stored, so a 13-session rebuild run first
     # would heal every symbol from its first bar, i.e. be a full rebuild too.
     rebuilds = {"rebuild_full": bench.dates.start, "rebuild_13_days": bench.dates.rebuild_13}
