@@ -178,10 +178,12 @@ def main(argv: list[str] | None = None) -> None:
     dates = Dates.of(options.end, options.years, dailies=options.repeats + 1)
     load_before = os.getloadavg()[0]
     rows: list[dict[str, Any]] = []
-    for kind in options.stores:
-        rows += bench_store(kind, options, dates)
-    if not options.keep:
-        shutil.rmtree(options.out, ignore_errors=True)
+    try:
+        for kind in options.stores:
+            rows += bench_store(kind, options, dates)
+    finally:
+        if not options.keep:
+            shutil.rmtree(options.out, ignore_errors=True)
 
     from goals import judge
 
