@@ -163,7 +163,8 @@ class SparkEngine(IndicatorEngine):
                      jobs=len(jobs))
         for number, job in enumerate(jobs, 1):
             clock = time.monotonic()
-            shipped, bars = self._job_input(store, staging, wanted.filter(pc.is_in(wanted.column("chunk_id"), pa.array(job, pa.int32()))))
+            mine = wanted.filter(pc.is_in(wanted.column("chunk_id"), pa.array(job, pa.int32())))
+            shipped, bars = self._job_input(store, staging, mine)
             stats["export_seconds"] += time.monotonic() - clock
             if shipped.num_rows:
                 clock = time.monotonic()
