@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 from tabulate import tabulate
 
-from stockpipe import config, preflight, trading_calendar
+from stockpipe import config, logs, preflight, trading_calendar
 from stockpipe.services import rebuild as rebuild_service
 from stockpipe.store import Store, StoreError, open_store
 
@@ -255,8 +255,9 @@ def cmd_assist(args, out) -> int:
     another machine scheduled) until stopped."""
     import luigi
 
-    import stockpipe  # noqa: F401 - registers every task so the scheduler's work can be instantiated
+    import stockpipe
 
+    stockpipe.load_tasks()  # every task registered, so the scheduler's work can be instantiated here
     preflight.check_config()
     url = scheduler_url()
     problem = luigid_problem(url)
@@ -316,6 +317,11 @@ def cmd_daily(args, out) -> int:
     without a reachable luigid the run uses the local scheduler instead of retrying for a minute."""
     from luigi.retcodes import run_with_retcodes
 
+    import stockpipe
+
+    # `--module stockpipe` below finds the package already imported (by this command, before Luigi
+    # was), so it would not load the tasks itself.
+    stockpipe.load_tasks()
     preflight.check_config()
     code = config.stockpipe().calendar
     day = args.date or daily_date(code)
@@ -445,6 +451,7 @@ class _progress_bar:
 
 def main(argv: Sequence[str] | None = None, out=None) -> int:
     out = out or sys.stdout
+    logs.configure()  # warnings and progress lines on stderr, as under the `luigi` command
     parser = argparse.ArgumentParser(prog="stockpipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     status = commands.add_parser("status", help="coverage, gaps, rebuild progress and ingest quality")

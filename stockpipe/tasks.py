@@ -1,4 +1,9 @@
-"""Luigi tasks: parameters, requires, output, and a run that calls one service function."""
+"""Luigi tasks: parameters, requires, output, and a run that calls one service function.
+
+Whatever runs these tasks also gets, on importing them, the metrics and alert handlers
+(`stockpipe.events`), forked helpers that die with the run (`stockpipe.lifecycle`) and stockpipe's
+log lines on stderr (`stockpipe.logs`): the package itself stays light (see `stockpipe/__init__.py`).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,9 @@ from pathlib import Path
 
 import luigi
 
-from stockpipe import config, outcome, preflight, targets, trading_calendar
+from stockpipe import config, logs, outcome, preflight, targets, trading_calendar
+from stockpipe import events as _events  # noqa: F401 - registers the metrics and alert handlers
+from stockpipe import lifecycle as _lifecycle  # noqa: F401 - forked helpers die with the run
 from stockpipe.engines import ChunkRef, open_engine
 from stockpipe.progress import luigi_progress
 from stockpipe.services import cleanup as cleanup_service
@@ -28,6 +35,7 @@ from stockpipe.store import open_store
 
 log = logging.getLogger("stockpipe.tasks")
 outcome.install()  # exit 0 when the job's target is complete, whoever ran its tasks (see outcome.py)
+logs.configure()  # stockpipe's log lines visible under the `luigi` command
 
 
 def _once_per_store(run):
