@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from stockpipe import markers
 from stockpipe.progress import Progress, silent
 from stockpipe.store import Marker, Session, Store, read_foreign
 from stockpipe.store.base import utcnow
@@ -32,7 +33,7 @@ from stockpipe.validation import validate_bars
 
 log = logging.getLogger("stockpipe.legacy")
 
-FAMILY = "ImportLegacy"
+FAMILY = markers.LEGACY_IMPORT
 _KEPT_PER_BATCH = 1000  # rejected rows listed verbatim in a batch marker (all are counted)
 
 
@@ -145,7 +146,7 @@ def _batches(values: Sequence[Any], size: int) -> list[list[Any]]:
 
 
 def _marker(key: str, part: str, source: str, stats: dict[str, Any]) -> Marker:
-    return Marker(f"{FAMILY}/{key}/{part}", FAMILY, {"source": source}, stats)
+    return Marker(markers.legacy_import(key, part), FAMILY, {"source": source}, stats)
 
 
 def import_legacy(
@@ -166,7 +167,7 @@ def import_legacy(
     _refuse_same_database(store, url)
     with read_foreign(url) as old:
         schema = LegacySchema(old)
-        done = {m["marker_id"] for m in store.markers(prefix=f"{FAMILY}/{key}/")}
+        done = {m["marker_id"] for m in store.markers(prefix=markers.legacy_imports(key))}
         known = _import_symbols(store, old, schema, key, shown, done)
         tickers = sorted(r[0] for r in _read(old, "stock_data",
             f"SELECT DISTINCT {schema.columns['stock_data']['symbol']} FROM stock_data "
@@ -184,7 +185,7 @@ def import_legacy(
         for batch in bar_batches:
             step += 1
             part = f"bars/{batch[0]}..{batch[-1]}"
-            if f"{FAMILY}/{key}/{part}" in done:
+            if markers.legacy_import(key, part) in done:
                 progress(100.0 * step / total, f"[{step}/{total}] {batch[0]}..{batch[-1]} imported by an earlier run")
                 continue
             stats = _import_bar_batch(store, old, schema, batch, known, _marker(key, part, shown, {}))
@@ -193,7 +194,7 @@ def import_legacy(
         for batch in watch_batches:
             step += 1
             part = f"watchlist/{batch[0]}..{batch[-1]}"
-            if f"{FAMILY}/{key}/{part}" in done:
+            if markers.legacy_import(key, part) in done:
                 progress(100.0 * step / total, f"[{step}/{total}] watchlist {batch[0]}..{batch[-1]} imported by an earlier run")
                 continue
             stats = _import_watchlist_batch(store, old, schema, batch, _marker(key, part, shown, {}))
@@ -248,7 +249,7 @@ def _as_date(value: Any) -> dt.date | None:
 
 def _import_symbols(store: Store, old: Session, schema: LegacySchema, key: str, shown: str, done: set[str]) -> set[str]:
     """New symbols into `symbols` (one transaction with its marker); returns every symbol bars may use."""
-    marker_id = f"{FAMILY}/{key}/symbols"
+    marker_id = markers.legacy_import(key, "symbols")
     if marker_id not in done:
         kinds = {"symbol": "VARCHAR", "name": "VARCHAR", "exchange": "VARCHAR", "sector": "VARCHAR",
                  "industry": "VARCHAR", "market_cap": "DOUBLE PRECISION", "is_etf": "BOOLEAN", "is_active": "BOOLEAN"}
@@ -403,11 +404,11 @@ def validate_watchlist(rows: pa.Table) -> tuple[pa.Table, list[Rejected]]:
 
 def summarize(store: Store, key: str) -> dict[str, Any]:
     """The import's totals over every batch committed so far (this run's and earlier runs')."""
-    markers = store.markers(prefix=f"{FAMILY}/{key}/")
+    found = store.markers(prefix=markers.legacy_imports(key))
     summary: dict[str, Any] = {"symbols_added": 0, "bars_added": 0, "bars_kept": 0, "watchlist_rows_added": 0,
                                "watchlist_rows_kept": 0, "rejected_count": 0, "rejected": [],
-                               "first_date": None, "last_date": None, "batches": len(markers)}
-    for m in markers:
+                               "first_date": None, "last_date": None, "batches": len(found)}
+    for m in found:
         stats = m["stats"]
         table = stats.get("table")
         if table == "nasdaq_symbols":
