@@ -27,8 +27,8 @@ import pyarrow.compute as pc
 from stockpipe import markers
 from stockpipe.progress import Progress, silent
 from stockpipe.store import Marker, Store
-from stockpipe.store.legacy_reader import LegacyDatabase, LegacyImportError, open_legacy
 from stockpipe.store.base import utcnow
+from stockpipe.store.legacy_reader import LegacyDatabase, LegacyImportError, open_legacy
 from stockpipe.store.schema import BARS, DAILY_WATCHLIST, SYMBOLS
 from stockpipe.validation import validate_bars
 
