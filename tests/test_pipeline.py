@@ -1,4 +1,5 @@
-"""The tasks end to end through Luigi (in-process scheduler), on DuckDB and PostgreSQL."""
+"""The tasks end to end through Luigi (in-process scheduler), on DuckDB; a Daily and a rebuild that
+resumes after a failed chunk also on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ def assert_same_indicators(actual: pa.Table, expected: pa.Table, exact: bool = F
         np.testing.assert_allclose(a[~np.isnan(a)], b[~np.isnan(b)], rtol=0 if exact else RTOL, atol=0 if exact else ATOL, err_msg=name)
 
 
+@pytest.mark.both_stores
 def test_daily_runs_symbols_bars_indicators(pipeline):
     assert pipeline.build(tasks.Daily(date=DAY))
     store = pipeline.store
@@ -100,6 +102,7 @@ def test_rerun_skips_finished_chunks_and_run_id_rebuilds_again(pipeline):
     assert len(again) == 3
 
 
+@pytest.mark.both_stores
 def test_failed_chunk_is_reported_and_the_rerun_redoes_only_it(pipeline, monkeypatch):
     assert pipeline.build(tasks.Daily(date=DAY))
     store = pipeline.store

@@ -14,6 +14,8 @@ from stockpipe.indicators import indicator_rows
 from stockpipe.store import Marker, SchemaVersionError, StoreError, open_store
 from stockpipe.store.schema import INDICATORS, SCHEMA_VERSION
 
+pytestmark = pytest.mark.both_stores
+
 
 def symbols_rows(*names: str, **overrides) -> pa.Table:
     n = len(names)
