@@ -172,10 +172,18 @@ def test_the_repositorys_csv_sample_below_min_symbols_says_what_to_set(tmp_path)
 
 
 def test_warmup_below_exact_minimum_is_refused_before_any_work(pipeline):
-    pipeline.configure("stockpipe", warmup_bars=300)
-    with pytest.raises(UserError, match=r"\[stockpipe\] warmup_bars = 300 is refused: use 0 .* or at least 500"):
+    from stockpipe.indicators import WARMUP_BARS
+
+    for refused in (300, WARMUP_BARS - 1):
+        pipeline.configure("stockpipe", warmup_bars=refused)
+        for make in (lambda: tasks.IngestDate(date=DAY), lambda: tasks.RebuildFrom(start_date=REBUILD_FROM)):
+            with pytest.raises(UserError, match=rf"\[stockpipe\] warmup_bars = {refused} is refused: use 0 .* or at least {WARMUP_BARS}"):
+                make()
+    # The minimum itself and 0 (the whole history) are accepted: the refusal is exactly below it.
+    for accepted in (WARMUP_BARS, 0):
+        pipeline.configure("stockpipe", warmup_bars=accepted)
         tasks.IngestDate(date=DAY)
-    assert pipeline.store.bars_extent()[2] == 0
+    assert not pipeline.store_dir.exists(), "a refused setting must stop every task before it creates anything"
 
 
 def test_backfill_fetches_history_in_batches_and_bulk_complete_answers_in_one_query(pipeline):
