@@ -153,6 +153,8 @@ def test_collect_symbols_below_minimum_fails_clearly(pipeline):
     pipeline.configure("stockpipe", min_symbols=1000)
     assert not pipeline.build(tasks.CollectSymbols(date=DAY))
     assert pipeline.store.active_symbols() == []
+    (failed,) = pipeline.store.query("SELECT error FROM task_runs WHERE task_family = 'CollectSymbols' AND status = 'FAILED'").to_pylist()
+    assert "source 'demo' returned 30 symbols" in failed["error"] and "fewer than the minimum 1000 ([stockpipe] min_symbols)" in failed["error"]
 
 
 def test_the_repositorys_csv_sample_below_min_symbols_says_what_to_set(tmp_path):
