@@ -289,3 +289,33 @@ def test_replica_export_copies_every_table_row_for_row(store, tmp_path):
     finally:
         replica.close()
     assert counts["bars"] == sum(20 + i % 7 for i in range(len(names))) and counts["symbols"] == len(names) > 100
+
+
+def test_first_runs_racing_on_an_empty_postgres_database_create_the_schema_once(postgres_url):
+    """Workers of two first runs (separate connections, as separate processes have) all call
+    ensure_schema at once: none fails on the other's CREATE, and the schema is there once."""
+    import threading
+
+    from stockpipe.store.postgres_store import PostgresStore
+
+    starting = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def first_run():
+        store = PostgresStore(postgres_url)  # not the shared instance: a connection pool of its own
+        try:
+            starting.wait(30)
+            store.ensure_schema()
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+        finally:
+            store.close()
+
+    runs = [threading.Thread(target=first_run) for _ in range(4)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(120)
+    assert errors == []
+    store = open_store(postgres_url)
+    assert store.query("SELECT version FROM schema_version").column("version").to_pylist() == [SCHEMA_VERSION]
