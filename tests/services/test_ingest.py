@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from stockpipe import trading_calendar
+from stockpipe import markers, trading_calendar
 from stockpipe.engines import open_engine
 from stockpipe.indicators import indicator_rows
 from stockpipe.services.indicators import compute_chunk
@@ -162,11 +162,11 @@ def test_indicators_stopping_before_the_start_are_recomputed_from_the_day_after_
         session.execute("DELETE FROM indicators WHERE symbol = :s AND date >= :d", {"s": symbols[3], "d": hole_from})
     start = trading_calendar.sessions_back("XNYS", DAY, 2)
     stats = compute_chunk(store, symbols, start, engine=engine, warmup_bars=500,
-                          marker=Marker("IndicatorChunk/daily-x/0", "IndicatorChunk"))
+                          marker=Marker(markers.indicator_chunk("daily-x", 0), "IndicatorChunk"))
     assert stats["healed_symbols"] == [symbols[3]]
     assert stats["rows_saved"] == 7 * 3 + 10
     assert store.read_indicators().drop(["created_at"]).equals(expected)
-    assert store.completed(["IndicatorChunk/daily-x/0"]) == {"IndicatorChunk/daily-x/0"}
+    assert store.completed([markers.indicator_chunk("daily-x", 0)]) == {markers.indicator_chunk("daily-x", 0)}
 
 
 # -- splits -----------------------------------------------------------------------------------------

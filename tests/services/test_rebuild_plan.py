@@ -9,6 +9,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
+from stockpipe import markers
 from stockpipe.engines import open_engine
 from stockpipe.services import rebuild
 from stockpipe.services.indicators import compute_chunk
@@ -65,7 +66,7 @@ def test_a_resumed_run_reuses_its_plan_and_backup_even_if_the_universe_changed(s
     backup = (directory / rebuild.BACKUP_FILE).read_bytes()
     # One chunk replaced its rows, and the universe lost a symbol, before the run was resumed.
     compute_chunk(store, first.chunks[0], START, engine=open_engine("numpy"), warmup_bars=500,
-                  marker=Marker(rebuild.chunk_marker_id(PLAN_ID, 0), "IndicatorChunk"))
+                  marker=Marker(markers.indicator_chunk(PLAN_ID, 0), "IndicatorChunk"))
     again = plan(store, directory, symbols=store.active_symbols()[1:], chunk_size=3)
     assert again.chunks == first.chunks and again.created_at == first.created_at
     assert (directory / rebuild.BACKUP_FILE).read_bytes() == backup
@@ -75,7 +76,7 @@ def test_a_started_run_whose_plan_is_gone_is_refused_and_its_backup_kept(store, 
     directory = tmp_path / "runs" / PLAN_ID
     first = plan(store, directory)
     compute_chunk(store, first.chunks[1], START, engine=open_engine("numpy"), warmup_bars=500,
-                  marker=Marker(rebuild.chunk_marker_id(PLAN_ID, 1), "IndicatorChunk"))
+                  marker=Marker(markers.indicator_chunk(PLAN_ID, 1), "IndicatorChunk"))
     backup = (directory / rebuild.BACKUP_FILE).read_bytes()
     (directory / rebuild.PLAN_FILE).unlink()
     with pytest.raises(rebuild.RebuildError, match=r"plan.json is missing but run rebuild-2025-09-29 already started "
