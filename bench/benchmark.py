@@ -7,6 +7,15 @@ Builds a demo store of 2,500 symbols x 10 years (Backfill), then times a full-hi
     python bench/benchmark.py                      # DuckDB in bench/out/
     python bench/benchmark.py --store postgres     # a fresh PostgreSQL database (see --pg-admin)
     python bench/benchmark.py --tickers 500 --years 3   # a quicker, smaller run
+
+Before the 13-session rebuilds a Daily for the last backfilled session runs (untimed), as the cron
+job would have the day before: the timed Daily then finds the previous day's replica, like every
+Daily but the first. With `--keep` the store as it stood before the timed Daily is saved (a copy of
+the directory; on PostgreSQL a template database `<database>_before_daily`), and
+
+    python bench/benchmark.py --keep --daily-only --repeat 3   # time that Daily again, 3 times
+
+puts it back before each repeat and times the Daily alone (median and peak memory printed).
 """
 
 from __future__ import annotations
@@ -70,6 +79,11 @@ def main() -> None:
     parser.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--keep", action="store_true", help="keep bench/out and the database afterwards")
     parser.add_argument("--workers", type=int, default=1, help="luigi --workers for the rebuilds and Daily")
+    parser.add_argument("--out", type=Path, help="working directory (default bench/out/<store>)")
+    parser.add_argument("--database", default="stockpipe_bench", help="PostgreSQL database to create (and drop)")
+    parser.add_argument("--daily-only", action="store_true",
+                        help="time only the Daily, on the store a --keep run saved as it was before its Daily")
+    parser.add_argument("--repeat", type=int, default=1, help="with --daily-only: how many times")
     options = parser.parse_args()
     WORKERS[1] = str(options.workers)
 
@@ -81,30 +95,38 @@ def main() -> None:
     rebuild_13 = trading_calendar.sessions_back("XNYS", end, 12)
     next_day = trading_calendar.sessions("XNYS", end + dt.timedelta(days=1), end + dt.timedelta(days=10))[0]
 
-    directory = HERE / "out" / options.store
+    directory = (options.out or HERE / "out" / options.store).resolve()
+    saved = directory.with_name(directory.name + ".before-daily")
+    database = None
+    if options.store == "postgres":
+        import psycopg2
+
+        database = options.database
+        admin = psycopg2.connect(options.pg_admin)
+        admin.autocommit = True
+    if options.daily_only:
+        daily_only(options, directory, saved, database, admin if database else None, next_day)
+        return
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
-    database = None
     if options.store == "duckdb":
         store_url = f"duckdb:///{directory / 'bench.duckdb'}"
     else:
-        import psycopg2
-
-        database = "stockpipe_bench"
-        admin = psycopg2.connect(options.pg_admin)
-        admin.autocommit = True
         with admin.cursor() as cursor:
             cursor.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
             cursor.execute(f'CREATE DATABASE "{database}"')
-        store_url = options.pg_admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://") + f"/{database}"
+        store_url = pg_url(options.pg_admin, database)
     luigi_cfg(directory, store_url, options.tickers)
 
     figures: dict = {"store": options.store, "workers": options.workers, "symbols": options.tickers, "sessions": 252 * options.years,
                      "from": str(start), "to": str(end), "cpus": os.cpu_count()}
     figures["backfill"] = measure(directory, "Backfill", "--start-date", str(start), "--end-date", str(end))
     figures["rebuild_full"] = measure(directory, "RebuildFrom", "--start-date", str(start))
+    figures["daily_before"] = measure(directory, "Daily", "--date", str(end))
     figures["rebuild_13_days"] = measure(directory, "RebuildFrom", "--start-date", str(rebuild_13))
     figures["rebuild_13_days_again"] = measure(directory, "RebuildFrom", "--start-date", str(rebuild_13), "--run-id", "again")
+    if options.keep:
+        save_store(directory, saved, database, admin if database else None)
     figures["daily"] = measure(directory, "Daily", "--date", str(next_day))
     report = json.loads((runs_dir(directory, store_url) / f"daily-{next_day}" / "report.json").read_text())
     figures["daily_indicators"] = {"seconds": report["seconds"], "note": "plan to last chunk, inside the Daily run"}
@@ -120,6 +142,46 @@ def main() -> None:
         if database:
             with admin.cursor() as cursor:
                 cursor.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def pg_url(admin_url: str, database: str) -> str:
+    return admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://") + f"/{database}"
+
+
+def save_store(directory: Path, saved: Path, database: str | None, admin) -> None:
+    """The store and its files as they are now, to put back before each `--daily-only` repeat."""
+    shutil.rmtree(saved, ignore_errors=True)
+    shutil.copytree(directory, saved)
+    if database:
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{database}_before_daily" WITH (FORCE)')
+            cursor.execute(f'CREATE DATABASE "{database}_before_daily" TEMPLATE "{database}"')
+
+
+def put_back(directory: Path, saved: Path, database: str | None, admin) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
+    shutil.copytree(saved, directory)
+    if database:
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            cursor.execute(f'CREATE DATABASE "{database}" TEMPLATE "{database}_before_daily"')
+
+
+def daily_only(options, directory: Path, saved: Path, database: str | None, admin, next_day) -> None:
+    import statistics
+
+    if not saved.exists():
+        raise SystemExit(f"{saved} does not exist: run the benchmark with --keep (same --store/--out) first")
+    runs = []
+    for _ in range(options.repeat):
+        put_back(directory, saved, database, admin)
+        load = os.getloadavg()[0]
+        result = measure(directory, "Daily", "--date", str(next_day))
+        result["load_average_1m"] = round(load, 2)
+        runs.append(result)
+    print(json.dumps({"store": options.store, "daily": runs,
+                      "median_seconds": statistics.median(r["seconds"] for r in runs),
+                      "median_peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs)}, indent=2))
 
 
 if __name__ == "__main__":
