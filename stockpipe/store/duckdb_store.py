@@ -276,6 +276,41 @@ class DuckDBStore(Store):
             session.execute("BEGIN TRANSACTION")
         return counts
 
+    def update_replica(self, path, mark):
+        # In one transaction of the store, with the replica attached (see export_replica).
+        from stockpipe.store import changes
+
+        target = str(path).replace("'", "''")
+        with self.session(write=True) as session:
+            since = changes.changes_since(session, mark)
+            if since is None:
+                return None, f"the store does not hold the previous replica's newest change {mark.change_id} (restored or replaced since?)"
+            found, why = changes.windows(since)
+            if found is None:
+                return None, why
+            session.execute(f"ATTACH '{target}' AS replica")
+            try:
+                tables = {table.name: table for table in self.replica_tables()}
+                copies = [(table, None) for table in tables.values() if table.name not in BULK_TABLES]
+                copies += [(tables[window.table], window) for window in found]
+                for table, window in copies:
+                    columns = ", ".join(table.columns)
+                    where = "" if window is None else " WHERE " + window.where()
+                    params = {} if window is None else window.params
+                    session.execute(f"DELETE FROM replica.{table.name}{where}", params)
+                    session.execute(f"INSERT INTO replica.{table.name} ({columns}) "
+                                    f"SELECT {columns} FROM main.{table.name}{where}", params)
+                counts = {name: int(session.fetch(f"SELECT count(*) FROM main.{name}")[0][0]) for name in tables}
+                session.execute("COMMIT")
+            except BaseException as exc:
+                _rollback_keeping(exc, lambda: session.execute("ROLLBACK"),
+                                  lambda: session.execute("DETACH DATABASE IF EXISTS replica"),
+                                  lambda: session.execute("BEGIN TRANSACTION"))
+                raise
+            session.execute("DETACH DATABASE IF EXISTS replica")
+            session.execute("BEGIN TRANSACTION")
+        return counts, ""
+
     # -- integrity --------------------------------------------------------------------------------
     @property
     def wal_path(self) -> Path:
