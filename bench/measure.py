@@ -16,8 +16,11 @@ if arguments[:1] == ["--grep"]:
 started = time.perf_counter()
 completed = subprocess.run(arguments, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 seconds = time.perf_counter() - started
-peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+children = resource.getrusage(resource.RUSAGE_CHILDREN)
+peak_kib = children.ru_maxrss
+# CPU seconds (user + system, of it and its children) vary less than wall seconds on a shared machine.
 result = {"returncode": completed.returncode, "seconds": round(seconds, 3), "peak_rss_mb": round(peak_kib / 1024, 1),
+          "cpu_seconds": round(children.ru_utime + children.ru_stime, 3),
           "stderr_tail": completed.stderr[-3000:] if completed.returncode else ""}
 if grep is not None:
     result["matched"] = [line for line in completed.stderr.splitlines() if grep in line]
