@@ -689,9 +689,9 @@ class Store(ABC):
                     where = "" if window is None else " WHERE " + window.where()
                     params = {} if window is None else window.params
                     target.execute(translate_placeholders(f"DELETE FROM {table.name}{where}", "dollar"), params)
-                    store_where = "" if window is None else " WHERE " + window.where(self.codepoint_collation)
-                    for batch in session.fetch_batches(f"SELECT {columns} FROM {table.name}{store_where}", params,
-                                                       schema=table.schema):
+                    query = (f"SELECT {columns} FROM {table.name}" if window is None
+                             else self._window_query(table, columns, window.where(self.codepoint_collation)))
+                    for batch in session.fetch_batches(query, params, schema=table.schema):
                         target.register("_rows", batch)
                         target.execute(f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM _rows")
                         target.unregister("_rows")
@@ -701,6 +701,10 @@ class Store(ABC):
         finally:
             target.close()
         return counts, ""
+
+    def _window_query(self, table: Table, columns: str, where: str) -> str:
+        """The rows of a bulk table a change window covers."""
+        return f"SELECT {columns} FROM {table.name} WHERE {where}"
 
     def _snapshot(self, session: Session) -> None:
         """Make the session's reads one consistent snapshot (a no-op where they already are)."""
