@@ -38,6 +38,22 @@ from stockpipe.store.schema import BULK_TABLES, Table
 
 _LIVE_STORES: "weakref.WeakSet[DuckDBStore]" = weakref.WeakSet()
 
+# Copying the tables into the replica with DuckDB's default limit (80% of RAM) peaked at 1.25 GB for
+# 6M bars + 6M indicator rows; bounded, the same copy took the same time at 0.38 GB.
+REPLICA_MEMORY_LIMIT = "300MB"
+
+
+@contextmanager
+def _memory_limit(session, limit: str) -> Iterator[None]:
+    session.execute(f"SET memory_limit = '{limit}'")
+    try:
+        yield
+    finally:
+        try:
+            session.execute("RESET memory_limit")
+        except Exception:  # noqa: BLE001 - a failed copy's error is the one to report
+            pass
+
 
 def duckdb_path(url: str) -> Path:
     """duckdb:///relative/path.duckdb (relative to the working directory) or duckdb:////absolute."""
@@ -255,7 +271,7 @@ class DuckDBStore(Store):
 
         target = str(path).replace("'", "''")
         counts: dict[str, int] = {}
-        with self.session(write=True) as session:
+        with self.session(write=True) as session, _memory_limit(session, REPLICA_MEMORY_LIMIT):
             session.execute(f"ATTACH '{target}' AS replica")
             try:
                 for table in self.replica_tables():
@@ -281,7 +297,7 @@ class DuckDBStore(Store):
         from stockpipe.store import changes
 
         target = str(path).replace("'", "''")
-        with self.session(write=True) as session:
+        with self.session(write=True) as session, _memory_limit(session, REPLICA_MEMORY_LIMIT):
             since = changes.changes_since(session, mark)
             if since is None:
                 return None, f"the store does not hold the previous replica's newest change {mark.change_id} (restored or replaced since?)"
