@@ -6,7 +6,7 @@ Each repeat is its own process (peak memory is its own): it copies OLD_REPLICA t
 directory as the replica to refresh, then publishes. With the replica that the benchmark's first
 Daily left (`replica.previous.duckdb` after its timed Daily), the refresh catches up a 13-session
 rebuild and one Daily's ingest and indicators, as that Daily's own Replicate did. Prints JSON:
-each run's wall and CPU seconds, peak RSS, the load average at its start, and the medians.
+each run's wall seconds, peak memory (of the process tree, see measure.py), the load average at its start, and the medians.
 """
 
 from __future__ import annotations
@@ -53,11 +53,10 @@ def main() -> None:
                 capture_output=True, text=True, check=True).stdout)
             if measured["returncode"]:
                 raise SystemExit(measured["stderr_tail"])
-            runs.append({"seconds": measured["seconds"], "cpu_seconds": measured["cpu_seconds"],
-                         "peak_rss_mb": measured["peak_rss_mb"], "load_average_1m": round(load, 2),
+            runs.append({"seconds": measured["seconds"], "peak_mb": measured["peak_mb"], "load_average_1m": round(load, 2),
                          **json.loads(measured["matched"][-1].split(" ", 1)[1])})
     print(json.dumps({"runs": runs, **{f"median_{k}": statistics.median(r[k] for r in runs)
-                                        for k in ("seconds", "cpu_seconds", "peak_rss_mb")}}, indent=2))
+                                        for k in ("seconds", "peak_mb")}}, indent=2))
 
 
 if __name__ == "__main__":

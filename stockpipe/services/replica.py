@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stockpipe.store import Store
+from stockpipe.store import Store, StoreError, replica_file
 from stockpipe.store.changes import replica_mark
 from stockpipe.store.schema import VIEWS
 from stockpipe.tempfiles import discard_orphans, temporary_for
@@ -32,25 +32,9 @@ class ReplicaError(RuntimeError):
     pass
 
 
-def create_views(path: Path) -> None:
-    """The old system's compatibility views, over the replica's own copies of the tables."""
-    import duckdb
-
-    connection = duckdb.connect(str(path))
-    try:
-        for view in VIEWS:
-            connection.execute(view.ddl())
-        connection.execute("CHECKPOINT")
-    finally:
-        connection.close()
-
-
 def verify_replica(path: Path, expected: dict[str, int]) -> None:
-    import duckdb
-
-    connection = duckdb.connect(str(path), read_only=True)
-    try:
-        present = {r[0] for r in connection.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    with replica_file.open_replica(path) as replica:
+        present = replica.names()
         missing = sorted(set(expected) - present)
         if missing:
             raise ReplicaError(f"replica {path} lacks table(s) {', '.join(missing)}")
@@ -58,11 +42,9 @@ def verify_replica(path: Path, expected: dict[str, int]) -> None:
         if missing:
             raise ReplicaError(f"replica {path} lacks view(s) {', '.join(missing)}")
         for table, rows in expected.items():
-            found = connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            found = replica.row_count(table)
             if found != rows:
                 raise ReplicaError(f"replica {path}: {table} has {found} rows, the store had {rows}")
-    finally:
-        connection.close()
 
 
 def publish_replica(store: Store, path: Path) -> dict[str, Any]:
@@ -79,7 +61,7 @@ def publish_replica(store: Store, path: Path) -> dict[str, Any]:
         if counts is None:
             _discard(temporary)
             counts, mode = store.export_replica(temporary), "full"
-            create_views(temporary)
+            replica_file.add_views(temporary)
             verify_replica(temporary, counts)
         os.chmod(temporary, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
         previous = path.with_name(path.stem + ".previous" + path.suffix)
@@ -115,7 +97,7 @@ def _catch_up(store: Store, path: Path, temporary: Path) -> tuple[dict[str, int]
         counts, reason = store.update_replica(temporary, mark)
         if counts is None:
             return None, "full", reason
-        create_views(temporary)
+        replica_file.add_views(temporary)
         verify_replica(temporary, counts)
     except Exception as exc:  # noqa: BLE001 - any failure to catch up (a damaged copy, counts the log
         # cannot explain: a change it did not record) is what a full export is for; its own errors are not caught
@@ -134,41 +116,18 @@ def restore_from_replica(store: Store, path: Path, batch_rows: int = 500_000) ->
     """Fill an empty store (a damaged one moved aside) with every table of a replica, in one
     transaction: a failed restore leaves the store empty. The store keeps its own declared keys,
     which the replica does not carry (so the replica file itself cannot simply become the store)."""
-    import duckdb
-    import pyarrow as pa
-
     from stockpipe.store.schema import SCHEMA_VERSION, TABLES
 
     path = Path(path)
     try:
-        replica = duckdb.connect(str(path), read_only=True)
-    except duckdb.Error as exc:
-        raise ReplicaError(f"cannot open replica {path}: {' '.join(str(exc).split())}") from exc
-    try:
-        present = {r[0] for r in replica.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        missing = sorted(({t.name for t in TABLES} | {"schema_version"}) - present)
+        replica = replica_file.open_replica(path)
+    except StoreError as exc:
+        raise ReplicaError(f"cannot open replica {path}: {exc}") from exc
+    with replica:
+        missing = sorted(({t.name for t in TABLES} | {"schema_version"}) - replica.names())
         if missing:
             raise ReplicaError(f"{path} is not a stockpipe replica: it lacks table(s) {', '.join(missing)}")
-        version = replica.execute("SELECT max(version) FROM schema_version").fetchall()[0][0]
+        version = replica.schema_version()
         if version != SCHEMA_VERSION:
             raise ReplicaError(f"replica {path} has schema version {version}, this stockpipe expects {SCHEMA_VERSION}")
-        counts: dict[str, int] = {}
-        store.ensure_schema()  # a new, empty file gets its tables (with their keys) first
-        with store.session() as session:
-            for table in TABLES:
-                stored = session.fetch(f"SELECT count(*) FROM {table.name}")[0][0]
-                if stored:
-                    raise ReplicaError(
-                        f"{store.redacted_url()} is not empty ({table.name} has {stored:,} rows): a replica is restored "
-                        f"into an empty store; move the damaged one aside first")
-            for table in TABLES:
-                counts[table.name] = 0
-                reader = replica.sql(f"SELECT {', '.join(table.columns)} FROM {table.name}").to_arrow_reader(batch_rows)
-                for batch in reader:
-                    counts[table.name] += session.insert(table, table.conform(pa.Table.from_batches([batch])))
-                log.info("restored %s: %d rows from %s", table.name, counts[table.name], path)
-            # The restored store's log no longer describes the rows since any replica's mark.
-            store.record_restore(session)
-    finally:
-        replica.close()
-    return counts
+        return store.fill_empty(lambda table: replica.batches(table, batch_rows), origin=str(path))

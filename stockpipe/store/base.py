@@ -17,10 +17,11 @@ import re
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import pyarrow as pa
 
+from stockpipe import markers
 from stockpipe.store import changes
 from stockpipe.store.schema import (
     BARS,
@@ -390,6 +391,25 @@ class Store(ABC):
             self._touch(session, marker)
         return True
 
+    def last_bar_dates(self, symbols: Sequence[str]) -> dict[str, dt.date]:
+        """Each symbol's latest stored bar date (symbols without bars are left out)."""
+        return self._bar_dates("max", symbols)
+
+    def first_bar_dates(self, symbols: Sequence[str]) -> dict[str, dt.date]:
+        """Each symbol's earliest stored bar date (symbols without bars are left out)."""
+        return self._bar_dates("min", symbols)
+
+    def _bar_dates(self, aggregate: str, symbols: Sequence[str]) -> dict[str, dt.date]:
+        with self.session(write=False) as session:
+            rows = session.fetch(f"SELECT symbol, {aggregate}(date) FROM bars WHERE symbol = ANY(:s) GROUP BY symbol",
+                                 {"s": list(symbols)})
+        return {r[0]: r[1] for r in rows}
+
+    def bar_symbols(self) -> list[str]:
+        """Every symbol with at least one bar (active or not), sorted."""
+        with self.session(write=False) as session:
+            return [r[0] for r in session.fetch("SELECT DISTINCT symbol FROM bars ORDER BY symbol")]
+
     def bars_extent(self) -> tuple[dt.date | None, dt.date | None, int]:
         with self.session(write=False) as session:
             first, last, count = session.fetch("SELECT min(date), max(date), count(*) FROM bars")[0]
@@ -583,6 +603,11 @@ class Store(ABC):
                 schema=DAILY_WATCHLIST.schema,
             )
 
+    def latest_watchlist_date(self) -> dt.date | None:
+        """The latest date with a watchlist row (None: none yet)."""
+        with self.session(write=False) as session:
+            return session.fetch("SELECT max(scan_date) FROM daily_watchlist")[0][0]
+
     # -- imports --------------------------------------------------------------------------------
     def add_rows(self, table: Table, rows: pa.Table, marker: Marker | None = None,
                  key: Sequence[str] | None = None) -> int | None:
@@ -623,6 +648,28 @@ class Store(ABC):
             last = None if last is None else max(last, high)
         if touched:
             changes.record(session, "indicators", sorted(touched), first, last, utcnow())
+
+    def fill_empty(self, rows_of: Callable[[Table], Iterable[pa.Table]], origin: str) -> dict[str, int]:
+        """Fill an empty store (a damaged one moved aside) with every table's rows, `rows_of(table)`
+        from `origin` (a replica), in one transaction: a failed fill leaves the store empty. A store
+        holding any row is refused. Returns the rows written per table."""
+        counts: dict[str, int] = {}
+        self.ensure_schema()  # a new, empty file gets its tables (with their keys) first
+        with self.session() as session:
+            for table in TABLES:
+                stored = session.fetch(f"SELECT count(*) FROM {table.name}")[0][0]
+                if stored:
+                    raise StoreError(
+                        f"{self.redacted_url()} is not empty ({table.name} has {stored:,} rows): a replica is restored "
+                        f"into an empty store; move the damaged one aside first")
+            for table in TABLES:
+                counts[table.name] = 0
+                for rows in rows_of(table):
+                    counts[table.name] += session.insert(table, table.conform(rows))
+                log.info("restored %s: %d rows from %s", table.name, counts[table.name], origin)
+            # The filled store's log no longer describes its rows since any replica's mark.
+            self.record_restore(session)
+        return counts
 
     # -- replica --------------------------------------------------------------------------------
     def record_restore(self, session: Session) -> None:
@@ -811,6 +858,44 @@ class Store(ABC):
                 {"d": day})
         return {"without_bars": [r[0] for r in no_bar], "without_indicators": [r[0] for r in no_indicator]}
 
+    def nulls_despite_history(self, since: dt.date, first_valid: Mapping[str, int]) -> list[dict[str, Any]]:
+        """Per date from `since` on which some symbol has an indicator NULL although it had enough bars
+        for it (`first_valid`: indicator -> 0-based bar position of its first value): the date, how many
+        such symbols, and per indicator how many of them lack it."""
+        position = "(coalesce(p.n, 0) + r.k)"
+        flags = {name: f"({position} >= {int(first)} AND i.{name} IS NULL)" for name, first in sorted(first_valid.items())}
+        if not flags:
+            return []
+        with self.session(write=False) as session:
+            return session.fetch_arrow(
+                "WITH prior AS (SELECT symbol, count(*) AS n FROM bars WHERE date < :since GROUP BY symbol), "
+                "recent AS (SELECT symbol, date, row_number() OVER (PARTITION BY symbol ORDER BY date) - 1 AS k "
+                "FROM bars WHERE date >= :since) "
+                "SELECT r.date AS date, count(*) AS symbols, "
+                + ", ".join(f"sum(CASE WHEN {flag} THEN 1 ELSE 0 END) AS {name}" for name, flag in flags.items())
+                + " FROM recent r LEFT JOIN prior p ON p.symbol = r.symbol "
+                "JOIN indicators i ON i.symbol = r.symbol AND i.date = r.date "
+                f"WHERE {' OR '.join(flags.values())} GROUP BY r.date",
+                {"since": since},
+            ).to_pylist()
+
+    # -- task runs ------------------------------------------------------------------------------
+    def record_task_run(self, run: Mapping[str, Any], with_attempt: bool = True) -> int | None:
+        """Append one run of a task to `task_runs` (`run`: its columns but `attempt`, which is that
+        task's earlier runs + 1, counted in the same statement). Returns the attempt written, or None
+        without `with_attempt` (one query fewer)."""
+        with self.session() as session:
+            session.execute(
+                "INSERT INTO task_runs (task_id, task_family, params, status, attempt, started_at, finished_at, "
+                "duration_seconds, error, host) VALUES (:task_id, :task_family, :params, :status, "
+                "(SELECT count(*) + 1 FROM task_runs WHERE task_id = :task_id), :started_at, :finished_at, "
+                ":duration_seconds, :error, :host)",
+                {c: run[c] for c in TASK_RUNS.columns if c != "attempt"},
+            )
+            if not with_attempt:
+                return None
+            return int(session.fetch("SELECT max(attempt) FROM task_runs WHERE task_id = :t", {"t": run["task_id"]})[0][0])
+
     def task_runs_of_day(self, day: dt.date) -> pa.Table:
         """The `task_runs` rows of one date's pipeline: tasks whose `date` parameter is `day`, and
         the chunks of that day's indicator plan (`daily-<day>`), oldest first."""
@@ -818,7 +903,7 @@ class Store(ABC):
             return session.fetch_arrow(
                 "SELECT * FROM task_runs WHERE (params LIKE :own AND task_family <> 'IndicatorChunk') "
                 "OR params LIKE :chunk ORDER BY started_at, task_id",
-                {"own": f'%"date": "{day}"%', "chunk": f'%"plan_id": "daily-{day}"%'},
+                {"own": f'%"date": "{day}"%', "chunk": f'%"plan_id": "{markers.daily_plan_id(day)}"%'},
                 schema=TASK_RUNS.schema,
             )
 

@@ -135,7 +135,7 @@ def test_a_crash_while_catching_up_leaves_the_previous_replica(pipeline):
         def killed(path):  # the copy is caught up, not yet verified nor renamed
             os.kill(os.getpid(), signal.SIGKILL)
 
-        replica.create_views = killed
+        replica.replica_file.add_views = killed
         replica.publish_replica(open_store({pipeline.store_url!r}), Path({str(path)!r}))
     """)], env={**os.environ}, capture_output=True, text=True, timeout=300)
     assert crash.returncode == -signal.SIGKILL, crash.stderr

@@ -12,7 +12,7 @@ import pytest
 
 from stockpipe.indicators import indicator_rows
 from stockpipe.store import Marker, SchemaVersionError, StoreError, open_store
-from stockpipe.store.schema import INDICATORS, SCHEMA_VERSION
+from stockpipe.store.schema import DAILY_WATCHLIST, INDICATORS, SCHEMA_VERSION
 
 
 def symbols_rows(*names: str, **overrides) -> pa.Table:
@@ -239,3 +239,45 @@ def test_task_runs_of_a_day_and_newest_markers(store):
     store.touch(Marker("Replicate/2025-01-10", "Replicate", {}, {"path": "r.duckdb"}))
     newest = {m["task_family"]: m["stats"]["path"] for m in store.newest_markers()}
     assert newest == {"Report": "b.html", "Replicate": "r.duckdb"}
+
+
+def test_first_and_last_bar_dates_and_the_symbols_with_bars(store):
+    store.write_bars(pa.concat_tables([bars_rows("AAA", dt.date(2025, 1, 1), 10), bars_rows("BBB", dt.date(2025, 1, 4), 2)]))
+    assert store.last_bar_dates(["AAA", "BBB", "CCC"]) == {"AAA": dt.date(2025, 1, 10), "BBB": dt.date(2025, 1, 5)}
+    assert store.first_bar_dates(["BBB", "CCC"]) == {"BBB": dt.date(2025, 1, 4)}
+    assert store.bar_symbols() == ["AAA", "BBB"]  # whether listed in symbols or not
+
+
+def test_task_runs_count_each_tasks_attempts(store):
+    def run(task_id: str, status: str) -> dict:
+        return {"task_id": task_id, "task_family": "Daily", "params": "{}", "status": status,
+                "started_at": dt.datetime(2025, 1, 10, 1), "finished_at": dt.datetime(2025, 1, 10, 2),
+                "duration_seconds": 3600.0, "error": None if status == "DONE" else "boom", "host": "here"}
+
+    assert store.record_task_run(run("a", "FAILED")) == 1
+    assert store.record_task_run(run("b", "FAILED")) == 1
+    assert store.record_task_run(run("a", "DONE"), with_attempt=False) is None
+    assert store.record_task_run(run("a", "DONE")) == 3
+    stored = store.query("SELECT task_id, status, attempt, error FROM task_runs ORDER BY task_id, attempt").to_pylist()
+    assert [(r["task_id"], r["status"], r["attempt"], r["error"]) for r in stored] == [
+        ("a", "FAILED", 1, "boom"), ("a", "DONE", 2, None), ("a", "DONE", 3, None), ("b", "FAILED", 1, "boom")]
+
+
+def test_nulls_despite_history_count_bars_before_the_window(store):
+    store.write_bars(pa.concat_tables([bars_rows("AAA", dt.date(2025, 1, 1), 10), bars_rows("BBB", dt.date(2025, 1, 1), 10)]))
+    store.replace_indicators(["AAA"], dt.date(2025, 1, 1), indicator_rows(store.read_bars(["AAA"])))
+    # 10 bars: sma_20 is NULL on each. With 2 bars before Jan 3, AAA's bar of Jan 6 is its 6th (position 5).
+    found = store.nulls_despite_history(dt.date(2025, 1, 3), {"sma_20": 5, "rsi_14": 100})
+    assert [(r["date"], int(r["symbols"]), int(r["sma_20"]), int(r["rsi_14"])) for r in found] == [
+        (dt.date(2025, 1, d), 1, 1, 0) for d in range(6, 11)]
+    assert store.nulls_despite_history(dt.date(2025, 1, 3), {"sma_20": 100}) == []
+
+
+def test_latest_watchlist_date(store):
+    assert store.latest_watchlist_date() is None
+    for day in (dt.date(2025, 1, 9), dt.date(2025, 1, 10)):
+        row = {c: pa.array([None], f.type) for c, f in zip(DAILY_WATCHLIST.columns, DAILY_WATCHLIST.schema)}
+        row.update(scan_date=pa.array([day], pa.date32()), symbol=pa.array(["AAA"]))
+        store.replace_watchlist(day, pa.table(row))
+    store.replace_watchlist(dt.date(2025, 1, 11), pa.table({c: pa.array([], f.type) for c, f in zip(DAILY_WATCHLIST.columns, DAILY_WATCHLIST.schema)}))
+    assert store.latest_watchlist_date() == dt.date(2025, 1, 10)  # a scan without hits has no rows
