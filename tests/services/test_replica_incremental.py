@@ -45,7 +45,9 @@ def fresh_export(store, path):
 def test_daily_rebuild_daily_replica_equals_a_full_export(pipeline, tmp_path):
     assert pipeline.build(tasks.Daily(date=DAY_BEFORE))
     assert pipeline.store.read_marker(f"Replicate/{DAY_BEFORE}")["stats"]["mode"] == "full"
-    assert pipeline.build(tasks.RebuildFrom(start_date=trading_calendar.sessions_back("XNYS", DAY_BEFORE, 12)))
+    # Two workers: whichever way chunks reach the store, each write must log its change.
+    assert pipeline.build(tasks.RebuildFrom(start_date=trading_calendar.sessions_back("XNYS", DAY_BEFORE, 12)),
+                          workers=2)
     assert pipeline.build(tasks.Daily(date=DAY))
     stats = pipeline.store.read_marker(f"Replicate/{DAY}")["stats"]
     assert stats["mode"] == "incremental", stats
