@@ -176,7 +176,7 @@ def test_check_passes_on_a_healthy_store_and_reads_every_table(pipeline):
     assert pipeline.build(tasks.Daily(date=DAY))
     code, text = run_cli("check")
     assert code == 0, text
-    assert text.startswith("stockpipe check: OK") and "7 tables fully read" in text
+    assert text.startswith("stockpipe check: OK") and "8 tables fully read" in text  # with store_changes
     bars = pipeline.store.bars_extent()[2]
     assert f"bars {bars:,}" in text
     if pipeline.store_url.startswith("duckdb"):
