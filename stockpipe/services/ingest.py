@@ -157,8 +157,11 @@ def rescaled_symbols(store: Store, fetched: pa.Table, jump: float = 0.02, agreem
     stored = store.read_bars(sorted(set(fetched.column("symbol").to_pylist())), start=pc.min(dates).as_py(), end=pc.max(dates).as_py())
     if stored.num_rows == 0:
         return set()
+    # Inner: only days both have. (Arrow's default, a left outer join, gave the new session, never
+    # stored yet, a NaN ratio, so a split was never detected on the day it was fetched with.)
     joined = fetched.select(["symbol", "date", "close"]).join(
-        stored.select(["symbol", "date", "close"]).rename_columns(["symbol", "date", "stored_close"]), ["symbol", "date"]
+        stored.select(["symbol", "date", "close"]).rename_columns(["symbol", "date", "stored_close"]), ["symbol", "date"],
+        join_type="inner",
     )
     found = set()
     for symbol, group in joined.to_pandas().groupby("symbol"):

@@ -1,6 +1,10 @@
 """Publish a read-only DuckDB replica for dashboards and analysts.
 
-Written to a temporary file, verified (every table present, row counts equal to the source's in the
+Incremental: the temporary file starts as a copy of the previous replica, and only what the store's
+change log says changed since that replica's newest change is copied again (stockpipe.store.changes);
+when the log cannot tell (no previous replica, an unreadable one or one of another schema version,
+a restored store, too much change) or the caught-up copy fails verification, the replica is
+exported whole, as the first one is. Either way it is written to a temporary file, verified (every table present, row counts equal to the source's in the
 same snapshot), made read-only, then atomically renamed over the previous replica, which is kept as
 `<name>.previous.duckdb`. A reader that has the old replica open keeps its file; a failed refresh
 leaves the previous replica in place. (Copying a live database file can copy a half-written one.)
@@ -10,12 +14,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import stat
 import time
 from pathlib import Path
 from typing import Any
 
 from stockpipe.store import Store, StoreError, replica_file
+from stockpipe.store.changes import replica_mark
 from stockpipe.store.schema import VIEWS
 from stockpipe.tempfiles import discard_orphans, temporary_for
 
@@ -51,9 +57,12 @@ def publish_replica(store: Store, path: Path) -> dict[str, Any]:
         leftover.unlink(missing_ok=True)
     discard_orphans(path.with_name(path.stem + ".previous" + path.suffix))
     try:
-        counts = store.export_replica(temporary)
-        replica_file.add_views(temporary)
-        verify_replica(temporary, counts)
+        counts, mode, reason = _catch_up(store, path, temporary)
+        if counts is None:
+            _discard(temporary)
+            counts, mode = store.export_replica(temporary), "full"
+            replica_file.add_views(temporary)
+            verify_replica(temporary, counts)
         os.chmod(temporary, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
         previous = path.with_name(path.stem + ".previous" + path.suffix)
         if path.exists():
@@ -65,13 +74,42 @@ def publish_replica(store: Store, path: Path) -> dict[str, Any]:
             os.replace(link, previous)
         os.replace(temporary, path)
     except BaseException:
-        for leftover in (temporary, temporary.with_name(temporary.name + ".wal")):
-            leftover.unlink(missing_ok=True)
+        _discard(temporary)
         raise
     stats = {"path": str(path), "tables": counts, "seconds": round(time.monotonic() - started, 3),
-             "bytes": path.stat().st_size}
-    log.info("replica %s refreshed: %s", path, ", ".join(f"{t} {n}" for t, n in counts.items()))
+             "bytes": path.stat().st_size, "mode": mode}
+    if reason:
+        stats["full_because"] = reason
+    log.info("replica %s refreshed (%s%s): %s", path, mode, f", because {reason}" if reason else "",
+             ", ".join(f"{t} {n}" for t, n in counts.items()))
     return stats
+
+
+def _catch_up(store: Store, path: Path, temporary: Path) -> tuple[dict[str, int] | None, str, str]:
+    """A verified copy of the previous replica brought up to date in `temporary`: (counts,
+    "incremental", ""), or (None, "full", why not)."""
+    mark, reason = replica_mark(path)
+    if mark is None:
+        return None, "full", reason
+    shutil.copyfile(path, temporary)
+    os.chmod(temporary, stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)
+    try:
+        counts, reason = store.update_replica(temporary, mark)
+        if counts is None:
+            return None, "full", reason
+        replica_file.add_views(temporary)
+        verify_replica(temporary, counts)
+    except Exception as exc:  # noqa: BLE001 - any failure to catch up (a damaged copy, counts the log
+        # cannot explain: a change it did not record) is what a full export is for; its own errors are not caught
+        why = " ".join(str(exc).split())[:300]
+        log.warning("catching up the previous replica failed, exporting it whole: %s", why)
+        return None, "full", f"catching up failed ({why})"
+    return counts, "incremental", ""
+
+
+def _discard(temporary: Path) -> None:
+    for leftover in (temporary, temporary.with_name(temporary.name + ".wal")):
+        leftover.unlink(missing_ok=True)
 
 
 def restore_from_replica(store: Store, path: Path, batch_rows: int = 500_000) -> dict[str, int]:

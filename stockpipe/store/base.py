@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import pyarrow as pa
 
 from stockpipe import markers
+from stockpipe.store import changes
 from stockpipe.store.schema import (
     BARS,
     BULK_TABLES,
@@ -386,6 +387,7 @@ class Store(ABC):
                     "WHERE i.symbol = bars.symbol AND i.date = bars.date)"
                 )
                 session.insert(BARS, rows)
+                changes.record(session, "bars", pc_unique_symbols(rows), *_date_extent(rows), utcnow())
             self._touch(session, marker)
         return True
 
@@ -491,6 +493,11 @@ class Store(ABC):
                         "WHERE symbols.symbol = l.symbol AND NOT EXISTS "
                         "(SELECT 1 FROM indicators n WHERE n.symbol = l.symbol AND n.date > l.date)"
                     )
+            # Whole-history symbols' rows reach back years: logged on their own, not widening the rest.
+            self._record_indicator_change(session, symbols, start, end,
+                                          _drop_symbols(rows, whole_symbols) if whole_symbols else rows)
+            if whole_symbols:
+                changes.record(session, "indicators", whole_symbols, None, end, utcnow())
             self._touch(session, marker)
         return True
 
@@ -558,6 +565,7 @@ class Store(ABC):
             )
             if rows.num_rows:
                 session.insert(INDICATORS, rows)
+            self._record_indicator_change(session, symbols, start, end, rows)
             if forget_markers:
                 session.execute("DELETE FROM task_markers WHERE marker_id = ANY(:ids)", {"ids": list(forget_markers)})
         return rows.num_rows
@@ -621,10 +629,25 @@ class Store(ABC):
                     f"INSERT INTO {table.name} ({', '.join(table.columns)}) "
                     f"SELECT {', '.join('i.' + c for c in table.columns)} {new}"
                 )
+                if added and table.name in BULK_TABLES:
+                    changes.record(session, table.name, pc_unique_symbols(rows), *_date_extent(rows), utcnow())
             if marker is not None:
                 stats = {**marker.stats, "rows_added": added, "rows_kept": rows.num_rows - added}
                 self._touch(session, Marker(marker.marker_id, marker.task_family, marker.params, stats))
         return added
+
+    def _record_indicator_change(self, session: Session, symbols: Sequence[str], start: dt.date,
+                                 end: dt.date | None, rows: pa.Table) -> None:
+        """Log the replaced range: the symbols from `start` (to `end`), widened to the rows written."""
+        touched = set(symbols)
+        first, last = start, end
+        if rows.num_rows:
+            touched.update(pc_unique_symbols(rows))
+            low, high = _date_extent(rows)
+            first = min(first, low)
+            last = None if last is None else max(last, high)
+        if touched:
+            changes.record(session, "indicators", sorted(touched), first, last, utcnow())
 
     def fill_empty(self, rows_of: Callable[[Table], Iterable[pa.Table]], origin: str) -> dict[str, int]:
         """Fill an empty store (a damaged one moved aside) with every table's rows, `rows_of(table)`
@@ -644,9 +667,15 @@ class Store(ABC):
                 for rows in rows_of(table):
                     counts[table.name] += session.insert(table, table.conform(rows))
                 log.info("restored %s: %d rows from %s", table.name, counts[table.name], origin)
+            # The filled store's log no longer describes its rows since any replica's mark.
+            self.record_restore(session)
         return counts
 
     # -- replica --------------------------------------------------------------------------------
+    def record_restore(self, session: Session) -> None:
+        """Log, in a restore's transaction, that every table changed: the next replica is exported whole."""
+        changes.record(session, changes.EVERYTHING, None, None, None, utcnow())
+
     def replica_tables(self) -> list[Table]:
         return [SCHEMA_VERSION_TABLE, *TABLES]
 
@@ -680,6 +709,49 @@ class Store(ABC):
         finally:
             target.close()
         return counts
+
+    def update_replica(self, path, mark: changes.Change) -> tuple[dict[str, int] | None, str]:
+        """Bring `path`, a writable copy of a replica holding the store's changes up to `mark`, up
+        to date from one consistent snapshot: small tables copied whole, bulk tables only where
+        later changes touched them (changes.windows). Returns the store's row counts in that
+        snapshot, or None and why the change log cannot tell what changed (then export in full)."""
+        import duckdb
+
+        target = duckdb.connect(str(path))
+        try:
+            with self.session(write=False) as session:
+                self._snapshot(session)
+                since = changes.changes_since(session, mark)
+                if since is None:
+                    return None, f"the store does not hold the previous replica's newest change {mark.change_id} (restored or replaced since?)"
+                found, why = changes.windows(since)
+                if found is None:
+                    return None, why
+                target.execute("BEGIN TRANSACTION")
+                tables = {table.name: table for table in self.replica_tables()}
+                copies = [(table, None) for table in tables.values() if table.name not in BULK_TABLES]
+                copies += [(tables[window.table], window) for window in found]
+                for table, window in copies:
+                    columns = ", ".join(table.columns)
+                    where = "" if window is None else " WHERE " + window.where()
+                    params = {} if window is None else window.params
+                    target.execute(translate_placeholders(f"DELETE FROM {table.name}{where}", "dollar"), params)
+                    query = (f"SELECT {columns} FROM {table.name}" if window is None
+                             else self._window_query(table, columns, window.where(self.codepoint_collation)))
+                    for batch in session.fetch_batches(query, params, schema=table.schema):
+                        target.register("_rows", batch)
+                        target.execute(f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM _rows")
+                        target.unregister("_rows")
+                counts = {name: int(session.fetch(f"SELECT count(*) FROM {name}")[0][0]) for name in tables}
+                target.execute("COMMIT")
+            target.execute("CHECKPOINT")
+        finally:
+            target.close()
+        return counts, ""
+
+    def _window_query(self, table: Table, columns: str, where: str) -> str:
+        """The rows of a bulk table a change window covers."""
+        return f"SELECT {columns} FROM {table.name} WHERE {where}"
 
     def _snapshot(self, session: Session) -> None:
         """Make the session's reads one consistent snapshot (a no-op where they already are)."""
@@ -847,6 +919,13 @@ def _stamped(rows: pa.Table) -> pa.Table:
     if "created_at" in rows.column_names:
         rows = rows.drop_columns(["created_at"])
     return rows.append_column("created_at", pa.repeat(pa.scalar(utcnow(), pa.timestamp("us")), rows.num_rows))
+
+
+def _date_extent(rows: pa.Table) -> tuple[dt.date, dt.date]:
+    import pyarrow.compute as pc
+
+    extent = pc.min_max(rows.column("date"))
+    return extent["min"].as_py(), extent["max"].as_py()
 
 
 def _warmup_window_start(start: dt.date, warmup: int) -> dt.date:
