@@ -11,7 +11,7 @@ from pathlib import Path
 
 import luigi
 
-from stockpipe import config, outcome, preflight, targets, trading_calendar
+from stockpipe import config, execution, outcome, preflight, targets, trading_calendar
 from stockpipe.engines import ChunkRef, open_engine
 from stockpipe.progress import luigi_progress
 from stockpipe.services import cleanup as cleanup_service
@@ -28,6 +28,7 @@ from stockpipe.store import open_store
 
 log = logging.getLogger("stockpipe.tasks")
 outcome.install()  # exit 0 when the job's target is complete, whoever ran its tasks (see outcome.py)
+execution.install()  # one worker process runs its tasks itself, under an in-process timeout (see execution.py)
 
 
 def _once_per_store(run):
@@ -62,10 +63,18 @@ class StockpipeTask(luigi.Task):
     """
 
     timeout_setting = "rebuild"  # which [timeouts] entry bounds this family's run
+    # Tasks that wait on the outside world (a source, Redis) always run in a child process that the
+    # worker terminates at its timeout: a call blocked in a C library may never return to Python,
+    # where the in-process timeout of the other tasks acts (stockpipe/execution.py).
+    isolated = False
+    in_worker_process = False  # set while the worker creates this task's process to run it itself
 
     @property
     def worker_timeout(self) -> int | None:
-        # Luigi runs a task with a timeout in a child process and terminates it when time is up.
+        # Luigi runs a task with a timeout in a child process and terminates it when time is up; a
+        # task the worker runs itself has its timeout enforced there instead (execution.py).
+        if self.in_worker_process:
+            return None
         return getattr(config.timeouts(), self.timeout_setting) or None
 
     # Tasks that read no trading calendar need not pay for importing one to check its name.
@@ -120,6 +129,7 @@ class StockpipeTask(luigi.Task):
 
 
 class CollectSymbols(StockpipeTask):
+    isolated = True
     timeout_setting = "collect_symbols"
 
     date = luigi.DateParameter()
@@ -134,6 +144,7 @@ class CollectSymbols(StockpipeTask):
 
 
 class IngestDate(StockpipeTask):
+    isolated = True
     needs_session = True
     timeout_setting = "ingest"
 
@@ -159,6 +170,7 @@ class IngestDate(StockpipeTask):
 
 
 class Backfill(StockpipeTask):
+    isolated = True
     timeout_setting = "backfill"
 
     start_date = luigi.DateParameter()
@@ -479,6 +491,7 @@ class RedisTask(StockpipeTask):
     """Redis steps: they fail alone when Redis is down; everything else still completes."""
 
     timeout_setting = "redis"
+    isolated = True
 
     def client(self):
         return redis_sync.connect(config.redis_url())

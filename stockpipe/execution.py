@@ -1,0 +1,154 @@
+"""Where a Luigi worker runs each stockpipe task, and how the task's timeout is enforced.
+
+Luigi runs a task in a child process of its worker when the task has a `worker_timeout` or the worker
+has several processes, and terminates that child when the timeout expires. Since every task family
+has a timeout, every task ran in a child of its own: a fork, and on DuckDB an open, a checkpoint and
+a close of the database file per task, plus the parent reopening it to check what is complete. A
+13-session rebuild of 1,000 symbols spent most of its time there. So stockpipe decides per task:
+
+- A worker with one process runs the tasks that only compute and use the store in its own process
+  (no fork), under an in-process timeout: SIGALRM on the main thread raises `TaskTimeout` in the
+  task, which ends a DuckDB query, a numpy computation, a file or lock wait; Luigi files the task as
+  failed ("... timed out after N seconds"), the events record and alert it, its transaction rolls
+  back, and a rerun redoes it. The worker keeps its store connection across tasks (handed over after
+  any transaction during which another process started waiting, released whenever the worker has no
+  task to run or asks the scheduler for work while someone waits, checkpointed and closed by the
+  main thread when the run ends).
+- Tasks that wait on the outside world (`StockpipeTask.isolated`: a source, Redis) still run in a
+  child process that the worker terminates at its timeout: a call blocked inside a C library may
+  never come back to Python, where an in-process timeout could act.
+- On a store that one process at a time may write (`Store.single_writer_process`, DuckDB),
+  `--workers N` runs its tasks in one process: N processes only took turns at the file's write lock,
+  each paying its own open and checkpoint, which made two workers slower than one.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+import luigi.worker
+
+log = logging.getLogger("stockpipe.execution")
+
+
+class TaskTimeout(BaseException):
+    """A task ran past its `[timeouts]` entry in the worker's own process.
+
+    A BaseException, so task code catching `Exception` to clean up or retry does not swallow it."""
+
+
+def runs_in_worker_process(worker: luigi.worker.Worker, task: luigi.Task) -> bool:
+    """Whether `worker` runs `task` in its own process (under an in-process timeout)."""
+    from stockpipe.tasks import StockpipeTask
+
+    return (isinstance(task, StockpipeTask) and not task.isolated and worker.worker_processes == 1
+            and not worker._config.force_multiprocessing
+            and threading.current_thread() is threading.main_thread())  # signals reach the main thread only
+
+
+@contextmanager
+def in_process_timeout(task: luigi.Task, seconds: int | None) -> Iterator[None]:
+    """Raise `TaskTimeout` in the block once it has run `seconds` (None or 0: no limit)."""
+    if not seconds:
+        yield
+        return
+    message = f"Task {task.task_id} timed out after {seconds} seconds and was stopped."
+    state = {"armed": True, "expired": False}
+
+    def expire(signum, frame):
+        if state["armed"]:
+            state["expired"] = True
+            raise TaskTimeout(message)
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        try:
+            yield
+        except TaskTimeout:
+            raise
+        except BaseException as exc:
+            if state["expired"]:
+                # DuckDB reports an interrupted query as its own error ("Query interrupted").
+                raise TaskTimeout(message) from exc
+            raise
+        finally:
+            state["armed"] = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _worker_init(self, *args, **kwargs):
+    _luigi_worker_init(self, *args, **kwargs)
+    if self.worker_processes > 1 and _single_writer_store():
+        log.info("the store takes one writing process at a time: --workers %d runs its tasks in this process "
+                 "(see README, 'Several workers')", self.worker_processes)
+        self.worker_processes = 1
+
+
+def _single_writer_store() -> bool:
+    from stockpipe import config
+    from stockpipe.store import open_store
+
+    try:
+        return open_store(config.store_url()).single_writer_process
+    except Exception:  # noqa: BLE001 - a bad URL is reported by the task that uses it, not here
+        return False
+
+
+def _create_task_process(self, task):
+    if not runs_in_worker_process(self, task):
+        return _luigi_create_task_process(self, task)
+    seconds = task.worker_timeout
+    task.in_worker_process = True  # its worker_timeout is now None: Luigi runs it here, no fork
+    try:
+        process = _luigi_create_task_process(self, task)
+    finally:
+        task.in_worker_process = False
+    run_steps = process._run_get_new_deps
+
+    def run_steps_in_time():
+        with in_process_timeout(task, seconds):
+            return run_steps()
+
+    process._run_get_new_deps = run_steps_in_time
+    return process
+
+
+def _get_work(self):
+    from stockpipe.store import close_all, release_waited_for
+
+    release_waited_for()  # asking luigid may take a while: nobody waits for the file meanwhile
+    response = _luigi_get_work(self)
+    if response.task_id is None:
+        close_all()  # nothing to run now (an assistant may idle for hours): the file is free
+    return response
+
+
+def _worker_run(self):
+    from stockpipe.store import connections_kept
+
+    with connections_kept():
+        return _luigi_worker_run(self)
+
+
+_luigi_worker_init = luigi.worker.Worker.__init__
+_luigi_create_task_process = luigi.worker.Worker._create_task_process
+_luigi_get_work = luigi.worker.Worker._get_work
+_luigi_worker_run = luigi.worker.Worker.run
+
+
+def install() -> None:
+    """Route Luigi's worker through this module's choices (idempotent)."""
+    worker = luigi.worker.Worker
+    if worker.run is _worker_run:
+        return
+    worker.__init__ = _worker_init
+    worker._create_task_process = _create_task_process
+    worker._get_work = _get_work
+    worker.run = _worker_run
