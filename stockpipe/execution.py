@@ -3,23 +3,25 @@
 Luigi runs a task in a child process of its worker when the task has a `worker_timeout` or the worker
 has several processes, and terminates that child when the timeout expires. Since every task family
 has a timeout, every task ran in a child of its own: a fork, and on DuckDB an open, a checkpoint and
-a close of the database file per task, plus the parent reopening it to check what is complete. A
-13-session rebuild of 1,000 symbols spent most of its time there. So stockpipe decides per task:
+a close of the database file per task, plus the parent reopening the file to check what is complete.
+A 13-session rebuild of 1,000 symbols spent most of its time there, and `--workers 2` was slower
+still: its processes only took turns at the file's write lock, each paying its own open and checkpoint.
 
-- A worker with one process runs the tasks that only compute and use the store in its own process
-  (no fork), under an in-process timeout: SIGALRM on the main thread raises `TaskTimeout` in the
-  task, which ends a DuckDB query, a numpy computation, a file or lock wait; Luigi files the task as
-  failed ("... timed out after N seconds"), the events record and alert it, its transaction rolls
-  back, and a rerun redoes it. The worker keeps its store connection across tasks (handed over after
-  any transaction during which another process started waiting, released whenever the worker has no
-  task to run or asks the scheduler for work while someone waits, checkpointed and closed by the
-  main thread when the run ends).
-- Tasks that wait on the outside world (`StockpipeTask.isolated`: a source, Redis) still run in a
-  child process that the worker terminates at its timeout: a call blocked inside a C library may
-  never come back to Python, where an in-process timeout could act.
-- On a store that one process at a time may write (`Store.single_writer_process`, DuckDB),
-  `--workers N` runs its tasks in one process: N processes only took turns at the file's write lock,
-  each paying its own open and checkpoint, which made two workers slower than one.
+So on a store that one process at a time may write (`Store.single_writer_process`: DuckDB):
+- `--workers N` runs the run's tasks in one worker process (N is logged and set to 1);
+- that worker runs the tasks that only compute and use the store in its own process (no fork) under
+  an in-process timeout: SIGALRM on the main thread raises `TaskTimeout` in the task, which ends a
+  DuckDB query, a numpy computation, a file or lock wait; Luigi files the task as failed ("... timed
+  out after N seconds"), the events record and alert it, its transaction rolls back, and a rerun
+  redoes it. The worker keeps its connection across tasks (handed over after any transaction during
+  which another process started waiting, released when the worker has no task to run or asks the
+  scheduler for work while someone waits, checkpointed and closed by the main thread when the run ends);
+- tasks that wait on the outside world (`StockpipeTask.isolated`: a source, Redis) still run in a
+  child process that the worker terminates at their timeout: a call blocked inside a C library may
+  never come back to Python, where an in-process timeout acts.
+
+On PostgreSQL nothing changes: workers write in parallel, and every task runs in a child process
+that its timeout kills (a statement waiting inside libpq does not see a signal until it returns).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def runs_in_worker_process(worker: luigi.worker.Worker, task: luigi.Task) -> boo
     from stockpipe.tasks import StockpipeTask
 
     return (isinstance(task, StockpipeTask) and not task.isolated and worker.worker_processes == 1
-            and not worker._config.force_multiprocessing
+            and getattr(worker, "_stockpipe_single_writer", False) and not worker._config.force_multiprocessing
             and threading.current_thread() is threading.main_thread())  # signals reach the main thread only
 
 
@@ -85,7 +87,8 @@ def in_process_timeout(task: luigi.Task, seconds: int | None) -> Iterator[None]:
 
 def _worker_init(self, *args, **kwargs):
     _luigi_worker_init(self, *args, **kwargs)
-    if self.worker_processes > 1 and _single_writer_store():
+    self._stockpipe_single_writer = _single_writer_store()
+    if self.worker_processes > 1 and self._stockpipe_single_writer:
         log.info("the store takes one writing process at a time: --workers %d runs its tasks in this process "
                  "(see README, 'Several workers')", self.worker_processes)
         self.worker_processes = 1
@@ -123,6 +126,8 @@ def _create_task_process(self, task):
 def _get_work(self):
     from stockpipe.store import close_all, release_waited_for
 
+    if not getattr(self, "_stockpipe_single_writer", False):
+        return _luigi_get_work(self)
     release_waited_for()  # asking luigid may take a while: nobody waits for the file meanwhile
     response = _luigi_get_work(self)
     if response.task_id is None:
