@@ -136,13 +136,38 @@ def _get_work(self):
 
 
 def _worker_run(self):
-    from stockpipe.store import connections_kept
-
-    with connections_kept():
+    with _connections_kept_by(self):
         return _luigi_worker_run(self)
 
 
+def _worker_enter(self):
+    # Scheduling (every task's complete()) and the run share the worker's one connection.
+    self._stockpipe_kept = _connections_kept_by(self)
+    self._stockpipe_kept.__enter__()
+    return _luigi_worker_enter(self)
+
+
+def _worker_exit(self, *exc_info):
+    try:
+        return _luigi_worker_exit(self, *exc_info)
+    finally:
+        self._stockpipe_kept.__exit__(None, None, None)
+
+
+@contextmanager
+def _connections_kept_by(worker) -> Iterator[None]:
+    from stockpipe.store import connections_kept
+
+    if not getattr(worker, "_stockpipe_single_writer", False):
+        yield
+        return
+    with connections_kept():
+        yield
+
+
 _luigi_worker_init = luigi.worker.Worker.__init__
+_luigi_worker_enter = luigi.worker.Worker.__enter__
+_luigi_worker_exit = luigi.worker.Worker.__exit__
 _luigi_create_task_process = luigi.worker.Worker._create_task_process
 _luigi_get_work = luigi.worker.Worker._get_work
 _luigi_worker_run = luigi.worker.Worker.run
@@ -157,3 +182,5 @@ def install() -> None:
     worker._create_task_process = _create_task_process
     worker._get_work = _get_work
     worker.run = _worker_run
+    worker.__enter__ = _worker_enter
+    worker.__exit__ = _worker_exit
