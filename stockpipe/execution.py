@@ -10,8 +10,8 @@ still: its processes only took turns at the file's write lock, each paying its o
 So on a store that one process at a time may write (`Store.single_writer_process`: DuckDB):
 - `--workers N` runs the run's tasks in one worker process (N is logged and set to 1);
 - that worker runs the tasks that only compute and use the store in its own process (no fork) under
-  an in-process timeout: SIGALRM on the main thread raises `TaskTimeout` in the task, which ends a
-  DuckDB query, a numpy computation, a file or lock wait; Luigi files the task as failed ("... timed
+  an in-process timeout (stockpipe/deadline.py): SIGALRM on the main thread raises `TaskTimeout` in
+  the task, which ends a DuckDB query, a numpy computation, a file or lock wait (never a checkpoint); Luigi files the task as failed ("... timed
   out after N seconds"), the events record and alert it, its transaction rolls back, and a rerun
   redoes it. The worker keeps its connection across tasks (handed over after any transaction during
   which another process started waiting, released when the worker has no task to run or asks the
@@ -27,20 +27,15 @@ that its timeout kills (a statement waiting inside libpq does not see a signal u
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from contextlib import contextmanager
 from typing import Iterator
 
 import luigi.worker
 
+from stockpipe.deadline import TaskTimeout, deadline  # noqa: F401 - TaskTimeout is what a stopped task fails with
+
 log = logging.getLogger("stockpipe.execution")
-
-
-class TaskTimeout(BaseException):
-    """A task ran past its `[timeouts]` entry in the worker's own process.
-
-    A BaseException, so task code catching `Exception` to clean up or retry does not swallow it."""
 
 
 def runs_in_worker_process(worker: luigi.worker.Worker, task: luigi.Task) -> bool:
@@ -50,39 +45,6 @@ def runs_in_worker_process(worker: luigi.worker.Worker, task: luigi.Task) -> boo
     return (isinstance(task, StockpipeTask) and not task.isolated and worker.worker_processes == 1
             and getattr(worker, "_stockpipe_single_writer", False) and not worker._config.force_multiprocessing
             and threading.current_thread() is threading.main_thread())  # signals reach the main thread only
-
-
-@contextmanager
-def in_process_timeout(task: luigi.Task, seconds: int | None) -> Iterator[None]:
-    """Raise `TaskTimeout` in the block once it has run `seconds` (None or 0: no limit)."""
-    if not seconds:
-        yield
-        return
-    message = f"Task {task.task_id} timed out after {seconds} seconds and was stopped."
-    state = {"armed": True, "expired": False}
-
-    def expire(signum, frame):
-        if state["armed"]:
-            state["expired"] = True
-            raise TaskTimeout(message)
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        try:
-            yield
-        except TaskTimeout:
-            raise
-        except BaseException as exc:
-            if state["expired"]:
-                # DuckDB reports an interrupted query as its own error ("Query interrupted").
-                raise TaskTimeout(message) from exc
-            raise
-        finally:
-            state["armed"] = False
-            signal.setitimer(signal.ITIMER_REAL, 0)
-    finally:
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _worker_init(self, *args, **kwargs):
@@ -116,7 +78,7 @@ def _create_task_process(self, task):
     run_steps = process._run_get_new_deps
 
     def run_steps_in_time():
-        with in_process_timeout(task, seconds):
+        with deadline(seconds, f"Task {task.task_id} timed out after {seconds} seconds and was stopped."):
             return run_steps()
 
     process._run_get_new_deps = run_steps_in_time

@@ -17,7 +17,7 @@ only by the thread that used them, at points the code chooses, never in the back
   the same way, and checkpoints and closes it before the process exits;
 - any other process (the CLI) closes it after each transaction unless it asked to hold it for a
   block of work (`DuckDBStore.holding()`); every process closes it before it forks.
-A checkpoint is never interrupted by a task's in-process timeout (SIGALRM is held back meanwhile).
+A checkpoint is never cut short by a task's in-process timeout (stockpipe/deadline.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import fcntl
 import logging
 import multiprocessing
 import os
-import signal
 import threading
 import time
 import weakref
@@ -38,6 +37,7 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
+from stockpipe.deadline import uninterruptible
 from stockpipe.store.base import Session, Store, StoreError, _bar_export_query, translate_placeholders
 from stockpipe.store.schema import BULK_TABLES, Table
 
@@ -204,7 +204,7 @@ class DuckDBStore(Store):
         held, self._held = self._held, None
         if held is None:
             return
-        with _timeout_held_back():
+        with uninterruptible():  # a task's in-process timeout never cuts a checkpoint short
             try:
                 if held.write:
                     held.connection.execute("CHECKPOINT")  # the WAL's content in the file before letting go
@@ -349,20 +349,6 @@ class DuckDBStore(Store):
                 held.last_used = time.monotonic()
                 if not self._keeps_connection() or self._someone_waits():
                     self._release()
-
-
-@contextmanager
-def _timeout_held_back() -> Iterator[None]:
-    """Hold back SIGALRM (a task's in-process timeout, stockpipe/execution.py) on the main thread
-    while a connection checkpoints and closes: the timeout then fires right after, never inside."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _rollback_keeping(error: BaseException, *steps) -> None:
