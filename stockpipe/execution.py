@@ -52,8 +52,13 @@ def _worker_init(self, *args, **kwargs):
     self._stockpipe_single_writer = _single_writer_store()
     if self.worker_processes > 1 and self._stockpipe_single_writer:
         log.info("the store takes one writing process at a time: --workers %d runs its tasks in this process "
-                 "(see README, 'Several workers')", self.worker_processes)
+                 "(README: what --workers does per store)", self.worker_processes)
         self.worker_processes = 1
+
+
+def _set_worker_processes(self, n):
+    # luigid's "set workers" message asks the same of a running worker.
+    _luigi_set_worker_processes(self, 1 if getattr(self, "_stockpipe_single_writer", False) else n)
 
 
 def _single_writer_store() -> bool:
@@ -132,6 +137,7 @@ _luigi_worker_enter = luigi.worker.Worker.__enter__
 _luigi_worker_exit = luigi.worker.Worker.__exit__
 _luigi_create_task_process = luigi.worker.Worker._create_task_process
 _luigi_get_work = luigi.worker.Worker._get_work
+_luigi_set_worker_processes = luigi.worker.Worker.set_worker_processes
 _luigi_worker_run = luigi.worker.Worker.run
 
 
@@ -146,3 +152,4 @@ def install() -> None:
     worker.run = _worker_run
     worker.__enter__ = _worker_enter
     worker.__exit__ = _worker_exit
+    worker.set_worker_processes = _set_worker_processes
