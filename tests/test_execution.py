@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from stockpipe.services.rebuild import chunk_marker_id
+from stockpipe.markers import indicator_chunk as chunk_marker_id
 from stockpipe.store import open_store
 from tests.conftest import luigi_command
 from tests.test_faults import (
