@@ -70,10 +70,11 @@ class stockpipe(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg s
 
 
 class timeouts(luigi.Config):  # noqa: N801
-    """Seconds each task family may run before its worker kills it (0 = no limit).
+    """Seconds each task family may run before its worker stops it (0 = no limit).
 
-    Luigi enforces a task's `worker_timeout` by running it in a child process and terminating that
-    process when the time is up; the kill is recorded in task_runs and alerted like any failure.
+    A task in a child process is terminated by Luigi when its `worker_timeout` is up; a task the
+    worker runs in its own process (stockpipe/execution.py) is stopped by an in-process deadline.
+    Either way the stop is recorded in task_runs and alerted like any failure.
     """
 
     collect_symbols = luigi.IntParameter(default=900, description="CollectSymbols: one universe download")

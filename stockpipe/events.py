@@ -42,13 +42,37 @@ def notify(title: str, body: str, attach: str | None = None) -> bool:
     urls = config.alerts().urls.split()
     if not urls:
         return False
+    # apprise is sent from a short-lived child process: once used in a process, a process forked
+    # from it later hangs in apprise, and a worker running tasks itself (execution.py) forks the
+    # tasks that wait on a source or Redis after it may have alerted.
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    result = context.Queue()
+    sender = context.Process(target=_send, args=(urls, title, body, attach, result), daemon=True)
+    sender.start()
+    try:
+        return bool(result.get(timeout=NOTIFY_TIMEOUT_SECONDS))
+    except Exception:  # noqa: BLE001 - queue.Empty: the services did not answer in time
+        log.warning("alerts: no answer from %s within %d s", ", ".join(u.split("://")[0] for u in urls),
+                    NOTIFY_TIMEOUT_SECONDS)
+        sender.kill()
+        return False
+    finally:
+        sender.join(timeout=5)
+
+
+NOTIFY_TIMEOUT_SECONDS = 60
+
+
+def _send(urls, title, body, attach, result) -> None:
     import apprise
 
     sender = apprise.Apprise()
     for url in urls:
         if not sender.add(url):
             log.warning("alerts: apprise does not understand the URL %s", url.split("://")[0] + "://...")
-    return bool(sender.notify(title=title, body=body, attach=attach))
+    result.put(bool(sender.notify(title=title, body=body, attach=attach)))
 
 
 # Metrics are a side channel: a Redis that does not answer within this is treated as down.

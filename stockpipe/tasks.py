@@ -16,7 +16,7 @@ from pathlib import Path
 
 import luigi
 
-from stockpipe import config, logs, markers, outcome, preflight, targets, trading_calendar
+from stockpipe import config, execution, logs, markers, outcome, preflight, targets, trading_calendar
 from stockpipe import events as _events  # noqa: F401 - registers the metrics and alert handlers
 from stockpipe import lifecycle as _lifecycle  # noqa: F401 - forked helpers die with the run
 from stockpipe.engines import ChunkRef, open_engine
@@ -35,6 +35,7 @@ from stockpipe.store import open_store
 
 log = logging.getLogger("stockpipe.tasks")
 outcome.install()  # exit 0 when the job's target is complete, whoever ran its tasks (see outcome.py)
+execution.install()  # one worker process runs its tasks itself, under an in-process timeout (see execution.py)
 logs.configure()  # stockpipe's log lines visible under the `luigi` command
 
 
@@ -70,10 +71,18 @@ class StockpipeTask(luigi.Task):
     """
 
     timeout_setting = "rebuild"  # which [timeouts] entry bounds this family's run
+    # Tasks that wait on the outside world (a source, Redis) always run in a child process that the
+    # worker terminates at its timeout: a call blocked in a C library may never return to Python,
+    # where the in-process timeout of the other tasks acts (stockpipe/execution.py).
+    isolated = False
+    in_worker_process = False  # set while the worker creates this task's process to run it itself
 
     @property
     def worker_timeout(self) -> int | None:
-        # Luigi runs a task with a timeout in a child process and terminates it when time is up.
+        # Luigi runs a task with a timeout in a child process and terminates it when time is up; a
+        # task the worker runs itself has its timeout enforced there instead (execution.py).
+        if self.in_worker_process:
+            return None
         return getattr(config.timeouts(), self.timeout_setting) or None
 
     # Tasks that read no trading calendar need not pay for importing one to check its name.
@@ -129,6 +138,7 @@ class StockpipeTask(luigi.Task):
 
 
 class CollectSymbols(StockpipeTask):
+    isolated = True
     timeout_setting = "collect_symbols"
 
     date = luigi.DateParameter()
@@ -143,6 +153,7 @@ class CollectSymbols(StockpipeTask):
 
 
 class IngestDate(StockpipeTask):
+    isolated = True
     needs_session = True
     timeout_setting = "ingest"
 
@@ -168,6 +179,7 @@ class IngestDate(StockpipeTask):
 
 
 class Backfill(StockpipeTask):
+    isolated = True
     timeout_setting = "backfill"
 
     start_date = luigi.DateParameter()
@@ -488,6 +500,7 @@ class RedisTask(StockpipeTask):
     """Redis steps: they fail alone when Redis is down; everything else still completes."""
 
     timeout_setting = "redis"
+    isolated = True
 
     def client(self):
         return redis_sync.connect(config.redis_url())

@@ -35,6 +35,38 @@ def open_store(url: str) -> Store:
 
 
 @contextmanager
+def connections_kept() -> Iterator[None]:
+    """Within this block, this process's stores keep their connections across transactions (a
+    worker running one task after another in its own process opens a DuckDB file once per run, not
+    once per transaction); every one is closed (DuckDB: checkpointed) by this thread at its end."""
+    Store.connections_kept += 1
+    try:
+        yield
+    finally:
+        Store.connections_kept -= 1
+        if Store.connections_kept == 0:
+            close_all()
+
+
+def close_all() -> None:
+    """Close every store this process opened (DuckDB: checkpoint, then let go of the file)."""
+    import os
+
+    for (_, pid), store in list(_OPEN.items()):
+        if pid == os.getpid():
+            store.close()
+
+
+def release_waited_for() -> None:
+    """Let go of every kept connection another process waits for."""
+    import os
+
+    for (_, pid), store in list(_OPEN.items()):
+        if pid == os.getpid():
+            store.release_if_waited_for()
+
+
+@contextmanager
 def read_foreign(url: str) -> Iterator[Session]:
     """A read-only session on a database that is not a stockpipe store (the old system's, to import
     from): no schema check, nothing created in it. `url` is a PostgreSQL URL, a duckdb:/// URL or the
@@ -55,4 +87,5 @@ def read_foreign(url: str) -> Iterator[Session]:
             yield session
 
 
-__all__ = ["Marker", "SCHEMA_VERSION", "SchemaVersionError", "Session", "Store", "StoreError", "open_store", "read_foreign"]
+__all__ = ["Marker", "SCHEMA_VERSION", "SchemaVersionError", "Session", "Store", "StoreError", "close_all", "connections_kept",
+           "open_store", "read_foreign", "release_waited_for"]

@@ -127,6 +127,12 @@ class Store(ABC):
     # by a language's rules (en_US puts 'BFAM' before 'BF-B') would otherwise drop symbols from a
     # range whose ends Python chose.
     codepoint_collation: str = ""
+    # One process at a time may write the database (DuckDB's file lock): worker processes of one
+    # run would only take turns at it, so a run's tasks are better run in one process (execution.py).
+    single_writer_process: bool = False
+    # > 0 while this process runs tasks in its own worker: stores that connect per transaction
+    # keep their connection instead (see `stockpipe.store.connections_kept`).
+    connections_kept: int = 0
 
     def __init__(self, url: str):
         self.url = url
@@ -909,6 +915,10 @@ class Store(ABC):
 
     def close(self) -> None:
         """Release pooled connections (a no-op for stores that hold none between operations)."""
+
+    def release_if_waited_for(self) -> None:
+        """Let go of a kept connection if another process waits for it (a no-op for stores that
+        several processes write at once)."""
 
 
 BAR_SNAPSHOT = pa.schema([BARS.schema.field(c) for c in ("symbol", "date", "close", "volume")])

@@ -9,11 +9,15 @@ When a connection is closed matters as much as how it is opened: closing a write
 checkpoints the WAL into the file, and a checkpoint cut off by a process exit, or run by a thread
 the interpreter is tearing down, corrupted files under `--workers 2`. So connections are closed
 only by the thread that used them, at points the code chooses, never in the background:
+- a Luigi worker running tasks in its own process (stockpipe/execution.py) keeps its connection
+  across transactions and tasks (`stockpipe.store.connections_kept()`), hands it over after any
+  transaction during which another process started waiting for the lock (`<file>.wait`), releases
+  it whenever it has no task to run, and checkpoints and closes it when its run ends;
 - a Luigi task process (a child of the worker) keeps its connection for its one task, hands it over
-  after any transaction during which another process started waiting for the lock (`<file>.wait`),
-  and checkpoints and closes it before the process exits;
-- any other process (the scheduling `luigi` process, the CLI) closes it after each transaction
-  unless it asked to hold it for a block of work (`DuckDBStore.holding()`), and before it forks.
+  the same way, and checkpoints and closes it before the process exits;
+- any other process (the CLI) closes it after each transaction unless it asked to hold it for a
+  block of work (`DuckDBStore.holding()`); every process closes it before it forks.
+A checkpoint is never cut short by a task's in-process timeout (stockpipe/deadline.py).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
+from stockpipe.deadline import uninterruptible
 from stockpipe.store.base import Session, Store, StoreError, _bar_export_query, translate_placeholders
 from stockpipe.store.schema import BULK_TABLES, Table
 
@@ -119,6 +124,7 @@ class _Held:
 
 class DuckDBStore(Store):
     dialect = "duckdb"
+    single_writer_process = True
 
     def __init__(self, url: str):
         super().__init__(url)
@@ -160,9 +166,10 @@ class DuckDBStore(Store):
                     self._release()
 
     def _keeps_connection(self) -> bool:
-        # A Luigi task process lives for one task: keeping its connection until it exits costs
-        # nobody anything, as long as it lets go when someone waits.
-        return self._hold_depth > 0 or multiprocessing.parent_process() is not None
+        # A Luigi task process lives for one task, and a worker running tasks in its own process
+        # keeps the connection for its run: either costs nobody anything, as long as it lets go
+        # when someone waits.
+        return self._hold_depth > 0 or Store.connections_kept > 0 or multiprocessing.parent_process() is not None
 
     def _acquire(self, write: bool) -> _Held:
         import duckdb
@@ -213,15 +220,23 @@ class DuckDBStore(Store):
         held, self._held = self._held, None
         if held is None:
             return
-        try:
-            if held.write:
-                held.connection.execute("CHECKPOINT")  # the WAL's content in the file before letting go
-        finally:
+        with uninterruptible():  # a task's in-process timeout never cuts a checkpoint short
             try:
-                held.connection.close()
+                if held.write:
+                    held.connection.execute("CHECKPOINT")  # the WAL's content in the file before letting go
             finally:
-                fcntl.flock(held.lock_file, fcntl.LOCK_UN)
-                held.lock_file.close()
+                try:
+                    held.connection.close()
+                finally:
+                    fcntl.flock(held.lock_file, fcntl.LOCK_UN)
+                    held.lock_file.close()
+
+    def release_if_waited_for(self) -> None:
+        """Hand the connection over now if another process waits for the file (a holder about to
+        do something other than use the store, e.g. ask the scheduler for work)."""
+        with self._guard:
+            if self._held is not None and self._someone_waits():
+                self._release()
 
     def _someone_waits(self) -> bool:
         if self._wait_probe is None:

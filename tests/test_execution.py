@@ -1,0 +1,142 @@
+"""Where a worker runs each task on DuckDB (stockpipe/execution.py), and the in-process timeout.
+
+Real `luigi` runs on real DuckDB files: one worker runs the store-only tasks in its own process and
+keeps one connection for them, tasks that wait on a source run in a child process, `--workers N`
+becomes one process, a hung task in the worker's process is stopped by its timeout and the rerun
+completes exactly, and two runs that each keep their connection hand the file over to each other.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from stockpipe.markers import indicator_chunk as chunk_marker_id
+from stockpipe.store import open_store
+from tests.conftest import luigi_command
+from tests.test_faults import (
+    DAY,
+    DAY0,
+    REBUILD,
+    START,
+    assert_whole_and_exact,
+    configure,
+    contents,
+    run_ok,
+    scan_every_table,
+)
+
+pytestmark = pytest.mark.slow
+
+TASK_LINE = re.compile(r"\[pid (\d+)\] Worker Worker\(.*?pid=(\d+)\) running\s+(\w+)\(")
+
+
+def where_tasks_ran(output: str) -> dict[str, set[str]]:
+    """Per task family: 'worker' when it ran in the worker's own process, 'child' when in a fork."""
+    found: dict[str, set[str]] = {}
+    for task_pid, worker_pid, family in TASK_LINE.findall(output):
+        found.setdefault(family, set()).add("worker" if task_pid == worker_pid else "child")
+    return found
+
+
+@pytest.fixture(scope="module")
+def seed(tmp_path_factory) -> Path:
+    """A DuckDB store on which Daily DAY0 has run (copied per test)."""
+    directory = tmp_path_factory.mktemp("seed")
+    configure(directory, f"duckdb:///{directory / 'store.duckdb'}")
+    run_ok(directory, "Daily", "--date", DAY0)
+    return directory
+
+
+def clone(seed: Path, directory: Path, **sections) -> str:
+    directory.mkdir(parents=True)
+    shutil.copytree(seed / "data", directory / "data")
+    shutil.copy(seed / "store.duckdb", directory / "store.duckdb")
+    url = f"duckdb:///{directory / 'store.duckdb'}"
+    sections.setdefault("stockpipe", {})["data_dir"] = str(directory / "data")
+    configure(directory, url, **sections)
+    return url
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_store_tasks_run_in_the_worker_process_and_source_tasks_in_a_child(seed, tmp_path, workers):
+    url = clone(seed, tmp_path / "run")
+    code, output = run_luigi_workers(tmp_path / "run", workers, "Daily", "--date", DAY)
+    assert code == 0, output
+    ran = where_tasks_ran(output)
+    # Waiting on a source: a child process the worker can terminate at the timeout.
+    assert ran["CollectSymbols"] == ran["IngestDate"] == {"child"}, ran
+    # Only computing and writing the store: the worker's own process, no fork per task.
+    for family in ("DailyIndicators", "IndicatorChunk", "ScanWatchlist", "Replicate", "Report", "Daily"):
+        assert ran[family] == {"worker"}, (family, ran)
+    assert len({worker for _, worker, _ in TASK_LINE.findall(output)}) == 1, "one worker process"
+    if workers > 1:
+        assert f"--workers {workers} runs its tasks in this process" in output
+    assert not (tmp_path / "run" / "store.duckdb.wal").exists(), "the run ended with un-checkpointed changes"
+    scan_every_table(url)
+    assert open_store(url).read_marker(f"Daily/{DAY}") is not None
+    open_store(url).close()
+
+
+def run_luigi_workers(directory: Path, workers: int, *args: str) -> tuple[int, str]:
+    process = luigi_command(directory, *args, "--local-scheduler", "--workers", str(workers))
+    output, _ = process.communicate(timeout=300)
+    return process.returncode, output
+
+
+def test_a_chunk_hung_in_the_worker_process_is_stopped_by_its_timeout_and_a_rerun_completes(seed, tmp_path):
+    clean_url = clone(seed, tmp_path / "clean")
+    run_ok(tmp_path / "clean", *REBUILD)
+    expected = contents(clean_url)
+
+    url = clone(seed, tmp_path / "run", timeouts={"chunk": 3})
+    # The test holds chunk 2's run lock, as a run hung on that chunk would: the chunk task waits for
+    # it for ever (a blocking lock call) unless its timeout stops it.
+    holder = open_store(url)
+    started = time.monotonic()
+    with holder.run_lock(chunk_marker_id(f"rebuild-{START}", 1)):
+        process = luigi_command(tmp_path / "run", *REBUILD, "--local-scheduler")
+        output, _ = process.communicate(timeout=120)
+    elapsed = time.monotonic() - started
+    assert process.returncode == 30, output
+    assert elapsed < 60, f"the hung chunk took {elapsed:.0f} s to be stopped"
+    assert re.search(r"IndicatorChunk\S* timed out after 3 seconds", output), output
+    assert where_tasks_ran(output)["IndicatorChunk"] == {"worker"}, "the chunk ran in a child process"
+    assert not (tmp_path / "run" / "store.duckdb.wal").exists()
+    scan_every_table(url)
+    store = open_store(url)
+    runs = store.query("SELECT task_family, status, error FROM task_runs WHERE status = 'FAILED'").to_pylist()
+    assert [r["task_family"] for r in runs] == ["IndicatorChunk"], runs
+    assert "timed out after 3 seconds" in runs[0]["error"], runs
+    assert store.read_marker(chunk_marker_id(f"rebuild-{START}", 1)) is None
+    store.close()
+
+    rerun = run_ok(tmp_path / "run", *REBUILD)
+    assert "chunk_id=1)" in rerun
+    assert_whole_and_exact(url, expected)
+
+
+def test_two_runs_keeping_their_connections_hand_the_file_over(seed, tmp_path):
+    """A rebuild and a Daily of the next date on one file, started together: each keeps its
+    connection across its tasks, so each must let go when the other waits; both finish, the store
+    equals the two commands run one after the other, and no WAL is left."""
+    url = clone(seed, tmp_path / "run")
+    sequential = clone(seed, tmp_path / "sequential")
+    run_ok(tmp_path / "sequential", "Daily", "--date", DAY)
+    run_ok(tmp_path / "sequential", *REBUILD)
+
+    daily = luigi_command(tmp_path / "run", "Daily", "--date", DAY, "--local-scheduler")
+    rebuild = luigi_command(tmp_path / "run", *REBUILD, "--local-scheduler", "--workers", "2")
+    outputs = [p.communicate(timeout=300)[0] for p in (daily, rebuild)]
+    assert [daily.returncode, rebuild.returncode] == [0, 0], outputs
+    assert not (tmp_path / "run" / "store.duckdb.wal").exists()
+    scan_every_table(url)
+    # The rebuild may have read its bars before or after the Daily stored DAY's: finishing the
+    # rebuild again afterwards (a new run id) must change nothing the sequential runs left.
+    run_ok(tmp_path / "run", *REBUILD, "--run-id", "again")
+    run_ok(tmp_path / "sequential", *REBUILD, "--run-id", "again")
+    assert_whole_and_exact(url, contents(sequential))
