@@ -42,11 +42,24 @@ WORKERS = ["--workers", "1"]
 
 
 def runs_dir(directory: Path, store_url: str) -> Path:
-    """Where a store's run plans and reports live: each store has its own directory under data_dir."""
+    """Where a store's run directories (backups, Spark's staged rows) live: its own directory under data_dir."""
     sys.path.insert(0, str(HERE.parent))
     from stockpipe.config import store_slug
 
     return directory / "data" / store_slug(store_url) / "runs"
+
+
+def run_report(store_url: str, plan_id: str) -> dict | None:
+    """A run's final report as the pipeline stored it (None while unfinished)."""
+    sys.path.insert(0, str(HERE.parent))
+    from stockpipe.services.rebuild import final_report
+    from stockpipe.store import open_store
+
+    store = open_store(store_url)
+    try:
+        return final_report(store, plan_id)
+    finally:
+        store.close()  # a DuckDB file is the next luigi command's to open
 
 
 def measure(directory: Path, *args: str) -> dict:
@@ -106,13 +119,13 @@ def main() -> None:
     figures["rebuild_13_days"] = measure(directory, "RebuildFrom", "--start-date", str(rebuild_13))
     figures["rebuild_13_days_again"] = measure(directory, "RebuildFrom", "--start-date", str(rebuild_13), "--run-id", "again")
     figures["daily"] = measure(directory, "Daily", "--date", str(next_day))
-    report = json.loads((runs_dir(directory, store_url) / f"daily-{next_day}" / "report.json").read_text())
+    report = run_report(store_url, f"daily-{next_day}")
     figures["daily_indicators"] = {"seconds": report["seconds"], "note": "plan to last chunk, inside the Daily run"}
     for name in ("rebuild_full", "rebuild_13_days"):
         plan_id = f"rebuild-{start}" if name == "rebuild_full" else f"rebuild-{rebuild_13}"
-        run_report = json.loads((runs_dir(directory, store_url) / plan_id / "report.json").read_text())
-        figures[name]["rows_saved"] = run_report["saved_rows"]
-        figures[name]["chunks"] = run_report["chunks"]
+        finished = run_report(store_url, plan_id)
+        figures[name]["rows_saved"] = finished["saved_rows"]
+        figures[name]["chunks"] = finished["chunks"]
     figures["targets_seconds"] = TARGETS[options.store]
     print(json.dumps(figures, indent=2))
     if not options.keep:

@@ -26,7 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from benchmark import runs_dir  # noqa: E402 - where each store keeps its run reports
+from benchmark import run_report, runs_dir  # noqa: E402 - run reports from the store, run directories on disk
 
 
 def luigi_cfg(directory: Path, store_url: str, tickers: int, engine: str, master: str) -> None:
@@ -94,7 +94,7 @@ def main() -> None:
             # A new run id per measurement: each engine replaces the same rows from scratch.
             run_id = f"{engine}-{dt.datetime.now():%H%M%S}"
             figures.setdefault(name, {})[engine] = run(directory, "RebuildFrom", "--start-date", str(first), "--run-id", run_id)
-            report = json.loads((runs_dir(directory, store_url) / f"rebuild-{first}-{run_id}" / "report.json").read_text())
+            report = run_report(store_url, f"rebuild-{first}-{run_id}")
             figures[name][engine]["rows_saved"] = report["saved_rows"]
         figures[name]["spark_over_numpy"] = round(figures[name]["spark"]["seconds"] / figures[name]["numpy"]["seconds"], 2)
     print(json.dumps(figures, indent=2))
