@@ -39,7 +39,8 @@ pytestmark = pytest.mark.slow
 DAY0, DAY = "2025-10-09", "2025-10-10"
 START = "2025-09-29"
 SETTINGS = {"demo": {"tickers": 30}, "stockpipe": {"chunk_size": 10}}
-TABLES = ("schema_version", "symbols", "bars", "indicators", "task_markers", "daily_watchlist", "task_runs")
+TABLES = ("schema_version", "symbols", "bars", "indicators", "task_markers", "daily_watchlist", "task_runs",
+          "run_plans", "run_chunk_failures", "run_reports")
 
 
 # -- running and killing the real command ----------------------------------------------------------
