@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -124,6 +125,11 @@ def test_rebuild_shows_chunk_progress_in_luigid_while_its_chunks_run(tmp_path, l
                    core={"scheduler_host": "127.0.0.1", "scheduler_port": luigid},
                    worker={"wait_interval": "0.1", "wait_jitter": "0.05"})
     job = luigi_command(tmp_path, "RebuildFrom", "--start-date", "2025-09-29")
+    # Read its output while it runs: on a loaded machine the worker's waiting lines alone fill the
+    # pipe (64 KB), and a job blocked writing them never finishes.
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(job.stdout), daemon=True)
+    reader.start()
     seen = []  # (status, progress, message) of RebuildFrom in luigid while the job runs
     query = urllib.request.quote(json.dumps({"status": "", "upstream_status": "", "search": "RebuildFrom"}))
     while job.poll() is None:
@@ -134,7 +140,9 @@ def test_rebuild_shows_chunk_progress_in_luigid_while_its_chunks_run(tmp_path, l
         except OSError:
             pass
         time.sleep(0.05)
-    output = job.communicate(timeout=60)[0]
+    job.wait(timeout=60)
+    reader.join(timeout=60)
+    output = "".join(lines)
     assert job.returncode == 0, output
     waiting = [(p, m) for status, p, m in seen if status == "PENDING" and p]
     assert waiting, f"RebuildFrom never showed progress while its chunks ran: {seen[-5:]}"
