@@ -359,9 +359,10 @@ class RebuildFrom(StockpipeTask):
         yield chunks
         self.set_status_message(f"{len(chunks)}/{len(chunks)} chunks done")
         self.set_progress_percentage(100)
-        report = rebuild_service.write_final_report(self.store(), plan, started)
-        stats = {k: report[k] for k in ("symbols", "chunks", "replaced_rows", "saved_rows", "seconds")}
-        self.skipped = not self.store().touch(self.output().marker(self, stats))
+        _, wrote = rebuild_service.write_final_report(
+            self.store(), plan, started, marker=self.run_marker(),
+            marker_stats=("symbols", "chunks", "replaced_rows", "saved_rows", "seconds"))
+        self.skipped = not wrote
 
 
 class DailyIndicators(StockpipeTask):
@@ -398,8 +399,9 @@ class DailyIndicators(StockpipeTask):
         chunks = _chunk_tasks(plan)
         _prepare_chunks(self, plan, directory, chunks)
         yield chunks
-        report = rebuild_service.write_final_report(store, plan)
-        self.skipped = not store.touch(self.output().marker(self, {k: report[k] for k in ("symbols", "chunks", "saved_rows")}))
+        _, wrote = rebuild_service.write_final_report(store, plan, marker=self.run_marker(),
+                                                      marker_stats=("symbols", "chunks", "saved_rows"))
+        self.skipped = not wrote
 
 
 class ScanWatchlist(StockpipeTask):

@@ -32,7 +32,7 @@ import pyarrow.compute  # noqa: F401 - pa.compute in restore
 import pyarrow.parquet as pq
 
 from stockpipe.services.indicators import chunk
-from stockpipe.store import Store
+from stockpipe.store import Marker, Store
 from stockpipe.store.base import utcnow
 from stockpipe.tempfiles import discard_orphans, discard_orphans_in, temporary_for
 
@@ -316,7 +316,10 @@ def attempt_started(store: Store, plan_id: str) -> dt.datetime:
         return utcnow()
 
 
-def write_final_report(store: Store, plan: Plan, attempt_start: dt.datetime | None = None) -> dict[str, Any]:
+def write_final_report(store: Store, plan: Plan, attempt_start: dt.datetime | None = None, *,
+                       marker: Marker | None = None, marker_stats: Sequence[str] = ()) -> tuple[dict[str, Any], bool]:
+    """The run's final report, stored with `marker` (its `marker_stats` keys of the report as the
+    marker's stats) in one transaction; returns it and False if another worker finished the run first."""
     report = progress_report(store, plan)
     created = dt.datetime.fromisoformat(plan.created_at)
     now = utcnow()
@@ -324,9 +327,13 @@ def write_final_report(store: Store, plan: Plan, attempt_start: dt.datetime | No
     if attempt_start is not None:
         report["seconds_this_attempt"] = round((now - attempt_start).total_seconds(), 3)
     report["finished_at"] = now.isoformat()
-    store.finish_run(plan.plan_id, json.dumps(report, sort_keys=True, default=str), now)
+    if marker is not None:
+        marker = Marker(marker.marker_id, marker.task_family, marker.params, {k: report[k] for k in marker_stats})
+    if not store.finish_run(plan.plan_id, json.dumps(report, sort_keys=True, default=str), now, marker):
+        log.info("%s was finished by another worker meanwhile: its report stands", plan.plan_id)
+        return report, False
     log.info("rebuild report %s", json.dumps(report, sort_keys=True, default=str))
-    return report
+    return report, True
 
 
 def read_report(row: dict[str, Any] | None) -> dict[str, Any] | None:

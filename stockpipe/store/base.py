@@ -406,9 +406,13 @@ class Store(ABC):
                                 {"p": plan_id, "o": owner, "t": now})
         return now
 
-    def finish_run(self, plan_id: str, report: str, finished_at: dt.datetime) -> None:
-        """Store the run's final report (JSON), replacing an earlier one; the attempt is over."""
+    def finish_run(self, plan_id: str, report: str, finished_at: dt.datetime, marker: Marker | None = None) -> bool:
+        """Store the run's final report (JSON), replacing an earlier one (the attempt is over), with
+        the run's completion marker in one transaction. False, and nothing written, if another
+        worker completed the run meanwhile."""
         with self.session() as session:
+            if not self._claim(session, marker):
+                return False
             session.lock(f"run_reports/{plan_id}")
             params = {"p": plan_id, "r": report, "t": finished_at}
             if session.fetch("SELECT 1 FROM run_reports WHERE plan_id = :p", {"p": plan_id}):
@@ -416,6 +420,8 @@ class Store(ABC):
                                 "attempt_owner = NULL, attempt_started_at = NULL WHERE plan_id = :p", params)
             else:
                 session.execute("INSERT INTO run_reports (plan_id, report, finished_at) VALUES (:p, :r, :t)", params)
+            self._touch(session, marker)
+        return True
 
     def read_run_reports(self, plan_id: str | None = None) -> dict[str, dict[str, Any]]:
         """Per run: its report row (`report` as stored text, NULL while unfinished)."""

@@ -304,3 +304,13 @@ def test_run_report_tracks_the_attempt_then_the_final_report_then_a_restore(stor
     store.finish_run(plan_id, json.dumps({"saved_rows": 4}), finished + dt.timedelta(hours=1))
     row = store.read_run_reports()[plan_id]
     assert row["restored_at"] is None and json.loads(row["report"]) == {"saved_rows": 4}
+
+
+def test_a_final_report_commits_with_the_runs_marker_once(store):
+    marker = Marker("RebuildFrom/rebuild-2025-01-01", "RebuildFrom", {"start_date": "2025-01-01"}, {"saved_rows": 3})
+    finished = dt.datetime(2025, 10, 10, 22, 5)
+    assert store.finish_run("rebuild-2025-01-01", json.dumps({"saved_rows": 3}), finished, marker)
+    # A second worker finishing the same run meanwhile writes neither report nor marker.
+    assert not store.finish_run("rebuild-2025-01-01", json.dumps({"saved_rows": 99}), finished, marker)
+    assert json.loads(store.read_run_reports()["rebuild-2025-01-01"]["report"]) == {"saved_rows": 3}
+    assert store.read_marker(marker.marker_id)["stats"] == {"saved_rows": 3}
