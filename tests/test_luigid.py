@@ -48,6 +48,15 @@ def luigid(tmp_path):
     process.wait(timeout=10)
 
 
+def _drain(process: subprocess.Popen) -> tuple[threading.Thread, list[str]]:
+    """Read a process's output while it runs: on a loaded machine a worker's waiting lines alone fill
+    the pipe (64 KB), and a process blocked writing them never finishes its task."""
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+    reader.start()
+    return reader, lines
+
+
 def _tasks(port: int, status: str) -> dict:
     query = urllib.request.quote(json.dumps({"status": status, "upstream_status": "", "search": "IndicatorChunk"}))
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/task_list?data={query}", timeout=10) as response:
@@ -69,6 +78,7 @@ def test_an_assistant_on_another_machine_shares_chunks_through_luigid(tmp_path, 
         ["stockpipe", "assist", "--workers", "2"], cwd=there, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**{k: v for k, v in os.environ.items() if not k.startswith("STOCKPIPE_")}, "LUIGI_CONFIG_PATH": str(there / "luigi.cfg")},
     )
+    reader, lines = _drain(assistant)
     try:
         code, output = run_luigi(here, "RebuildFrom", "--start-date", "2025-09-29", "--workers", "1")
         # The job's target is complete, whoever ran its chunks: exit 0 (Luigi alone says 10 or 25).
@@ -76,7 +86,9 @@ def test_an_assistant_on_another_machine_shares_chunks_through_luigid(tmp_path, 
         assert store.read_marker("RebuildFrom/rebuild-2025-09-29") is not None
     finally:
         assistant.terminate()  # stockpipe assist turns SIGTERM into Luigi's graceful stop
-        helped = assistant.communicate(timeout=60)[0]
+        assistant.wait(timeout=60)
+        reader.join(timeout=60)
+        helped = "".join(lines)
     assert assistant.returncode == 0, helped[-3000:]
     assert "cannot read rebuild plan" not in helped + output
     assert store.read_chunk_failures("rebuild-2025-09-29") == [], "a chunk failed (and was redone)"
@@ -125,11 +137,7 @@ def test_rebuild_shows_chunk_progress_in_luigid_while_its_chunks_run(tmp_path, l
                    core={"scheduler_host": "127.0.0.1", "scheduler_port": luigid},
                    worker={"wait_interval": "0.1", "wait_jitter": "0.05"})
     job = luigi_command(tmp_path, "RebuildFrom", "--start-date", "2025-09-29")
-    # Read its output while it runs: on a loaded machine the worker's waiting lines alone fill the
-    # pipe (64 KB), and a job blocked writing them never finishes.
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(job.stdout), daemon=True)
-    reader.start()
+    reader, lines = _drain(job)
     seen = []  # (status, progress, message) of RebuildFrom in luigid while the job runs
     query = urllib.request.quote(json.dumps({"status": "", "upstream_status": "", "search": "RebuildFrom"}))
     while job.poll() is None:
