@@ -31,12 +31,12 @@ def main() -> None:
 
     from stockpipe.engines import open_engine
     from stockpipe.indicators.spec import WARMUP_BARS
-    from stockpipe.services.indicators import chunk, compute_chunk, symbols_with_bars
+    from stockpipe.services.indicators import chunk, compute_chunk
     from stockpipe.store import open_store
 
     store = open_store(options.store_url)
     engine = open_engine("numpy")
-    batches = chunk(symbols_with_bars(store), options.batch)
+    batches = chunk(store.bar_symbols(), options.batch)
     saved = 0
     for batch in batches:
         saved += compute_chunk(store, batch, options.start_date, engine=engine, warmup_bars=WARMUP_BARS,
