@@ -79,7 +79,8 @@ def test_schema_is_created_idempotently_with_public_columns(store):
         # DuckDB keeps the (symbol, date) key of the bulk tables by its writes, not by an index (README).
         declared = table.key if store.declares_key(table) else ()
         assert tuple(key) == declared, table.name
-    assert [t.name for t in TABLES] == ["symbols", "bars", "indicators", "task_markers", "daily_watchlist", "task_runs"]
+    assert [t.name for t in TABLES] == ["symbols", "bars", "indicators", "task_markers", "daily_watchlist", "task_runs",
+                                       "store_changes", "run_plans", "run_chunk_failures", "run_reports"]
     assert INDICATORS.columns == ["symbol", "date", *INDICATOR_COLUMNS, "created_at"]
 
 
