@@ -44,16 +44,23 @@ def luigi_cfg(directory: Path, store_url: str, tickers: int, engine: str = "nump
 
 
 def runs_dir(directory: Path, store_url: str) -> Path:
-    """Where a store's run plans and reports live: each store has its own directory under data_dir."""
+    """Where a store's run directories (backups, Spark's staged rows) live: its own directory under data_dir."""
     from stockpipe.config import store_slug
 
     return directory / "data" / store_slug(store_url) / "runs"
 
 
-def run_report(directory: Path, store_url: str, plan_id: str) -> dict[str, Any]:
-    """The final report of run `plan_id` (a rebuild, a daily run). The one place that knows where
-    reports are kept."""
-    return json.loads((runs_dir(directory, store_url) / plan_id / "report.json").read_text())
+def run_report(store_url: str, plan_id: str) -> dict[str, Any] | None:
+    """The final report of run `plan_id` (a rebuild, a daily run), as the pipeline stored it in the
+    store (None while unfinished). The one place that knows where reports are kept."""
+    from stockpipe.services.rebuild import final_report
+    from stockpipe.store import open_store
+
+    store = open_store(store_url)
+    try:
+        return final_report(store, plan_id)
+    finally:
+        store.close()  # a DuckDB file is the next luigi command's to open
 
 
 def luigi_env(cfg: Path) -> dict[str, str]:

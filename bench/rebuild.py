@@ -18,7 +18,7 @@ def rebuild(bench: Bench, store: BenchStore, engine: str, workers: int, start, r
     """One RebuildFrom from `start` under a new run id, with its report's row and chunk counts."""
     result = measure(bench.directory, "RebuildFrom", "--start-date", str(start), "--run-id", run_id, workers=workers,
                      cfg=bench.cfg(store, engine), grep=SPARK_LINE if engine == "spark" else None)
-    report = run_report(bench.directory, store.url, f"rebuild-{start}-{run_id}")
+    report = run_report(store.url, f"rebuild-{start}-{run_id}")
     result.update(rows_saved=report["saved_rows"], chunks=report["chunks"])
     phases = spark_phases(result.pop("matched", []), result["seconds"])
     if phases:

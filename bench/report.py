@@ -140,7 +140,7 @@ def in_process(store_url: str, day: dt.date, data_dir: Path) -> dict:
     with _Phase(phases, "health"):
         report.health(store, day, "XNYS", 30)
     with _Phase(phases, "run_summary"):
-        report.run_summary(store, day, data_dir, 10)
+        report.run_summary(store, day, 10)
     with _Phase(phases, "whole_build_report"):
         stats = report.build_report(store, day, data_dir, calendar="XNYS")
     phases["watchlist_rows"] = stats["watchlist"]

@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from common import luigi_cfg, runs_dir  # noqa: E402 - the benchmark's settings (chunk_size 50, demo source)
+from common import luigi_cfg, run_report  # noqa: E402 - the benchmark's settings (chunk_size 50, demo source)
 
 # Output that means a process died in native code or the file went bad, whatever the exit code says.
 ABORT_SIGNS = re.compile(r"terminate called|FATAL|Aborted|core dumped|Segmentation fault|INTERNAL Error|"
@@ -193,11 +193,14 @@ def one_run(root: Path, index: int, state: dict, base: dict, options) -> dict:
     record["wal_bytes"] = wal.stat().st_size if wal.exists() else None
     if wal.exists():
         problems.append(f"pending WAL left: {record['wal_bytes']:,} bytes")
-    report_file = runs_dir(directory, f"duckdb:///{store}") / plan_id / "report.json"
-    if not report_file.exists():
-        problems.append(f"no {report_file.relative_to(directory)}")
+    try:
+        report = run_report(f"duckdb:///{store}", plan_id)
+    except Exception as exc:  # noqa: BLE001 - a store that cannot be read is this run's finding, not the script's end
+        report = None
+        problems.append(f"cannot read the run's report from the store: {' '.join(str(exc).split())[:300]}")
+    if report is None:
+        problems.append(f"no final report of {plan_id} in the store")
     else:
-        report = json.loads(report_file.read_text())
         if report.get("failed_chunks") or report.get("chunks_pending"):
             problems.append(f"report: failed chunks {report.get('failed_chunks')}, pending {report.get('chunks_pending')}")
         record["chunks"] = report.get("chunks")

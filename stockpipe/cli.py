@@ -80,24 +80,24 @@ def _null_despite_history(store: Store, since: dt.date) -> dict[dt.date, tuple[i
             for row in store.nulls_despite_history(since, firsts)}
 
 
-def rebuilds(store: Store, directory_of_runs: Path) -> list[dict[str, Any]]:
+def rebuilds(store: Store) -> list[dict[str, Any]]:
+    """Every run planned in the store, with its progress (read from the store: any machine sees the same)."""
     found = []
-    for plan_file in sorted((Path(directory_of_runs) / "runs").glob(f"*/{rebuild_service.PLAN_FILE}")):
-        directory = plan_file.parent
+    reports = store.read_run_reports()
+    for row in store.read_run_plans():
         try:
-            plan = rebuild_service.load_plan(directory)
+            plan = rebuild_service.read_plan(row, store)
         except rebuild_service.RebuildError as exc:
             # One damaged run is shown as such; the other runs and sections still are.
-            found.append({"run": directory.name, "from": "", "state": f"unreadable: {exc}"})
+            found.append({"run": row["plan_id"], "from": str(row["start_date"]), "state": f"unreadable: {exc}"})
             continue
-        report = rebuild_service.progress_report(store, plan, directory)
-        finished = (directory / rebuild_service.REPORT_FILE).exists()
-        # `stockpipe restore` renames the report and forgets the chunks: undone, not in progress.
-        restored = any(directory.glob("report.restored-*.json"))
-        if finished and not report["chunks_pending"]:
-            state = "finished"
-        elif restored and not report["chunks_done"]:
+        report = rebuild_service.progress_report(store, plan)
+        finish = reports.get(plan.plan_id) or {}
+        # `stockpipe restore` marks the report restored and forgets the chunks: undone, not in progress.
+        if finish.get("restored_at") is not None and not report["chunks_done"]:
             state = "restored (undone)"
+        elif finish.get("finished_at") is not None and finish.get("restored_at") is None and not report["chunks_pending"]:
+            state = "finished"
         else:
             state = "in progress"
         found.append({
@@ -157,7 +157,7 @@ def cmd_status(args, out) -> int:
               f"with `mv {legacy} {config.store_dir()}/`", file=out)
     rows = coverage(store, since, settings.calendar)
     _print_table(f"coverage since {since}", rows, out)
-    _print_table("rebuild and daily runs", rebuilds(store, config.store_dir()), out)
+    _print_table("rebuild and daily runs", rebuilds(store), out)
     _print_table("recent ingests", ingests(store), out)
     return 1 if any(r["problems"] for r in rows) else 0
 

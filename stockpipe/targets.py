@@ -1,4 +1,5 @@
-"""Luigi targets whose existence is a row in the store's `task_markers` table.
+"""Luigi targets whose existence is a row in the store: a marker in `task_markers`, or a run's plan
+in `run_plans` (`PlanTarget`).
 
 The row is written by the store in the same transaction as the data it marks (see
 `Store.replace_indicators(..., marker)`), so "complete" can never be true of half-written data.
@@ -113,3 +114,17 @@ class MarkerTarget(luigi.Target):
     def record_done(self) -> None:
         _done.setdefault(self.store_url, set()).add(self.marker_id)
         _checked_missing.get(self.store_url, {}).pop(self.marker_id, None)
+
+
+class PlanTarget(luigi.Target):
+    """A run's plan, stored once (see services/rebuild.py): it exists for every worker on every machine."""
+
+    def __init__(self, plan_id: str, store_url: str | None = None):
+        self.plan_id = plan_id
+        self._store_url = store_url
+
+    def __repr__(self) -> str:
+        return f"PlanTarget({self.plan_id!r})"
+
+    def exists(self) -> bool:
+        return open_store(self._store_url or config.store_url()).read_run_plan(self.plan_id) is not None

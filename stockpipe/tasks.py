@@ -215,7 +215,7 @@ class IndicatorChunk(StockpipeTask):
     timeout_setting = "chunk"
 
     date = luigi.DateParameter(description="first date whose indicator rows are replaced")
-    plan_id = luigi.Parameter(description="run whose plan.json lists the chunk's symbols")
+    plan_id = luigi.Parameter(description="run whose stored plan lists the chunk's symbols")
     chunk_id = luigi.IntParameter()
 
     def output(self):
@@ -229,7 +229,8 @@ class IndicatorChunk(StockpipeTask):
         return rebuild_service.run_dir(config.store_dir(), self.plan_id)
 
     def run(self):
-        plan = rebuild_service.load_plan(self.run_dir())
+        # From the store, not the run directory: an assistant on another machine has none.
+        plan = rebuild_service.load_plan(self.store(), self.plan_id)
         if not 0 <= self.chunk_id < len(plan.chunks):
             raise ValueError(f"{self.plan_id} has chunks 0..{len(plan.chunks) - 1}, not {self.chunk_id}")
         stats = indicator_service.compute_chunk(
@@ -265,7 +266,7 @@ class IndicatorChunk(StockpipeTask):
             log.warning("could not report %s's progress to its parent: %s", self.plan_id, exc)
 
     def on_failure(self, exception):
-        rebuild_service.record_failure(self.run_dir(), self.chunk_id, exception)
+        rebuild_service.record_failure(self.store(), self.plan_id, self.chunk_id, exception)
         return super().on_failure(exception)
 
     @classmethod
@@ -323,7 +324,7 @@ class PlanRebuild(StockpipeTask):
         return markers.rebuild_plan_id(self.start_date, self.run_id)
 
     def output(self):
-        return luigi.LocalTarget(str(rebuild_service.run_dir(config.store_dir(), self.plan_id) / rebuild_service.PLAN_FILE))
+        return targets.PlanTarget(self.plan_id)
 
     def run(self):
         store = self.store()
@@ -366,9 +367,10 @@ class RebuildFrom(StockpipeTask):
         return self.marker_target(markers.rebuild_from(self.requires().plan_id))
 
     def run(self):
-        directory = Path(self.input().path).parent  # the plan's run directory
-        started = rebuild_service.attempt_started(directory)
-        plan = rebuild_service.open_plan(directory)
+        plan_id = self.requires().plan_id
+        directory = rebuild_service.run_dir(config.store_dir(), plan_id)
+        started = rebuild_service.attempt_started(self.store(), plan_id)
+        plan = rebuild_service.open_plan(self.store(), plan_id)
         rebuild_service.remove_litter(directory)
         chunks = _chunk_tasks(plan)
         done = sum(1 for c in chunks if c.complete())
@@ -378,9 +380,10 @@ class RebuildFrom(StockpipeTask):
         yield chunks
         self.set_status_message(f"{len(chunks)}/{len(chunks)} chunks done")
         self.set_progress_percentage(100)
-        report = rebuild_service.write_final_report(self.store(), plan, directory, started)
-        stats = {k: report[k] for k in ("symbols", "chunks", "replaced_rows", "saved_rows", "seconds")}
-        self.skipped = not self.store().touch(self.output().marker(self, stats))
+        _, wrote = rebuild_service.write_final_report(
+            self.store(), plan, started, marker=self.run_marker(),
+            marker_stats=("symbols", "chunks", "replaced_rows", "saved_rows", "seconds"))
+        self.skipped = not wrote
 
 
 class DailyIndicators(StockpipeTask):
@@ -417,8 +420,9 @@ class DailyIndicators(StockpipeTask):
         chunks = _chunk_tasks(plan)
         _prepare_chunks(self, plan, directory, chunks)
         yield chunks
-        report = rebuild_service.write_final_report(store, plan, directory)
-        self.skipped = not store.touch(self.output().marker(self, {k: report[k] for k in ("symbols", "chunks", "saved_rows")}))
+        _, wrote = rebuild_service.write_final_report(store, plan, marker=self.run_marker(),
+                                                      marker_stats=("symbols", "chunks", "saved_rows"))
+        self.skipped = not wrote
 
 
 class ScanWatchlist(StockpipeTask):

@@ -171,12 +171,12 @@ def test_temporary_files_of_killed_runs_are_removed_by_the_next_run(tmp_path):
 
     data = tmp_path / "data" / store_slug(url)  # the store's own directory
     run = data / "runs" / "rebuild-2025-09-29"
-    (run / "failed").mkdir(parents=True)
+    run.mkdir(parents=True)
     dead = _dead_pid()
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
         host = temporary_for(tmp_path / "x").name.split(".")[-2].rsplit("-", 1)[0]
-        litter = [run / f".backup.parquet.{host}-{dead}.tmp", run / "failed" / f".3.json.{host}-{dead}.tmp",
+        litter = [run / f".backup.parquet.{host}-{dead}.tmp",
                   data / f".replica.duckdb.{host}-{dead}.tmp", data / f".replica.duckdb.{host}-{dead}.tmp.wal"]
         kept = run / f".backup.parquet.{host}-{alive.pid}.tmp"
         for path in [*litter, kept]:

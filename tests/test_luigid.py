@@ -8,12 +8,15 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, luigi_command, prepared_store, run_luigi, service_missing
+from stockpipe.services import rebuild as rebuild_service
+from tests.conftest import free_port, luigi_command, prepared_store, run_luigi, service_missing, write_luigi_cfg
 
 pytestmark = pytest.mark.slow
 
@@ -45,6 +48,15 @@ def luigid(tmp_path):
     process.wait(timeout=10)
 
 
+def _drain(process: subprocess.Popen) -> tuple[threading.Thread, list[str]]:
+    """Read a process's output while it runs: on a loaded machine a worker's waiting lines alone fill
+    the pipe (64 KB), and a process blocked writing them never finishes its task."""
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+    reader.start()
+    return reader, lines
+
+
 def _tasks(port: int, status: str) -> dict:
     query = urllib.request.quote(json.dumps({"status": status, "upstream_status": "", "search": "IndicatorChunk"}))
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/task_list?data={query}", timeout=10) as response:
@@ -52,29 +64,42 @@ def _tasks(port: int, status: str) -> dict:
 
 
 def test_an_assistant_on_another_machine_shares_chunks_through_luigid(tmp_path, luigid, postgres_url):
-    store = prepared_store(tmp_path, postgres_url, stockpipe={"chunk_size": 1},
-                           core={"scheduler_host": "127.0.0.1", "scheduler_port": luigid},
-                           worker={"wait_interval": "0.1", "wait_jitter": "0.05", "keep_alive": "true"})
-    # Another machine lends workers: an assistant runs whatever the scheduler has pending.
+    settings = dict(stockpipe={"chunk_size": 1}, core={"scheduler_host": "127.0.0.1", "scheduler_port": luigid},
+                    worker={"wait_interval": "0.1", "wait_jitter": "0.05", "keep_alive": "true"})
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    there.mkdir()
+    store = prepared_store(here, postgres_url, **settings)
+    # Another machine lends workers: the same PostgreSQL and luigid, but its own working directory
+    # and its own, empty data_dir (nothing of this machine's run directories is visible there).
+    write_luigi_cfg(there, postgres_url, **settings)
+    assert not (there / "data").exists()
     assistant = subprocess.Popen(
-        ["stockpipe", "assist", "--workers", "2"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("STOCKPIPE_")}, "LUIGI_CONFIG_PATH": str(tmp_path / "luigi.cfg")},
+        ["stockpipe", "assist", "--workers", "2"], cwd=there, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("STOCKPIPE_")}, "LUIGI_CONFIG_PATH": str(there / "luigi.cfg")},
     )
+    reader, lines = _drain(assistant)
     try:
-        code, output = run_luigi(tmp_path, "RebuildFrom", "--start-date", "2025-09-29", "--workers", "1")
+        code, output = run_luigi(here, "RebuildFrom", "--start-date", "2025-09-29", "--workers", "1")
         # The job's target is complete, whoever ran its chunks: exit 0 (Luigi alone says 10 or 25).
         assert code == 0, output
         assert store.read_marker("RebuildFrom/rebuild-2025-09-29") is not None
     finally:
         assistant.terminate()  # stockpipe assist turns SIGTERM into Luigi's graceful stop
-        helped = assistant.communicate(timeout=60)[0]
+        assistant.wait(timeout=60)
+        reader.join(timeout=60)
+        helped = "".join(lines)
     assert assistant.returncode == 0, helped[-3000:]
-    again, confirm = run_luigi(tmp_path, "RebuildFrom", "--start-date", "2025-09-29")
+    assert "cannot read rebuild plan" not in helped + output
+    assert store.read_chunk_failures("rebuild-2025-09-29") == [], "a chunk failed (and was redone)"
+    again, confirm = run_luigi(here, "RebuildFrom", "--start-date", "2025-09-29")
     assert again == 0 and not re.search(r"running\s+IndicatorChunk", confirm), confirm
     mine = re.findall(r"running\s+IndicatorChunk\(date=2025-09-29, plan_id=rebuild-2025-09-29, chunk_id=(\d+)\)", output)
     theirs = re.findall(r"running\s+IndicatorChunk\(date=2025-09-29, plan_id=rebuild-2025-09-29, chunk_id=(\d+)\)", helped)
     assert sorted(map(int, mine + theirs)) == list(range(30)), "luigid hands each chunk to exactly one worker"
     assert theirs, "the assistant took part of the rebuild"
+    finished = re.findall(r"\[chunk \d+/30\] \[1/1\] \S+\.\.\S+ saved \d+", helped)
+    assert len(finished) == len(theirs), "every chunk the assistant took completed there"
     done = _tasks(luigid, "DONE")
     chunks = {k: v for k, v in done.items()
               if v["name"] == "IndicatorChunk" and v["params"]["plan_id"] == "rebuild-2025-09-29"}
@@ -83,6 +108,10 @@ def test_an_assistant_on_another_machine_shares_chunks_through_luigid(tmp_path, 
         assert task["progress_percentage"] == 100
         assert "saved" in task["status_message"]
     assert len(store.markers(prefix="IndicatorChunk/rebuild-2025-09-29/")) == 30
+    report = rebuild_service.final_report(store, "rebuild-2025-09-29")
+    assert report["chunks_done"] == 30 and report["chunks_pending"] == [] and report["failed_chunks"] == []
+    # The backup stays on the disk of the machine that planned the run, named in the store.
+    assert Path(rebuild_service.load_plan(store, "rebuild-2025-09-29").backup).is_file()
 
 
 def test_a_second_identical_job_elsewhere_never_writes_a_chunk_twice(tmp_path, luigid, postgres_url):
@@ -108,6 +137,7 @@ def test_rebuild_shows_chunk_progress_in_luigid_while_its_chunks_run(tmp_path, l
                    core={"scheduler_host": "127.0.0.1", "scheduler_port": luigid},
                    worker={"wait_interval": "0.1", "wait_jitter": "0.05"})
     job = luigi_command(tmp_path, "RebuildFrom", "--start-date", "2025-09-29")
+    reader, lines = _drain(job)
     seen = []  # (status, progress, message) of RebuildFrom in luigid while the job runs
     query = urllib.request.quote(json.dumps({"status": "", "upstream_status": "", "search": "RebuildFrom"}))
     while job.poll() is None:
@@ -118,7 +148,9 @@ def test_rebuild_shows_chunk_progress_in_luigid_while_its_chunks_run(tmp_path, l
         except OSError:
             pass
         time.sleep(0.05)
-    output = job.communicate(timeout=60)[0]
+    job.wait(timeout=60)
+    reader.join(timeout=60)
+    output = "".join(lines)
     assert job.returncode == 0, output
     waiting = [(p, m) for status, p, m in seen if status == "PENDING" and p]
     assert waiting, f"RebuildFrom never showed progress while its chunks ran: {seen[-5:]}"

@@ -4,7 +4,6 @@ resumes after a failed chunk also on PostgreSQL."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 import numpy as np
 import pyarrow as pa
@@ -81,13 +80,14 @@ def test_rebuild_from_date_equals_full_recompute(pipeline):
     assert pipeline.build(tasks.RebuildFrom(start_date=REBUILD_FROM))
     assert_same_indicators(indicator_frame(store), full)
     directory = rebuild_service.run_dir(pipeline.store_dir, f"rebuild-{REBUILD_FROM}")
-    report = json.loads((directory / "report.json").read_text())
+    report = rebuild_service.final_report(store, f"rebuild-{REBUILD_FROM}")
     assert report["replaced_rows"] == before.num_rows
     assert report["saved_rows"] == before.num_rows
     assert report["chunks"] == 3 and report["chunks_done"] == 3 and report["failed_chunks"] == []
-    plan = json.loads((directory / "plan.json").read_text())
-    assert [s for c in plan["chunks"] for s in c] == sorted(store.active_symbols())
-    backup = pa.parquet.read_table(directory / "backup.parquet")
+    plan = rebuild_service.load_plan(store, f"rebuild-{REBUILD_FROM}")
+    assert [s for c in plan.chunks for s in c] == sorted(store.active_symbols())
+    assert plan.backup == str((directory / "backup.parquet").resolve())  # the backup stays on disk, named in the store
+    backup = pa.parquet.read_table(plan.backup)
     assert backup.num_rows == before.num_rows
 
 
@@ -117,8 +117,7 @@ def test_failed_chunk_is_reported_and_the_rerun_redoes_only_it(pipeline, monkeyp
 
     monkeypatch.setattr(type(store), "replace_indicators", database_fails_for_chunk_1)
     assert not pipeline.build(tasks.RebuildFrom(start_date=REBUILD_FROM))
-    directory = rebuild_service.run_dir(pipeline.store_dir, plan_id)
-    assert json.loads((directory / "failed" / "1.json").read_text())["error"] == "connection lost while writing chunk 1"
+    assert rebuild_service.failures(store, plan_id)[1]["error"] == "connection lost while writing chunk 1"
     done = {m["marker_id"]: m["completed_at"] for m in store.markers(prefix=f"IndicatorChunk/{plan_id}/")}
     assert sorted(done) == [f"IndicatorChunk/{plan_id}/0", f"IndicatorChunk/{plan_id}/2"]
     # Nothing is missing meanwhile: chunk 1 still has its previous rows.
@@ -128,7 +127,7 @@ def test_failed_chunk_is_reported_and_the_rerun_redoes_only_it(pipeline, monkeyp
     assert pipeline.build(tasks.RebuildFrom(start_date=REBUILD_FROM))
     after = {m["marker_id"]: m["completed_at"] for m in store.markers(prefix=f"IndicatorChunk/{plan_id}/")}
     assert {k: after[k] for k in done} == done
-    report = json.loads((directory / "report.json").read_text())
+    report = rebuild_service.final_report(store, plan_id)
     assert report["failed_chunks"] == [{"chunk_id": 1, "error": "connection lost while writing chunk 1", "redone": True}]
     assert_same_indicators(indicator_frame(store), expected)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import json
 import logging
 import threading
 import time
@@ -74,14 +73,16 @@ def status_output() -> tuple[int, str]:
 
 def test_deleted_plan_refuses_to_replan_and_never_overwrites_the_backup(pipeline, monkeypatch):
     store = half_done_rebuild(pipeline, monkeypatch)
-    directory = run_dir(pipeline)
+    directory = run_dir(pipeline).resolve()
     backup = (directory / "backup.parquet").read_bytes()
-    (directory / "plan.json").unlink()
+    with store.session() as session:
+        session.execute("DELETE FROM run_plans WHERE plan_id = :p", {"p": PLAN_ID})
 
     assert not pipeline.build(tasks.RebuildFrom(start_date=START))
     error = last_error(store, "PlanRebuild")
-    assert "plan.json is missing but run rebuild-2025-09-29 already started" in error
+    assert "the plan of run rebuild-2025-09-29 is missing from" in error and "already started" in error
     assert f"stockpipe restore {directory / 'backup.parquet'}" in error and "--run-id" in error
+    assert store.read_run_plan(PLAN_ID) is None, "a started run was planned again"
     assert (directory / "backup.parquet").read_bytes() == backup, "the backup was overwritten"
 
     # Doing what the message says gets back to a complete, exact state.
@@ -93,11 +94,17 @@ def test_deleted_plan_refuses_to_replan_and_never_overwrites_the_backup(pipeline
 def test_garbled_plan_is_named_and_status_still_shows_every_section(pipeline, monkeypatch):
     store = half_done_rebuild(pipeline, monkeypatch)
     directory = run_dir(pipeline)
-    (directory / "plan.json").write_text('{"plan_id": "rebuild-2025-09-29", "chun')
+    with store.session() as session:
+        session.execute("UPDATE run_plans SET plan = :garbled WHERE plan_id = :p",
+                        {"p": PLAN_ID, "garbled": '{"chunk_size": 10, "chun'})
 
     assert not pipeline.build(tasks.RebuildFrom(start_date=START))
     error = last_error(store, "RebuildFrom")
-    assert f"cannot read rebuild plan {directory / 'plan.json'}" in error and "stockpipe restore" in error
+    assert f"cannot read rebuild plan {PLAN_ID} (table run_plans of" in error and "stockpipe restore" in error
+    # A chunk taken by any worker refuses the garbled plan as clearly, and writes nothing.
+    assert not pipeline.build(tasks.IndicatorChunk(date=START, plan_id=PLAN_ID, chunk_id=1))
+    assert f"cannot read rebuild plan {PLAN_ID}" in last_error(store, "IndicatorChunk")
+    assert store.read_marker(f"IndicatorChunk/{PLAN_ID}/1") is None
 
     code, shown = status_output()
     assert code != 2
@@ -229,15 +236,15 @@ def test_daily_committed_during_a_rebuild_chunk_keeps_its_newer_rows(pipeline, t
 def test_failure_records_and_marker_stats_that_are_garbage_are_named_not_fatal(pipeline, monkeypatch, caplog):
     store = half_done_rebuild(pipeline, monkeypatch)
     directory = run_dir(pipeline)
-    (directory / "failed" / "1.json").write_bytes(b"\x00\xffnot json")
     garbled = f"IndicatorChunk/{PLAN_ID}/0"
     with store.session() as session:
         session.execute("UPDATE task_markers SET stats = '{\"rows_saved\": 12' WHERE marker_id = :m", {"m": garbled})
 
     assert pipeline.build(tasks.RebuildFrom(start_date=START))
-    report = json.loads((directory / "report.json").read_text())
-    assert report["failed_chunks"][0]["chunk_id"] == 1
-    assert str(directory / "failed" / "1.json") in report["failed_chunks"][0]["error"]
+    report = rebuild_service.final_report(store, PLAN_ID)
+    # The failure survived its chunk's rollback: recorded in a transaction of its own.
+    assert report["failed_chunks"] == [{"chunk_id": 1, "error": "injected: connection lost while writing chunk 1",
+                                        "redone": True}]
     assert report["unreadable_markers"] == [garbled]
 
     code, shown = status_output()
@@ -252,13 +259,14 @@ def test_failure_records_and_marker_stats_that_are_garbage_are_named_not_fatal(p
 def test_rebuild_report_seconds_cover_the_whole_attempt(pipeline):
     assert pipeline.build(tasks.Daily(date=DAY))
     assert pipeline.build(tasks.RebuildFrom(start_date=START))
-    report = json.loads((run_dir(pipeline) / "report.json").read_text())
+    report = rebuild_service.final_report(pipeline.store, PLAN_ID)
     chunks = pipeline.store.markers(prefix=f"IndicatorChunk/{PLAN_ID}/")
     finished = dt.datetime.fromisoformat(report["finished_at"])
     first_chunk_done = min(m["completed_at"] for m in chunks)
     # The attempt began before its first chunk finished, so it lasted at least from then to the end.
     assert report["seconds_this_attempt"] >= (finished - first_chunk_done).total_seconds()
-    assert not (run_dir(pipeline) / "attempt.json").exists()
+    finished = pipeline.store.read_run_reports(PLAN_ID)[PLAN_ID]
+    assert finished["attempt_owner"] is None and finished["attempt_started_at"] is None  # the attempt is over
 
 
 @pytest.mark.postgres

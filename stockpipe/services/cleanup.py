@@ -1,10 +1,13 @@
 """Retention of the files the pipeline leaves behind: run directories, rebuild backups, reports, the
 replica's previous copy and logs. Days per kind come from `[cleanup]`; a kind set to 0 is kept.
 
-Age is the time since a file was last written (a run directory: since its final `report.json`).
+Age is the time since a file was last written (a run directory: since its final report in the
+store's `run_reports`). Runs are the directories of this machine's data_dir; whether each is
+planned, finished or undone is the store's word (`run_plans`, `run_reports`), whichever machine ran it.
 Never deleted, whatever their age:
-  - an unfinished run (a directory without `plan.json` yet, or a plan without a final report): it is
-    resumed from that plan, and its backup is the only copy of the rows it is replacing;
+  - an unfinished run (a directory whose run has no plan in the store yet, or a plan without a
+    final report, or one undone by `stockpipe restore`): it is resumed from that plan, and its
+    backup is the only copy of the rows it is replacing;
   - a run the store's markers still point to: chunk markers of its plan exist but the run's final
     marker (`RebuildFrom/<run>`, `DailyIndicators/<date>`) does not, so a rerun resumes it and needs
     the plan the chunk numbers refer to;
@@ -89,31 +92,30 @@ def _final_marker(plan: rebuild_service.Plan) -> str:
     return markers.plan_final_marker(plan.kind, plan.plan_id)
 
 
-def _finished_at(directory: Path) -> float:
-    report = directory / rebuild_service.REPORT_FILE
-    try:
-        finished = json.loads(report.read_text(encoding="utf-8")).get("finished_at")
-        if finished:
-            return dt.datetime.fromisoformat(finished).replace(tzinfo=dt.timezone.utc).timestamp()
-    except (OSError, ValueError):
-        pass
-    return report.stat().st_mtime
+def _timestamp(value: dt.datetime) -> float:
+    return value.replace(tzinfo=dt.timezone.utc).timestamp()  # the store keeps UTC without a zone
 
 
 def _runs(store: Store, runs_dir: Path, days: Mapping[str, int], now: float, named: set[Path],
           remove: list[Item], keep: list[Item]) -> None:
     complete: dict[tuple, list[tuple[float, Path, rebuild_service.Plan]]] = {}
+    plans = {row["plan_id"]: row for row in store.read_run_plans()}
+    reports = store.read_run_reports()
     for directory in sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []:
         age = _age_days(directory, now)
-        if not (directory / rebuild_service.PLAN_FILE).exists():
-            keep.append(Item("runs", str(directory), _size(directory), age, "no plan.json: being planned, or not a run"))
+        row = plans.get(directory.name)
+        if row is None:
+            keep.append(Item("runs", str(directory), _size(directory), age,
+                             "no plan in the store: being planned, or not a run"))
             continue
         try:
-            plan = rebuild_service.load_plan(directory)
+            plan = rebuild_service.read_plan(row, store)
         except RuntimeError as exc:
             keep.append(Item("runs", str(directory), _size(directory), age, f"unreadable plan, kept: {exc}"))
             continue
-        if not (directory / rebuild_service.REPORT_FILE).exists():
+        finish = reports.get(plan.plan_id) or {}
+        # A restored run is unfinished again: a rerun redoes it from the same plan.
+        if finish.get("finished_at") is None or finish.get("restored_at") is not None:
             keep.append(Item("runs", str(directory), _size(directory), age, "unfinished: plan without final report"))
             continue
         chunk_markers = store.markers(prefix=markers.chunks_of(plan.plan_id))
@@ -122,7 +124,7 @@ def _runs(store: Store, runs_dir: Path, days: Mapping[str, int], now: float, nam
                              f"{len(chunk_markers)} chunk markers without {_final_marker(plan)}: a rerun resumes it"))
             continue
         group = ("rebuild", plan.start_date) if plan.kind != "daily" else ("daily",)
-        complete.setdefault(group, []).append((_finished_at(directory), directory, plan))
+        complete.setdefault(group, []).append((_timestamp(finish["finished_at"]), directory, plan))
 
     for group, runs in complete.items():
         runs.sort(key=lambda r: (r[0], r[1].name))

@@ -1,13 +1,17 @@
 """Rebuild plans: what will be replaced, a backup of it, a fixed chunk plan, and the final report.
 
-A run's files live in `<data_dir>/runs/<plan_id>/`:
-  plan.json      chunks (sorted symbols) fixed at the first attempt, so a resumed run uses the same
-                 chunks even if the universe changed; the status report of what gets replaced
+A run's state lives in the store, so every worker on every machine reads the same (an assistant
+lent through luigid has its own, empty data_dir):
+  run_plans           the plan, written once at the first attempt and never changed: chunks (sorted
+                      symbols), so a resumed run uses the same chunks even if the universe changed;
+                      the status report of what gets replaced; where its backup is
+  run_chunk_failures  the last error of each chunk that ever failed
+  run_reports         when the current attempt started, then the final report
+
+Files stay only where bulk data needs them, in `<data_dir>/<store>/runs/<plan_id>/` of the machine
+that planned the run (named in the plan):
   backup.parquet the indicator rows the rebuild replaces (restore: `stockpipe restore <file>`)
-  failed/N.json  the last error of chunk N, if it ever failed
   staged/        rows an engine computed ahead of the chunk tasks (Spark), until each chunk stores them
-  attempt.json   when the current attempt started (so the report covers all of it)
-  report.json    the final report
 
 Once taken, a backup is never overwritten: it is the only copy of the rows the run replaces.
 """
@@ -15,12 +19,11 @@ Once taken, a backup is never overwritten: it is the only copy of the rows the r
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import json
 import logging
 import os
 import socket
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,20 +33,17 @@ import pyarrow.parquet as pq
 
 from stockpipe import markers
 from stockpipe.services.indicators import chunk
-from stockpipe.store import Store
+from stockpipe.store import Marker, Store
 from stockpipe.store.base import utcnow
 from stockpipe.tempfiles import discard_orphans, discard_orphans_in, temporary_for
 
 log = logging.getLogger("stockpipe.rebuild")
 
-PLAN_FILE = "plan.json"
 BACKUP_FILE = "backup.parquet"
-REPORT_FILE = "report.json"
-ATTEMPT_FILE = "attempt.json"
 
 
 class RebuildError(RuntimeError):
-    """A run's files are missing or damaged; the message names the file and how to proceed."""
+    """A run's plan or backup is missing or damaged; the message names it and how to proceed."""
 
 
 @dataclass
@@ -55,8 +55,9 @@ class Plan:
     chunks: list[list[str]]
     created_at: str
     replaces: dict[str, Any] = field(default_factory=dict)
-    backup: str | None = None
+    backup: str | None = None  # absolute path of the backup Parquet on `planned_on`
     full_history: list[str] = field(default_factory=list)  # symbols recomputed from their first bar
+    planned_on: str | None = None  # the host that planned the run (and holds its backup)
 
     @property
     def start(self) -> dt.date:
@@ -65,6 +66,11 @@ class Plan:
     @property
     def symbols(self) -> list[str]:
         return [s for c in self.chunks for s in c]
+
+    def document(self) -> str:
+        """The stored plan's JSON: what the row's own columns do not hold."""
+        return json.dumps({"chunk_size": self.chunk_size, "chunks": self.chunks, "replaces": self.replaces,
+                           "full_history": self.full_history}, sort_keys=True, default=str)
 
 
 def run_dir(data_dir: Path, plan_id: str) -> Path:
@@ -76,37 +82,60 @@ def staging_dir(directory: Path) -> Path:
     return Path(directory).resolve() / "staged"
 
 
-def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    discard_orphans(path)
-    temporary = temporary_for(path)
-    try:
-        temporary.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def remove_litter(directory: Path) -> list[Path]:
-    """Temporary files of killed processes in a run directory and its failed/."""
-    return discard_orphans_in(directory) + discard_orphans_in(Path(directory) / "failed")
+    """Temporary files of killed processes in a run directory."""
+    return discard_orphans_in(directory) if Path(directory).is_dir() else []
 
 
-def _how_to_proceed(directory: Path) -> str:
-    backup = Path(directory) / BACKUP_FILE
+def _how_to_proceed(backup: Path | str | None) -> str:
     advice = "to rebuild again, start a new run with --run-id NAME"
-    if backup.exists():
+    if backup is not None and Path(backup).exists():
         return f"Its backup is kept: `stockpipe restore {backup}` puts back the rows the run replaced; {advice}."
     return advice[0].upper() + advice[1:] + "."
 
 
-def load_plan(directory: Path) -> Plan:
-    path = Path(directory) / PLAN_FILE
+def _plan_from_row(row: dict[str, Any]) -> Plan:
+    document = json.loads(row["plan"])
+    if not isinstance(document, dict):
+        raise ValueError(f"its document is not a JSON object: {row['plan'][:80]!r}")
+    chunks = document["chunks"]
+    if not (isinstance(chunks, list) and all(isinstance(c, list) and all(isinstance(s, str) for s in c) for c in chunks)):
+        raise ValueError("its chunks are not lists of symbols")
+    created = row["created_at"]
+    return Plan(
+        plan_id=row["plan_id"],
+        kind=row["kind"],
+        start_date=str(row["start_date"]),
+        chunk_size=int(document["chunk_size"]),
+        chunks=chunks,
+        created_at=created.isoformat() if isinstance(created, dt.datetime) else str(created),
+        replaces=dict(document.get("replaces") or {}),
+        backup=row["backup_path"],
+        full_history=list(document.get("full_history") or []),
+        planned_on=row["planned_on"],
+    )
+
+
+def read_plan(row: dict[str, Any], store: Store) -> Plan:
+    """The Plan of a stored row; a damaged row raises RebuildError naming the run and the store."""
     try:
-        return Plan(**json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError) as exc:
-        raise RebuildError(f"cannot read rebuild plan {path}: {exc}. {_how_to_proceed(directory)}") from None
+        return _plan_from_row(row)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise RebuildError(
+            f"cannot read rebuild plan {row.get('plan_id')} (table run_plans of {store.redacted_url()}): "
+            f"{type(exc).__name__}: {exc}. {_how_to_proceed(row.get('backup_path'))}"
+        ) from None
+
+
+def load_plan(store: Store, plan_id: str) -> Plan:
+    """The stored plan of a run, from any machine."""
+    row = store.read_run_plan(plan_id)
+    if row is None:
+        raise RebuildError(f"run {plan_id} has no plan in {store.redacted_url()} (table run_plans): "
+                           f"it was never planned, or its plan was deleted. {_how_to_proceed(None)}")
+    return read_plan(row, store)
 
 
 def create_plan(
@@ -122,17 +151,15 @@ def create_plan(
     full_history: Sequence[str] = (),
 ) -> Plan:
     """Write (or, when one exists, reuse) the plan of a run. The backup is written before the plan,
-    so a plan on disk always has its backup."""
-    directory = Path(directory)
-    if (directory / PLAN_FILE).exists():
-        return open_plan(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    # Two processes started on the same run must not both plan it: the second one's backup would be
-    # taken after the first had started replacing rows.
-    with open(directory / ".plan.lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (directory / PLAN_FILE).exists():
-            return open_plan(directory)
+    so a stored plan always has its backup."""
+    directory = Path(directory).resolve()
+    if store.read_run_plan(plan_id) is not None:
+        return open_plan(store, plan_id)
+    # Two processes started on the same run, on any machines, must not both plan it: the second
+    # one's backup would be taken after the first had started replacing rows.
+    with store.run_lock(f"plan/{plan_id}"):
+        if store.read_run_plan(plan_id) is not None:
+            return open_plan(store, plan_id)
         remove_litter(directory)
         if backup:
             _refuse_replanning_a_started_run(store, directory, plan_id)
@@ -140,12 +167,17 @@ def create_plan(
                                    chunk_size=chunk_size, backup=backup, full_history=full_history)
 
 
-def open_plan(directory: Path) -> Plan:
+def open_plan(store: Store, plan_id: str) -> Plan:
     """The plan of a run being resumed, with its backup checked: a damaged backup is reported now,
-    not when a restore is needed."""
-    plan = load_plan(directory)
+    not when a restore is needed. A backup on another machine (an assistant resuming the run) is
+    checked where it is, by that machine's next attempt."""
+    plan = load_plan(store, plan_id)
     if plan.backup:
-        check_backup(Path(directory) / plan.backup, quick=True)
+        backup = Path(plan.backup)
+        if backup.exists() or plan.planned_on in (None, socket.gethostname()):
+            check_backup(backup, quick=True)
+        else:
+            log.info("%s: its backup %s is on %s, not checked from here", plan_id, backup, plan.planned_on)
     return plan
 
 
@@ -160,8 +192,9 @@ def _refuse_replanning_a_started_run(store: Store, directory: Path, plan_id: str
         evidence.append("its completion marker")
     if evidence:
         raise RebuildError(
-            f"{directory / PLAN_FILE} is missing but run {plan_id} already started ({', '.join(evidence)} exist): "
-            f"planning it again would replace its backup with rows it already rebuilt. {_how_to_proceed(directory)}"
+            f"the plan of run {plan_id} is missing from {store.redacted_url()} (table run_plans) but the run already "
+            f"started ({', '.join(evidence)} exist): planning it again would replace its backup with rows it already "
+            f"rebuilt. {_how_to_proceed(directory / BACKUP_FILE)}"
         )
 
 
@@ -177,7 +210,7 @@ def _create_plan_locked(store, directory, *, plan_id, kind, start, symbols, chun
     else:
         log.info("%s: no indicator rows stored from %s yet, nothing to replace; %d symbols in %d chunks",
                  plan_id, start, len(symbols), chunks)
-    backup_name = None
+    backup_path = None
     if backup:
         directory.mkdir(parents=True, exist_ok=True)
         # The chunks replace rows up to the last bar they read; the backup covers up to the last
@@ -194,54 +227,43 @@ def _create_plan_locked(store, directory, *, plan_id, kind, start, symbols, chun
         finally:
             temporary.unlink(missing_ok=True)
         log.info("%s backed up %d rows to %s", plan_id, saved, directory / BACKUP_FILE)
-        backup_name = BACKUP_FILE
+        backup_path = str(directory / BACKUP_FILE)
+    created = utcnow()
     plan = Plan(
         plan_id=plan_id,
         kind=kind,
         start_date=str(start),
         chunk_size=chunk_size,
         chunks=chunk(symbols, chunk_size),
-        created_at=utcnow().isoformat(),
+        created_at=created.isoformat(),
         replaces={k: (str(v) if isinstance(v, dt.date) else v) for k, v in replaces.items()},
-        backup=backup_name,
+        backup=backup_path,
         full_history=sorted(set(full_history)),
+        planned_on=socket.gethostname(),
     )
-    _write_json_atomically(directory / PLAN_FILE, asdict(plan))
+    if not store.add_run_plan(plan_id, kind, start, plan.document(), backup_path, plan.planned_on, created):
+        return open_plan(store, plan_id)  # unreachable under the run lock; the stored plan wins
     return plan
 
 
-def record_failure(directory: Path, chunk_id: int, error: BaseException | str) -> bool:
-    """Leave `failed/<chunk>.json`; False (logged) when that is impossible, e.g. on a full disk,
-    where the failure handler must not fail in turn."""
-    path = Path(directory) / "failed" / f"{chunk_id}.json"
+def record_failure(store: Store, plan_id: str, chunk_id: int, error: BaseException | str) -> bool:
+    """Keep the chunk's failure in the store, committed on its own (the chunk's transaction was
+    rolled back); False (logged) when that is impossible, e.g. the store is unreachable or its disk
+    full, where the failure handler must not fail in turn."""
     try:
-        _write_json_atomically(
-            path, {"chunk_id": chunk_id, "error": str(error), "type": type(error).__name__, "at": utcnow().isoformat()},
-        )
-    except OSError as exc:
-        log.error("chunk %s failed with %s: %s, and its failure could not be recorded in %s: %s",
-                  chunk_id, type(error).__name__, error, path, exc)
+        store.record_chunk_failure(plan_id, chunk_id, str(error), type(error).__name__, socket.gethostname())
+    except Exception as exc:  # noqa: BLE001 - whatever the store raises, the chunk's own error is the one reported
+        log.error("chunk %s of %s failed with %s: %s, and its failure could not be recorded in the store: %s",
+                  chunk_id, plan_id, type(error).__name__, error, exc)
         return False
     return True
 
 
-def failures(directory: Path) -> dict[int, dict[str, Any]]:
-    """Each failed chunk's record; an unreadable `failed/N.json` is named as its error."""
-    found = {}
-    for path in sorted((Path(directory) / "failed").glob("*.json")):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            chunk_id = int(data["chunk_id"])
-            data["error"] = str(data.get("error", ""))
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            log.warning("unreadable chunk failure record %s: %s", path, exc)
-            try:
-                chunk_id = int(path.stem)
-            except ValueError:
-                continue
-            data = {"chunk_id": chunk_id, "error": f"unreadable failure record {path}: {exc}"}
-        found[chunk_id] = data
-    return found
+def failures(store: Store, plan_id: str) -> dict[int, dict[str, Any]]:
+    """Each failed chunk's last failure record."""
+    return {int(f["chunk_id"]): {**f, "chunk_id": int(f["chunk_id"]), "type": f["error_type"],
+                                 "at": f["failed_at"].isoformat() if f["failed_at"] else None}
+            for f in store.read_chunk_failures(plan_id)}
 
 
 def _count(value: Any) -> int:
@@ -251,11 +273,11 @@ def _count(value: Any) -> int:
         return 0
 
 
-def progress_report(store: Store, plan: Plan, directory: Path) -> dict[str, Any]:
+def progress_report(store: Store, plan: Plan) -> dict[str, Any]:
     """Chunks done, pending and failed, with saved rows so far: the report's body."""
     found = {m["marker_id"]: m for m in store.markers(prefix=markers.chunks_of(plan.plan_id))}
     done = [i for i in range(len(plan.chunks)) if markers.indicator_chunk(plan.plan_id, i) in found]
-    failed = failures(directory)
+    failed = failures(store, plan.plan_id)
     return {
         "plan_id": plan.plan_id,
         "kind": plan.kind,
@@ -270,7 +292,7 @@ def progress_report(store: Store, plan: Plan, directory: Path) -> dict[str, Any]
         "failed_chunks": [
             {"chunk_id": i, "error": f["error"], "redone": i in set(done)} for i, f in sorted(failed.items())
         ],
-        "backup": str(Path(directory) / plan.backup) if plan.backup else None,
+        "backup": plan.backup,
     }
 
 
@@ -283,37 +305,51 @@ def attempt_owner() -> int:
     return parent.pid if parent is not None else os.getpid()
 
 
-def attempt_started(directory: Path) -> dt.datetime:
-    """When this command's attempt at the run started, kept in attempt.json across re-entries.
-    Best effort: a run directory that cannot be written (a full disk) times from now."""
-    path = Path(directory) / ATTEMPT_FILE
-    owner = {"host": socket.gethostname(), "pid": attempt_owner()}
+def attempt_started(store: Store, plan_id: str) -> dt.datetime:
+    """When this command's attempt at the run started, kept in the store across re-entries. Best
+    effort: when it cannot be recorded, the attempt is timed from now."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if {k: data.get(k) for k in owner} == owner:
-            return dt.datetime.fromisoformat(data["started_at"])
-    except (OSError, ValueError, TypeError, KeyError):
-        pass
-    now = utcnow()
-    try:
-        _write_json_atomically(path, {**owner, "started_at": now.isoformat()})
-    except OSError as exc:
-        log.warning("cannot record the attempt's start in %s: %s", path, exc)
-    return now
+        return store.start_run_attempt(plan_id, f"{socket.gethostname()}:{attempt_owner()}")
+    except Exception as exc:  # noqa: BLE001 - timing is never worth failing the run for
+        log.warning("cannot record the start of %s's attempt: %s", plan_id, exc)
+        return utcnow()
 
 
-def write_final_report(store: Store, plan: Plan, directory: Path, attempt_start: dt.datetime | None = None) -> dict[str, Any]:
-    report = progress_report(store, plan, directory)
+def write_final_report(store: Store, plan: Plan, attempt_start: dt.datetime | None = None, *,
+                       marker: Marker | None = None, marker_stats: Sequence[str] = ()) -> tuple[dict[str, Any], bool]:
+    """The run's final report, stored with `marker` (its `marker_stats` keys of the report as the
+    marker's stats) in one transaction; returns it and False if another worker finished the run first."""
+    report = progress_report(store, plan)
     created = dt.datetime.fromisoformat(plan.created_at)
     now = utcnow()
     report["seconds"] = round((now - created).total_seconds(), 3)
     if attempt_start is not None:
         report["seconds_this_attempt"] = round((now - attempt_start).total_seconds(), 3)
     report["finished_at"] = now.isoformat()
-    _write_json_atomically(Path(directory) / REPORT_FILE, report)
-    (Path(directory) / ATTEMPT_FILE).unlink(missing_ok=True)
+    if marker is not None:
+        marker = Marker(marker.marker_id, marker.task_family, marker.params, {k: report[k] for k in marker_stats})
+    if not store.finish_run(plan.plan_id, json.dumps(report, sort_keys=True, default=str), now, marker):
+        log.info("%s was finished by another worker meanwhile: its report stands", plan.plan_id)
+        return report, False
     log.info("rebuild report %s", json.dumps(report, sort_keys=True, default=str))
-    return report
+    return report, True
+
+
+def read_report(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A run's final report from its `run_reports` row (None while unfinished or when unreadable)."""
+    if not row or not row.get("report"):
+        return None
+    try:
+        report = json.loads(row["report"])
+    except ValueError as exc:
+        log.warning("unreadable report of run %s: %s", row.get("plan_id"), exc)
+        return None
+    return report if isinstance(report, dict) else None
+
+
+def final_report(store: Store, plan_id: str) -> dict[str, Any] | None:
+    """The stored final report of a run, or None while it is unfinished."""
+    return read_report(store.read_run_reports(plan_id).get(plan_id))
 
 
 def check_backup(path: Path, *, quick: bool = False, expected_rows: int | None = None) -> tuple[pa.Table | None, dict[str, Any]]:
@@ -369,9 +405,7 @@ def restore(store: Store, backup_path: Path) -> dict[str, Any]:
         end = pa.compute.max(table.column("date")).as_py()
     forget = [m["marker_id"] for m in store.markers(prefix=markers.chunks_of(plan_id))]
     forget += [m["marker_id"] for m in store.markers(exact=markers.rebuild_from(plan_id))]
-    restored = store.restore_indicators(table.replace_schema_metadata(None), symbols, start, forget, end=end)
-    report = backup_path.parent / REPORT_FILE
-    if report.exists():
-        report.rename(report.with_name(f"report.restored-{utcnow():%Y%m%dT%H%M%S}.json"))
+    restored = store.restore_indicators(table.replace_schema_metadata(None), symbols, start, forget, end=end,
+                                        undone_run=plan_id)
     return {"plan_id": plan_id, "start_date": str(start), "end_date": str(end) if end else None,
             "symbols": len(symbols), "rows_restored": restored, "markers_forgotten": len(forget)}

@@ -81,9 +81,9 @@ def health(store: Store, day: dt.date, calendar: str, sessions: int) -> dict[str
     }
 
 
-def run_summary(store: Store, day: dt.date, data_dir: Path, slowest: int) -> dict[str, Any]:
+def run_summary(store: Store, day: dt.date, slowest: int) -> dict[str, Any]:
     """The date's task runs (each task's last attempt and how many it took), the slowest chunks of
-    its indicator plan, every failed attempt and every chunk failure file."""
+    its indicator plan, every failed attempt and every chunk failure recorded in the store."""
     runs = store.task_runs_of_day(day).to_pylist()
     latest: dict[str, dict[str, Any]] = {}
     for run in runs:  # oldest first: the last one seen is the task's latest attempt
@@ -91,11 +91,7 @@ def run_summary(store: Store, day: dt.date, data_dir: Path, slowest: int) -> dic
     tasks = [r for r in latest.values() if r["task_family"] != "IndicatorChunk"]
     chunks = [r for r in latest.values() if r["task_family"] == "IndicatorChunk"]
     chunks.sort(key=lambda r: -(r["duration_seconds"] or 0))
-    directory = rebuild_service.run_dir(data_dir, markers.daily_plan_id(day))
-    try:
-        chunk_failures = list(rebuild_service.failures(directory).values())
-    except (OSError, ValueError, KeyError, TypeError) as exc:  # an unreadable failure file is itself worth showing
-        chunk_failures = [{"chunk_id": "?", "error": f"unreadable failure record in {directory}: {exc}"}]
+    chunk_failures = list(rebuild_service.failures(store, markers.daily_plan_id(day)).values())
     return {
         "tasks": tasks,
         "chunks": len(chunks),
@@ -309,7 +305,7 @@ def build_report(
     state = health(store, day, calendar, sessions)
     health_png = charts.health_chart([s["date"] for s in state["sessions"]], [s["bar_rows"] for s in state["sessions"]],
                                      [s["bar_symbols"] for s in state["sessions"]])
-    run = run_summary(store, day, data_dir, slowest_chunks)
+    run = run_summary(store, day, slowest_chunks)
     from stockpipe.store.base import utcnow
 
     text = render_html(day, watchlist, rendered, health_png, state, run, utcnow())

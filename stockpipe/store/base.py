@@ -343,6 +343,102 @@ class Store(ABC):
             session.execute("DELETE FROM task_markers WHERE marker_id = ANY(:ids)", {"ids": list(marker_ids)})
         return int(before[0][0])
 
+    # -- runs: plans, chunk failures, reports -------------------------------------------------------
+    def add_run_plan(self, plan_id: str, kind: str, start_date: dt.date, plan: str, backup_path: str | None,
+                     planned_on: str, created_at: dt.datetime) -> bool:
+        """Store a run's plan (`plan`: its JSON document) once. False, and nothing changed, when the
+        run already has one: a stored plan is never replaced."""
+        with self.session() as session:
+            session.lock(f"run_plans/{plan_id}")
+            if session.fetch("SELECT 1 FROM run_plans WHERE plan_id = :p", {"p": plan_id}):
+                return False
+            session.execute(
+                "INSERT INTO run_plans (plan_id, kind, start_date, plan, backup_path, planned_on, created_at) "
+                "VALUES (:p, :k, :d, :plan, :b, :h, :t)",
+                {"p": plan_id, "k": kind, "d": start_date, "plan": plan, "b": backup_path, "h": planned_on,
+                 "t": created_at},
+            )
+        return True
+
+    _RUN_PLAN_COLUMNS = ("plan_id", "kind", "start_date", "plan", "backup_path", "planned_on", "created_at")
+
+    def read_run_plan(self, plan_id: str) -> dict[str, Any] | None:
+        """The stored row of a run's plan (its `plan` column as stored text), or None."""
+        found = self.read_run_plans(plan_id)
+        return found[0] if found else None
+
+    def read_run_plans(self, plan_id: str | None = None) -> list[dict[str, Any]]:
+        where, params = ("", {}) if plan_id is None else (" WHERE plan_id = :p", {"p": plan_id})
+        with self.session(write=False) as session:
+            rows = session.fetch(f"SELECT {', '.join(self._RUN_PLAN_COLUMNS)} FROM run_plans{where} ORDER BY plan_id",
+                                 params)
+        return [dict(zip(self._RUN_PLAN_COLUMNS, r)) for r in rows]
+
+    def record_chunk_failure(self, plan_id: str, chunk_id: int, error: str, error_type: str, host: str) -> None:
+        """Keep the chunk's last failure, in a transaction of its own (the chunk's was rolled back)."""
+        with self.session() as session:
+            session.lock(f"run_chunk_failures/{plan_id}/{chunk_id}")
+            params = {"p": plan_id, "c": chunk_id, "e": error, "y": error_type, "h": host, "t": utcnow()}
+            # UPDATE or INSERT rather than DELETE then INSERT: DuckDB before 1.2 refuses to re-insert a
+            # key deleted in the same transaction.
+            if session.fetch("SELECT 1 FROM run_chunk_failures WHERE plan_id = :p AND chunk_id = :c",
+                             {"p": plan_id, "c": chunk_id}):
+                session.execute("UPDATE run_chunk_failures SET error = :e, error_type = :y, host = :h, failed_at = :t "
+                                "WHERE plan_id = :p AND chunk_id = :c", params)
+            else:
+                session.execute("INSERT INTO run_chunk_failures (plan_id, chunk_id, error, error_type, host, failed_at) "
+                                "VALUES (:p, :c, :e, :y, :h, :t)", params)
+
+    def read_chunk_failures(self, plan_id: str) -> list[dict[str, Any]]:
+        columns = ("chunk_id", "error", "error_type", "host", "failed_at")
+        with self.session(write=False) as session:
+            rows = session.fetch(f"SELECT {', '.join(columns)} FROM run_chunk_failures WHERE plan_id = :p "
+                                 "ORDER BY chunk_id", {"p": plan_id})
+        return [dict(zip(columns, r)) for r in rows]
+
+    def start_run_attempt(self, plan_id: str, owner: str) -> dt.datetime:
+        """When `owner`'s attempt at the run started: now, unless this owner already started it
+        (a task with dynamic dependencies is re-entered once per batch of them)."""
+        with self.session() as session:
+            session.lock(f"run_reports/{plan_id}")
+            found = session.fetch("SELECT attempt_owner, attempt_started_at FROM run_reports WHERE plan_id = :p",
+                                  {"p": plan_id})
+            if found and found[0][0] == owner and found[0][1] is not None:
+                return found[0][1]
+            now = utcnow()
+            if found:
+                session.execute("UPDATE run_reports SET attempt_owner = :o, attempt_started_at = :t WHERE plan_id = :p",
+                                {"p": plan_id, "o": owner, "t": now})
+            else:
+                session.execute("INSERT INTO run_reports (plan_id, attempt_owner, attempt_started_at) VALUES (:p, :o, :t)",
+                                {"p": plan_id, "o": owner, "t": now})
+        return now
+
+    def finish_run(self, plan_id: str, report: str, finished_at: dt.datetime, marker: Marker | None = None) -> bool:
+        """Store the run's final report (JSON), replacing an earlier one (the attempt is over), with
+        the run's completion marker in one transaction. False, and nothing written, if another
+        worker completed the run meanwhile."""
+        with self.session() as session:
+            if not self._claim(session, marker):
+                return False
+            session.lock(f"run_reports/{plan_id}")
+            params = {"p": plan_id, "r": report, "t": finished_at}
+            if session.fetch("SELECT 1 FROM run_reports WHERE plan_id = :p", {"p": plan_id}):
+                session.execute("UPDATE run_reports SET report = :r, finished_at = :t, restored_at = NULL, "
+                                "attempt_owner = NULL, attempt_started_at = NULL WHERE plan_id = :p", params)
+            else:
+                session.execute("INSERT INTO run_reports (plan_id, report, finished_at) VALUES (:p, :r, :t)", params)
+            self._touch(session, marker)
+        return True
+
+    def read_run_reports(self, plan_id: str | None = None) -> dict[str, dict[str, Any]]:
+        """Per run: its report row (`report` as stored text, NULL while unfinished)."""
+        columns = ("plan_id", "attempt_owner", "attempt_started_at", "report", "finished_at", "restored_at")
+        where, params = ("", {}) if plan_id is None else (" WHERE plan_id = :p", {"p": plan_id})
+        with self.session(write=False) as session:
+            rows = session.fetch(f"SELECT {', '.join(columns)} FROM run_reports{where}", params)
+        return {r[0]: dict(zip(columns, r)) for r in rows}
+
     # -- symbols --------------------------------------------------------------------------------
     def replace_universe(self, rows: pa.Table, marker: Marker | None = None) -> bool:
         """Upsert the source's universe; symbols it no longer lists become inactive, never deleted."""
@@ -557,11 +653,12 @@ class Store(ABC):
 
     def restore_indicators(
         self, rows: pa.Table, symbols: Sequence[str], start: dt.date, forget_markers: Sequence[str] = (),
-        end: dt.date | None = None,
+        end: dt.date | None = None, undone_run: str | None = None,
     ) -> int:
         """Put back saved rows for `symbols` from `start` to `end` (the range that was saved), and
-        forget the markers of the run that replaced them (so rerunning that run redoes it), in one
-        transaction. Rows after `end` were computed from bars the backup never covered and stand."""
+        forget the markers of the run that replaced them (so rerunning that run redoes it) and mark
+        that run's report restored, in one transaction. Rows after `end` were computed from bars the
+        backup never covered and stand."""
         rows = INDICATORS.conform(rows)
         with self.session() as session:
             session.lock_symbols("indicators", list(symbols))
@@ -574,6 +671,8 @@ class Store(ABC):
             self._record_indicator_change(session, symbols, start, end, rows)
             if forget_markers:
                 session.execute("DELETE FROM task_markers WHERE marker_id = ANY(:ids)", {"ids": list(forget_markers)})
+            if undone_run is not None:
+                session.execute("UPDATE run_reports SET restored_at = :t WHERE plan_id = :p", {"p": undone_run, "t": utcnow()})
         return rows.num_rows
 
     # -- watchlist ------------------------------------------------------------------------------

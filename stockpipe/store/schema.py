@@ -13,7 +13,7 @@ import pyarrow as pa
 from stockpipe.indicators.spec import INDICATOR_COLUMNS
 
 # Bump when a table's or view's layout changes, and add the upgrade step to MIGRATIONS.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SQL_TYPES = {
     pa.string(): "VARCHAR",
@@ -186,7 +186,60 @@ SCHEMA_VERSION_TABLE = Table(
     not_null=("version", "applied_at"),
 )
 
-TABLES: tuple[Table, ...] = (SYMBOLS, BARS, INDICATORS, TASK_MARKERS, DAILY_WATCHLIST, TASK_RUNS, STORE_CHANGES)
+# The state of rebuild and daily runs, in the store so that every worker on every machine reads the
+# same (an assistant's data_dir holds none of it). A plan is written once and never changed; its
+# backup Parquet stays on the disk of the machine that planned it, named here.
+RUN_PLANS = Table(
+    "run_plans",
+    pa.schema(
+        [
+            ("plan_id", pa.string()),
+            ("kind", pa.string()),
+            ("start_date", pa.date32()),
+            ("plan", pa.string()),  # JSON: chunk_size, chunks (sorted symbols), replaces, full_history
+            ("backup_path", pa.string()),  # absolute path of the backup Parquet, NULL without one
+            ("planned_on", pa.string()),  # host name of the machine holding the backup
+            ("created_at", pa.timestamp("us")),
+        ]
+    ),
+    key=("plan_id",),
+    not_null=("kind", "start_date", "plan", "created_at"),
+)
+
+RUN_CHUNK_FAILURES = Table(
+    "run_chunk_failures",
+    pa.schema(
+        [
+            ("plan_id", pa.string()),
+            ("chunk_id", pa.int32()),
+            ("error", pa.string()),
+            ("error_type", pa.string()),
+            ("host", pa.string()),
+            ("failed_at", pa.timestamp("us")),
+        ]
+    ),
+    key=("plan_id", "chunk_id"),  # the chunk's last failure
+    not_null=("error", "failed_at"),
+)
+
+RUN_REPORTS = Table(
+    "run_reports",
+    pa.schema(
+        [
+            ("plan_id", pa.string()),
+            ("attempt_owner", pa.string()),  # host:pid of the command running the current attempt
+            ("attempt_started_at", pa.timestamp("us")),
+            ("report", pa.string()),  # JSON: the final report, NULL until the run finishes
+            ("finished_at", pa.timestamp("us")),
+            ("restored_at", pa.timestamp("us")),  # `stockpipe restore` undid the run after it finished
+        ]
+    ),
+    key=("plan_id",),
+)
+
+RUN_TABLES: tuple[Table, ...] = (RUN_PLANS, RUN_CHUNK_FAILURES, RUN_REPORTS)
+
+TABLES: tuple[Table, ...] = (SYMBOLS, BARS, INDICATORS, TASK_MARKERS, DAILY_WATCHLIST, TASK_RUNS, STORE_CHANGES, *RUN_TABLES)
 
 # Tables rewritten in bulk, chunk by chunk. Their (symbol, date) key is kept by every write (delete
 # then insert, in one transaction, under the writer lock); DuckDB's declared-key index would make each
@@ -233,4 +286,6 @@ VIEWS: tuple[View, ...] = (NASDAQ_SYMBOLS, STOCK_DATA, TECHNICAL_INDICATORS)
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: tuple(view.ddl() for view in VIEWS),
     3: (STORE_CHANGES.ddl(),),
+    # Plans, chunk failures and reports move from files under data_dir into the store.
+    4: tuple(table.ddl() for table in RUN_TABLES),
 }

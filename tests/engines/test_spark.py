@@ -219,6 +219,25 @@ def test_staged_rows_of_changed_bars_are_recomputed_not_stored(local_engine, tmp
     _assert_close(stored, expected, rtol=1e-12)
 
 
+def test_a_chunk_taken_where_nothing_is_staged_is_computed_with_numpy(tmp_path, caplog):
+    """An assistant on another machine (or with another data_dir) runs a chunk of a Spark-planned run:
+    the staged directory is not there. It computes the chunk itself with the numpy kernels, says so,
+    and stores the same values; no Spark session is started for it."""
+    from stockpipe.engines.spark_engine import SparkEngine, SparkSettings
+
+    store = _market(f"duckdb:///{tmp_path / 'spark.duckdb'}")
+    engine = SparkEngine(SparkSettings(master="local[1]"))
+    elsewhere = tmp_path / "another-data-dir" / "runs" / "rebuild-2023-06-01" / "staged"
+    with caplog.at_level("WARNING", logger="stockpipe"):
+        stats = indicator_service.compute_chunk(store, CHUNKS[0], START, engine=engine, warmup_bars=WARMUP, marker=None,
+                                                full_history=FULL_HISTORY, chunk=ChunkRef(elsewhere, 0))
+    assert stats["computed_by"] == "numpy"
+    assert f"chunk 0: no rows staged by Spark in {elsewhere}: computing them here" in caplog.text
+    assert engine._session is None and not elsewhere.exists()
+    expected = indicator_rows(store.read_bars(["LONG"]))
+    _assert_close(store.read_indicators(["LONG"]).drop_columns(["created_at"]), expected, rtol=1e-12)
+
+
 def test_every_conf_setting_reaches_the_session(local_engine):
     assert local_engine.session().conf.get("spark.stockpipe.probe") == "reached"
     assert local_engine.session().conf.get("spark.sql.shuffle.partitions") == "2"

@@ -31,24 +31,22 @@ def _file(path: Path, days: float, size: int = 100) -> Path:
     return path
 
 
-def _run(data: Path, plan_id: str, *, start: str, kind: str = "rebuild", finished_days: float | None,
+def _run(store, data: Path, plan_id: str, *, start: str, kind: str = "rebuild", finished_days: float | None,
          backup_days: float | None = None) -> Path:
-    """A run directory: plan.json, a report.json finished `finished_days` ago (None: unfinished),
-    a backup written `backup_days` ago."""
+    """A run: its plan in the store, a final report there finished `finished_days` ago (None:
+    unfinished), and its directory with a backup written `backup_days` ago."""
     directory = data / "runs" / plan_id
     directory.mkdir(parents=True)
-    plan = {"plan_id": plan_id, "kind": kind, "start_date": start, "chunk_size": 2, "chunks": [["A", "B"], ["C"]],
-            "created_at": "2025-01-01T00:00:00", "replaces": {}, "backup": "backup.parquet" if backup_days else None,
-            "full_history": []}
-    (directory / "plan.json").write_text(json.dumps(plan))
+    plan = {"chunk_size": 2, "chunks": [["A", "B"], ["C"]], "replaces": {}, "full_history": []}
+    backup = str(directory / "backup.parquet") if backup_days is not None else None
+    assert store.add_run_plan(plan_id, kind, dt.date.fromisoformat(start), json.dumps(plan), backup, "host",
+                              dt.datetime(2025, 1, 1))
     if backup_days is not None:
         _file(directory / "backup.parquet", backup_days, size=5000)
     if finished_days is not None:
         finished = dt.datetime.fromtimestamp(NOW - finished_days * 86400, dt.timezone.utc).replace(tzinfo=None)
-        report = directory / "report.json"
-        report.write_text(json.dumps({"plan_id": plan_id, "finished_at": finished.isoformat()}))
-        _age(report, finished_days)
-    _file(directory / "failed" / "1.json", finished_days or 1, size=50)
+        store.finish_run(plan_id, json.dumps({"plan_id": plan_id, "finished_at": finished.isoformat()}), finished)
+    _age(directory, finished_days or 1)
     return directory
 
 
@@ -60,38 +58,44 @@ def _tree(root: Path, store, data: Path | None = None) -> dict[str, set[Path]]:
 
     # Rebuilds of one start date: the older complete one goes, the newest complete one stays (its
     # old backup goes).
-    gone.add(_run(data, "rebuild-2025-01-02", start="2025-01-02", finished_days=100, backup_days=100))
-    newest = _run(data, "rebuild-2025-01-02-2nd", start="2025-01-02", finished_days=80, backup_days=80)
-    kept.add(newest / "plan.json")
+    gone.add(_run(store, data, "rebuild-2025-01-02", start="2025-01-02", finished_days=100, backup_days=100))
+    newest = _run(store, data, "rebuild-2025-01-02-2nd", start="2025-01-02", finished_days=80, backup_days=80)
+    kept.add(newest)
     gone.add(newest / "backup.parquet")
     # The only complete run of its start date: kept, however old.
-    only = _run(data, "rebuild-2025-02-03", start="2025-02-03", finished_days=200)
-    kept.add(only / "report.json")
+    only = _run(store, data, "rebuild-2025-02-03", start="2025-02-03", finished_days=200)
+    kept.add(only)
     # Unfinished (plan without report): kept whole, backup included, however old.
-    unfinished = _run(data, "rebuild-2025-03-03", start="2025-03-03", finished_days=None, backup_days=150)
-    kept |= {unfinished / "plan.json", unfinished / "backup.parquet"}
+    unfinished = _run(store, data, "rebuild-2025-03-03", start="2025-03-03", finished_days=None, backup_days=150)
+    kept |= {unfinished, unfinished / "backup.parquet"}
     # Complete on disk, but its chunk markers exist without RebuildFrom's: a rerun resumes it.
-    pointed = _run(data, "rebuild-2025-04-01", start="2025-04-01", finished_days=120, backup_days=120)
-    pointed_twin = _run(data, "rebuild-2025-04-01-2nd", start="2025-04-01", finished_days=110)
+    pointed = _run(store, data, "rebuild-2025-04-01", start="2025-04-01", finished_days=120, backup_days=120)
+    pointed_twin = _run(store, data, "rebuild-2025-04-01-2nd", start="2025-04-01", finished_days=110)
     store.touch(Marker("IndicatorChunk/rebuild-2025-04-01/0", "IndicatorChunk", {}, {"rows_saved": 1}))
-    kept |= {pointed / "plan.json", pointed / "backup.parquet", pointed_twin / "plan.json"}
+    kept |= {pointed, pointed / "backup.parquet", pointed_twin}
     # A finished rebuild whose markers are all there is not protected by them.
     store.touch(Marker("IndicatorChunk/rebuild-2025-02-03/0", "IndicatorChunk", {}, {}))
     store.touch(Marker("RebuildFrom/rebuild-2025-02-03", "RebuildFrom", {}, {}))
     # Young runs stay even when not the newest; a 40-day-old backup goes, its 40-day-old run stays.
-    young = _run(data, "rebuild-2025-05-01", start="2025-05-01", finished_days=10, backup_days=10)
-    kept |= {young / "plan.json", young / "backup.parquet",
-             _run(data, "rebuild-2025-05-01-2nd", start="2025-05-01", finished_days=5) / "plan.json"}
-    middle = _run(data, "rebuild-2025-06-02", start="2025-06-02", finished_days=40, backup_days=40)
-    kept.add(middle / "plan.json")
+    young = _run(store, data, "rebuild-2025-05-01", start="2025-05-01", finished_days=10, backup_days=10)
+    kept |= {young, young / "backup.parquet",
+             _run(store, data, "rebuild-2025-05-01-2nd", start="2025-05-01", finished_days=5)}
+    middle = _run(store, data, "rebuild-2025-06-02", start="2025-06-02", finished_days=40, backup_days=40)
+    kept.add(middle)
     gone.add(middle / "backup.parquet")
+    # Finished, then undone by `stockpipe restore`: unfinished again (a rerun redoes it), kept whole.
+    restored = _run(store, data, "rebuild-2025-06-20", start="2025-06-20", finished_days=100, backup_days=100)
+    with store.session() as session:
+        session.execute("UPDATE run_reports SET restored_at = :t WHERE plan_id = 'rebuild-2025-06-20'",
+                        {"t": dt.datetime(2025, 7, 1)})
+    kept |= {restored, restored / "backup.parquet"}
     # A directory without a plan (being planned, or not ours): kept.
     kept.add(_file(data / "runs" / "rebuild-2025-07-01" / ".plan.lock", 300, size=0))
     # Daily runs: old complete ones go, the newest complete one and an unfinished one stay.
-    gone.add(_run(data, "daily-2025-06-02", start="2025-05-27", kind="daily", finished_days=100))
-    gone.add(_run(data, "daily-2025-06-03", start="2025-05-28", kind="daily", finished_days=90))
-    kept.add(_run(data, "daily-2025-05-01", start="2025-04-24", kind="daily", finished_days=None) / "plan.json")
-    kept.add(_run(data, "daily-2025-09-01", start="2025-08-25", kind="daily", finished_days=70) / "report.json")
+    gone.add(_run(store, data, "daily-2025-06-02", start="2025-05-27", kind="daily", finished_days=100))
+    gone.add(_run(store, data, "daily-2025-06-03", start="2025-05-28", kind="daily", finished_days=90))
+    kept.add(_run(store, data, "daily-2025-05-01", start="2025-04-24", kind="daily", finished_days=None))
+    kept.add(_run(store, data, "daily-2025-09-01", start="2025-08-25", kind="daily", finished_days=70))
 
     # Reports: old go, young stay, and the one the newest Report marker names stays.
     gone.add(_file(data / "reports" / "2025-01-02.html", 100))

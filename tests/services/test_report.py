@@ -213,9 +213,7 @@ def test_report_lists_failed_attempts_and_chunk_failures(duckdb_pipeline):
             ":t, :t, 2.5, 'MemoryError: out of memory', 'h1')",
             {"p": json.dumps({"chunk_id": "1", "date": "2025-10-03", "plan_id": f"daily-{DAY}"}, sort_keys=True),
              "t": dt.datetime(2025, 10, 10, 22, 0)})
-    failed_dir = pipeline.store_dir / "runs" / f"daily-{DAY}" / "failed"
-    failed_dir.mkdir(parents=True)
-    (failed_dir / "1.json").write_text(json.dumps({"chunk_id": 1, "error": "disk full", "at": "2025-10-10T22:00:00"}))
+    store.record_chunk_failure(f"daily-{DAY}", 1, "disk full", "OSError", "h1")
     stats = report_service.build_report(store, DAY, pipeline.store_dir, calendar="XNYS")
     dom = parse(report_service.report_path(pipeline.store_dir, DAY).read_text(encoding="utf-8"))
     assert stats["failures"] == 2

@@ -6,12 +6,13 @@ from __future__ import annotations
 import datetime as dt
 
 import duckdb
+import pyarrow as pa
 import pytest
 
 from stockpipe import config, tasks
 from stockpipe.store import SchemaVersionError, StoreError, open_store
 from stockpipe.store.base import translate_placeholders
-from stockpipe.store.schema import SCHEMA_VERSION, VIEWS
+from stockpipe.store.schema import RUN_TABLES, SCHEMA_VERSION, VIEWS
 from stockpipe.watchlist.rules import DEFAULT_RULES, parse_rules
 from tests.watchlist.old_queries import OLD_QUERIES, PROGRESS
 
@@ -72,6 +73,8 @@ def test_init_db_upgrades_a_version_1_store_with_the_views(store_url):
     with store.session() as session:  # what a stockpipe of schema version 1 left behind
         for view in VIEWS:
             session.execute(f"DROP VIEW {view.name}")
+        for table in RUN_TABLES:
+            session.execute(f"DROP TABLE {table.name}")
         session.execute("DELETE FROM schema_version")
         session.execute("INSERT INTO schema_version (version, applied_at) VALUES (1, :t)", {"t": dt.datetime(2025, 1, 1)})
     stale = type(store)(store_url)
@@ -82,6 +85,29 @@ def test_init_db_upgrades_a_version_1_store_with_the_views(store_url):
     fresh = type(store)(store_url)
     fresh.ensure_schema()
     assert fresh.upgrade_schema() == (SCHEMA_VERSION, SCHEMA_VERSION)
+
+
+def test_init_db_upgrades_a_version_3_store_with_the_run_tables(store_url):
+    store = open_store(store_url)
+    store.ensure_schema()
+    assert store.write_bars(pa.table({"symbol": ["AAA"], "date": pa.array([DAY], pa.date32()), "open": [1.0],
+                                      "high": [1.0], "low": [1.0], "close": [1.0], "volume": pa.array([5], pa.int64())}))
+    with store.session() as session:  # what a stockpipe of schema version 3 left behind
+        for table in RUN_TABLES:
+            session.execute(f"DROP TABLE {table.name}")
+        session.execute("DELETE FROM schema_version")
+        session.execute("INSERT INTO schema_version (version, applied_at) VALUES (1, :t)", {"t": dt.datetime(2025, 1, 1)})
+        session.execute("INSERT INTO schema_version (version, applied_at) VALUES (2, :t)", {"t": dt.datetime(2025, 6, 1)})
+        session.execute("INSERT INTO schema_version (version, applied_at) VALUES (3, :t)", {"t": dt.datetime(2025, 9, 1)})
+    stale = type(store)(store_url)
+    with pytest.raises(SchemaVersionError, match=r"schema version 3.*expects 4.*init-db"):
+        stale.ensure_schema()
+    assert stale.upgrade_schema() == (3, 4)
+    assert stale.add_run_plan("daily-2025-10-10", "daily", DAY, "{}", None, "host", dt.datetime(2025, 10, 10))
+    assert stale.read_run_reports() == {} and stale.read_chunk_failures("daily-2025-10-10") == []
+    assert stale.bars_extent()[2] == 1, "the upgrade kept the data"
+    versions = stale.query("SELECT version FROM schema_version ORDER BY version").column("version").to_pylist()
+    assert versions == [1, 2, 3, 4]
 
 
 def test_a_database_holding_the_old_tables_is_refused_with_what_to_do(store_url):

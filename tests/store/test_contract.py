@@ -12,7 +12,7 @@ import pytest
 
 from stockpipe.indicators import INDICATOR_COLUMNS, indicator_rows
 from stockpipe.store import Marker, SchemaVersionError, StoreError, open_store
-from stockpipe.store.schema import DAILY_WATCHLIST, INDICATORS, SCHEMA_VERSION, SCHEMA_VERSION_TABLE, TABLES
+from stockpipe.store.schema import DAILY_WATCHLIST, INDICATORS, RUN_TABLES, SCHEMA_VERSION, SCHEMA_VERSION_TABLE, TABLES
 
 pytestmark = pytest.mark.both_stores
 
@@ -79,7 +79,8 @@ def test_schema_is_created_idempotently_with_public_columns(store):
         # DuckDB keeps the (symbol, date) key of the bulk tables by its writes, not by an index (README).
         declared = table.key if store.declares_key(table) else ()
         assert tuple(key) == declared, table.name
-    assert [t.name for t in TABLES] == ["symbols", "bars", "indicators", "task_markers", "daily_watchlist", "task_runs"]
+    assert [t.name for t in TABLES] == ["symbols", "bars", "indicators", "task_markers", "daily_watchlist", "task_runs",
+                                       "store_changes", "run_plans", "run_chunk_failures", "run_reports"]
     assert INDICATORS.columns == ["symbol", "date", *INDICATOR_COLUMNS, "created_at"]
 
 
@@ -266,6 +267,79 @@ def test_task_runs_of_a_day_and_newest_markers(store):
     assert newest == {"Report": "b.html", "Replicate": "r.duckdb"}
 
 
+def test_run_tables_have_exactly_their_columns(store):
+    store.ensure_schema()
+    for table in RUN_TABLES:
+        columns = store.query(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = :t ORDER BY ordinal_position",
+            {"t": table.name},
+        ).column("column_name").to_pylist()
+        assert columns == table.columns, table.name
+
+
+def test_a_run_plan_is_written_once_and_never_replaced(store):
+    created = dt.datetime(2025, 10, 10, 22, 0, 1, 123456)
+    document = json.dumps({"chunk_size": 2, "chunks": [["AAA", "BBB"], ["삼성"]], "replaces": {"rows": 3}})
+    assert store.read_run_plan("rebuild-2025-09-29") is None
+    assert store.add_run_plan("rebuild-2025-09-29", "rebuild", dt.date(2025, 9, 29), document,
+                              "/data/runs/rebuild-2025-09-29/backup.parquet", "host-a", created)
+    # A second planner (another machine, a deliberate repeat without --run-id) changes nothing.
+    assert not store.add_run_plan("rebuild-2025-09-29", "rebuild", dt.date(2025, 9, 30), "{}", None, "host-b",
+                                  dt.datetime(2026, 1, 1))
+    assert store.add_run_plan("daily-2025-10-10", "daily", dt.date(2025, 10, 3), "{}", None, "host-b", created)
+    assert store.read_run_plan("rebuild-2025-09-29") == {
+        "plan_id": "rebuild-2025-09-29", "kind": "rebuild", "start_date": dt.date(2025, 9, 29), "plan": document,
+        "backup_path": "/data/runs/rebuild-2025-09-29/backup.parquet", "planned_on": "host-a", "created_at": created,
+    }
+    assert [row["plan_id"] for row in store.read_run_plans()] == ["daily-2025-10-10", "rebuild-2025-09-29"]
+
+
+def test_chunk_failures_keep_each_chunks_last_error_apart_from_its_rolled_back_write(store):
+    store.write_bars(bars_rows("AAA", dt.date(2025, 1, 1), 5))
+    marker = Marker("IndicatorChunk/rebuild-2025-01-01/1", "IndicatorChunk")
+    with pytest.raises(Exception):
+        store.replace_indicators(["AAA"], dt.date(2025, 1, 1), pa.table({"symbol": ["AAA"]}), marker)  # no columns
+    store.record_chunk_failure("rebuild-2025-01-01", 1, "first: 'quoted' error", "ValueError", "host-a")
+    store.record_chunk_failure("rebuild-2025-01-01", 1, "second error", "OSError", "host-b")
+    store.record_chunk_failure("rebuild-2025-01-01", 0, "chunk zero", "RuntimeError", "host-a")
+    store.record_chunk_failure("rebuild-2025-02-02", 0, "another run", "RuntimeError", "host-a")
+    found = store.read_chunk_failures("rebuild-2025-01-01")
+    assert [(f["chunk_id"], f["error"], f["error_type"], f["host"]) for f in found] == [
+        (0, "chunk zero", "RuntimeError", "host-a"), (1, "second error", "OSError", "host-b")]
+    assert all(isinstance(f["failed_at"], dt.datetime) for f in found)
+    assert store.read_marker(marker.marker_id) is None
+
+
+def test_run_report_tracks_the_attempt_then_the_final_report_then_a_restore(store):
+    plan_id = "rebuild-2025-01-01"
+    first = store.start_run_attempt(plan_id, "host-a:100")
+    assert store.start_run_attempt(plan_id, "host-a:100") == first  # the same command re-entering
+    second = store.start_run_attempt(plan_id, "host-b:200")  # another command's attempt starts afresh
+    assert second >= first
+    row = store.read_run_reports(plan_id)[plan_id]
+    assert row["attempt_owner"] == "host-b:200" and row["report"] is None and row["finished_at"] is None
+    finished = dt.datetime(2025, 10, 10, 22, 5)
+    store.finish_run(plan_id, json.dumps({"saved_rows": 3}), finished)
+    row = store.read_run_reports(plan_id)[plan_id]
+    assert (row["attempt_owner"], row["attempt_started_at"], row["finished_at"], row["restored_at"]) == (None, None, finished, None)
+    assert json.loads(row["report"]) == {"saved_rows": 3}
+    # A restore undoes the run in the same transaction as its rows; finishing it again clears that.
+    store.write_bars(bars_rows("AAA", dt.date(2025, 1, 1), 5))
+    store.restore_indicators(INDICATORS.schema.empty_table(), ["AAA"], dt.date(2025, 1, 1), undone_run=plan_id)
+    assert store.read_run_reports(plan_id)[plan_id]["restored_at"] is not None
+    store.finish_run(plan_id, json.dumps({"saved_rows": 4}), finished + dt.timedelta(hours=1))
+    row = store.read_run_reports()[plan_id]
+    assert row["restored_at"] is None and json.loads(row["report"]) == {"saved_rows": 4}
+
+
+def test_a_final_report_commits_with_the_runs_marker_once(store):
+    marker = Marker("RebuildFrom/rebuild-2025-01-01", "RebuildFrom", {"start_date": "2025-01-01"}, {"saved_rows": 3})
+    finished = dt.datetime(2025, 10, 10, 22, 5)
+    assert store.finish_run("rebuild-2025-01-01", json.dumps({"saved_rows": 3}), finished, marker)
+    # A second worker finishing the same run meanwhile writes neither report nor marker.
+    assert not store.finish_run("rebuild-2025-01-01", json.dumps({"saved_rows": 99}), finished, marker)
+    assert json.loads(store.read_run_reports()["rebuild-2025-01-01"]["report"]) == {"saved_rows": 3}
+    assert store.read_marker(marker.marker_id)["stats"] == {"saved_rows": 3}
 def test_replica_export_copies_every_table_row_for_row(store, tmp_path):
     """The replica is the store's copy (README "replica"): every table, every row once, whatever the
     store's text order, with more symbols than one of PostgreSQL's export batches (100 symbols)."""
