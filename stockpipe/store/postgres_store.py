@@ -206,6 +206,21 @@ class PostgresStore(Store):
         finally:
             connection.invalidate()  # not back to the pool in autocommit mode
 
+    def reclaim(self, tables):
+        # VACUUM makes the replaced rows' space (and their index entries) reusable, so the next
+        # rebuild writes into it instead of growing the files; ANALYZE keeps the plans of the
+        # chunk reads and deletes right. Explicit, not left to autovacuum: a server may run
+        # without it (this one does), and a rebuild must not depend on its timing. VACUUM cannot
+        # run inside a transaction: a connection of its own, in autocommit.
+        connection = self.engine().raw_connection()
+        try:
+            connection.dbapi_connection.autocommit = True
+            cursor = connection.cursor()
+            for name in tables:
+                cursor.execute(f"VACUUM (ANALYZE) {name}")
+        finally:
+            connection.invalidate()  # not back to the pool in autocommit mode
+
     def latest_indicator_dates(self, symbols, before):
         if not symbols:
             return {}
