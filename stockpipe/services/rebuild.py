@@ -308,7 +308,7 @@ def attempt_started(directory: Path) -> dt.datetime:
 def write_final_report(store: Store, plan: Plan, directory: Path, attempt_start: dt.datetime | None = None) -> dict[str, Any]:
     """The run's report, once every chunk is stored; first the replaced rows' space is reclaimed
     (see `Store.reclaim`), which the report's time includes."""
-    store.reclaim(["indicators"])
+    store.reclaim("indicators", _count(plan.replaces.get("rows")))
     report = progress_report(store, plan, directory)
     created = dt.datetime.fromisoformat(plan.created_at)
     now = utcnow()

@@ -647,10 +647,11 @@ class Store(ABC):
             target.close()
         return counts
 
-    def reclaim(self, tables: Sequence[str]) -> None:
-        """After a run replaced many rows of these tables (delete then insert): make the space of the
-        replaced rows reusable and refresh the planner's statistics, so repeated rebuilds do not grow
-        the database without bound (a no-op where the store needs neither)."""
+    def reclaim(self, table: str, replaced_rows: int) -> None:
+        """After a run replaced `replaced_rows` rows of `table` (delete then insert): once the rows
+        replaced since the last time are a good part of the table, make their space reusable and
+        refresh the planner's statistics, so repeated rebuilds do not grow the database without
+        bound (a no-op where the store needs neither)."""
 
     def _snapshot(self, session: Session) -> None:
         """Make the session's reads one consistent snapshot (a no-op where they already are)."""

@@ -269,7 +269,7 @@ def test_repeated_replaces_reuse_the_space_they_free(store):
     sizes = []
     for _ in range(6):
         store.replace_indicators(names, dt.date(2020, 1, 1), rows)
-        store.reclaim(["indicators"])
+        store.reclaim("indicators", rows.num_rows)
         sizes.append(_stored_size(store, "indicators"))
     assert store.read_indicators().num_rows == rows.num_rows
     assert sizes[-1] <= sizes[1], sizes  # steady after the first repeat, not one table more each time

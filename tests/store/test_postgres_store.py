@@ -1,9 +1,16 @@
-"""PostgreSQL writer locks: chunks of disjoint symbols write side by side, writers of one symbol wait."""
+"""PostgreSQL only: writer locks (chunks of disjoint symbols write side by side, writers of one symbol
+wait) and reclaiming the space of replaced rows."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import psycopg2
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
+from stockpipe.indicators import indicator_rows
 from stockpipe.store import open_store
+from tests.store.test_contract import bars_rows
 
 
 def _symbols_sharing_a_bucket(store) -> tuple[str, str]:
@@ -44,3 +51,26 @@ def test_a_chunk_waits_only_for_writers_of_its_own_symbols(postgres_url):
         holder.lock_symbols("indicators", bulk)  # a bulk writer (an ingest, a restore)
         assert _lock_waits(other, "indicators", [same_bucket])  # a chunk of a symbol in its buckets
         assert not _lock_waits(other, "indicators", [_symbol_outside_the_buckets_of(store, bulk)])
+
+
+def _vacuums(store) -> int:
+    return store.query("SELECT vacuum_count AS n FROM pg_stat_user_tables WHERE relname = 'indicators'").column("n")[0].as_py()
+
+
+def test_replaced_rows_are_vacuumed_once_they_are_a_good_part_of_the_table(postgres_url):
+    store = open_store(postgres_url)
+    names = [f"S{i:03d}" for i in range(20)]
+    for name in names:
+        store.write_bars(bars_rows(name, dt.date(2020, 1, 1), 300))
+    rows = indicator_rows(store.read_bars())
+    store.replace_indicators(names, dt.date(2020, 1, 1), rows)
+    store.reclaim("indicators", 0)  # a first load: nothing replaced, statistics gathered
+    assert _vacuums(store) == 0
+    assert store.query("SELECT reltuples AS n FROM pg_class WHERE relname = 'indicators'").column("n")[0].as_py() == rows.num_rows
+    last_day = dt.date(2020, 1, 1) + dt.timedelta(days=299)
+    store.replace_indicators(names, last_day, rows.filter(pa.compute.equal(rows.column("date"), pa.scalar(last_day))))
+    store.reclaim("indicators", len(names))  # a day of 300: left to add up
+    assert _vacuums(store) == 0
+    store.replace_indicators(names, dt.date(2020, 1, 1), rows)
+    store.reclaim("indicators", rows.num_rows)  # a full rebuild
+    assert _vacuums(store) == 1
