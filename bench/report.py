@@ -39,7 +39,7 @@ def main() -> None:
     options = parser.parse_args()
     sys.path.insert(0, str(HERE.parent))
     sys.path.insert(0, str(HERE))
-    from benchmark import luigi_cfg, measure
+    from common import luigi_cfg, measure
 
     directory = HERE / "out" / "report"
     if options.reuse and options.store != "duckdb":

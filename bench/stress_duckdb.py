@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from benchmark import luigi_cfg, runs_dir  # noqa: E402 - the benchmark's settings (chunk_size 50, demo source)
+from common import luigi_cfg, runs_dir  # noqa: E402 - the benchmark's settings (chunk_size 50, demo source)
 
 # Output that means a process died in native code or the file went bad, whatever the exit code says.
 ABORT_SIGNS = re.compile(r"terminate called|FATAL|Aborted|core dumped|Segmentation fault|INTERNAL Error|"

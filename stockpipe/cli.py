@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 from tabulate import tabulate
 
-from stockpipe import config, preflight, trading_calendar
+from stockpipe import config, logs, markers, preflight, trading_calendar
 from stockpipe.services import rebuild as rebuild_service
 from stockpipe.store import Store, StoreError, open_store
 
@@ -76,21 +76,8 @@ def _null_despite_history(store: Store, since: dt.date) -> dict[dt.date, tuple[i
     """Per date: symbols with an indicator NULL although the symbol had enough bars for it (an
     indicator computed without its history), and which indicators."""
     firsts = first_valid_positions()
-    position = "(coalesce(p.n, 0) + r.k)"
-    flags = {name: f"({position} >= {first} AND i.{name} IS NULL)" for name, first in sorted(firsts.items())}
-    table = store.query(
-        "WITH prior AS (SELECT symbol, count(*) AS n FROM bars WHERE date < :since GROUP BY symbol), "
-        "recent AS (SELECT symbol, date, row_number() OVER (PARTITION BY symbol ORDER BY date) - 1 AS k "
-        "FROM bars WHERE date >= :since) "
-        "SELECT r.date AS date, count(*) AS symbols, "
-        + ", ".join(f"sum(CASE WHEN {flag} THEN 1 ELSE 0 END) AS {name}" for name, flag in flags.items())
-        + " FROM recent r LEFT JOIN prior p ON p.symbol = r.symbol "
-        "JOIN indicators i ON i.symbol = r.symbol AND i.date = r.date "
-        f"WHERE {' OR '.join(flags.values())} GROUP BY r.date",
-        {"since": since},
-    ).to_pylist()
-    return {row["date"]: (int(row["symbols"]), ", ".join(f"{name} {int(row[name])}" for name in flags if row[name]))
-            for row in table}
+    return {row["date"]: (int(row["symbols"]), ", ".join(f"{name} {int(row[name])}" for name in sorted(firsts) if row[name]))
+            for row in store.nulls_despite_history(since, firsts)}
 
 
 def rebuilds(store: Store, directory_of_runs: Path) -> list[dict[str, Any]]:
@@ -128,10 +115,10 @@ def rebuilds(store: Store, directory_of_runs: Path) -> list[dict[str, Any]]:
 
 
 def ingests(store: Store, limit: int = 5) -> list[dict[str, Any]]:
-    markers = [m for m in store.markers(prefix="IngestDate/")][-limit:]
+    found = store.markers(prefix=markers.INGEST_DATES)[-limit:]
     return [
         {
-            "date": m["marker_id"].split("/", 1)[1],
+            "date": markers.first_part(m["marker_id"]),
             "requested": m["stats"].get("symbols_requested"),
             "stored": m["stats"].get("bars_stored"),
             "rejected": m["stats"].get("bars_rejected"),
@@ -139,7 +126,7 @@ def ingests(store: Store, limit: int = 5) -> list[dict[str, Any]]:
             "failed fetches": m["stats"].get("failed_fetches"),
             "splits": ", ".join(m["stats"].get("splits_detected", [])),
         }
-        for m in markers
+        for m in found
     ]
 
 
@@ -179,12 +166,12 @@ def cmd_watchlist(args, out) -> int:
     store = open_store(config.store_url())
     day = args.date
     if day is None:
-        scans = [m["marker_id"].split("/", 1)[1] for m in store.markers(prefix="ScanWatchlist/")]
+        scans = markers.first_parts(store.markers(prefix=markers.SCANS))
         if not scans:
             print("no watchlist yet: run `luigi --module stockpipe Daily --date ...`", file=out)
             return 1
         day = dt.date.fromisoformat(max(scans))
-    scan = store.read_marker(f"ScanWatchlist/{day}")
+    scan = store.read_marker(markers.scan_watchlist(day))
     if scan is None:
         print(f"no watchlist scan for {day}: run `luigi --module stockpipe Daily --date {day}`", file=out)
         return 1
@@ -255,8 +242,9 @@ def cmd_assist(args, out) -> int:
     another machine scheduled) until stopped."""
     import luigi
 
-    import stockpipe  # noqa: F401 - registers every task so the scheduler's work can be instantiated
+    import stockpipe
 
+    stockpipe.load_tasks()  # every task registered, so the scheduler's work can be instantiated here
     preflight.check_config()
     url = scheduler_url()
     problem = luigid_problem(url)
@@ -316,6 +304,11 @@ def cmd_daily(args, out) -> int:
     without a reachable luigid the run uses the local scheduler instead of retrying for a minute."""
     from luigi.retcodes import run_with_retcodes
 
+    import stockpipe
+
+    # `--module stockpipe` below finds the package already imported (by this command, before Luigi
+    # was), so it would not load the tasks itself.
+    stockpipe.load_tasks()
     preflight.check_config()
     code = config.stockpipe().calendar
     day = args.date or daily_date(code)
@@ -344,7 +337,7 @@ def cmd_report(args, out) -> int:
     from stockpipe.services import report as report_service
 
     store = open_store(config.store_url())
-    day = args.date or _latest_scan_date(store)
+    day = args.date or store.latest_watchlist_date()
     if day is None:
         print("no watchlist yet: run `luigi --module stockpipe Daily --date ...`", file=out)
         return 1
@@ -375,10 +368,6 @@ def cmd_cleanup(args, out) -> int:
     verb = "would free" if args.dry_run else "freed"
     print(f"\n{len(rows)} path(s), {verb} {result['bytes_freed'] / 1e6:,.1f} MB ({result['bytes_freed']:,} bytes)", file=out)
     return 0
-
-
-def _latest_scan_date(store: Store) -> dt.date | None:
-    return store.query("SELECT max(scan_date) AS d FROM daily_watchlist").column("d")[0].as_py()
 
 
 def cmd_import_legacy(args, out) -> int:
@@ -445,6 +434,7 @@ class _progress_bar:
 
 def main(argv: Sequence[str] | None = None, out=None) -> int:
     out = out or sys.stdout
+    logs.configure()  # warnings and progress lines on stderr, as under the `luigi` command
     parser = argparse.ArgumentParser(prog="stockpipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     status = commands.add_parser("status", help="coverage, gaps, rebuild progress and ingest quality")

@@ -115,6 +115,9 @@ class spark(luigi.Config):  # noqa: N801
     startup_timeout = luigi.IntParameter(
         default=60, description="seconds to wait for the master to answer and for executors to register",
     )
+    symbols_per_job = luigi.IntParameter(
+        default=1000, description="symbols (whole chunks) per Spark job: a job's bars and rows pass through the driver's memory",
+    )
 
 
 class demo(luigi.Config):  # noqa: N801

@@ -26,7 +26,7 @@ from typing import Any
 
 import luigi
 
-from stockpipe import config
+from stockpipe import config, markers
 
 log = logging.getLogger("stockpipe.events")
 _STARTED: dict[str, float] = {}
@@ -130,19 +130,10 @@ def record(task: luigi.Task, status: str, error: str | None = None) -> dict[str,
         "error": error, "host": socket.gethostname(),
     }
     try:
-        store = open_store(config.store_url())
-        with store.session() as session:
-            # One statement: the attempt is this task's earlier runs + 1.
-            session.execute(
-                "INSERT INTO task_runs (task_id, task_family, params, status, attempt, started_at, finished_at, "
-                "duration_seconds, error, host) VALUES (:task_id, :task_family, :params, :status, "
-                "(SELECT count(*) + 1 FROM task_runs WHERE task_id = :task_id), :started_at, :finished_at, "
-                ":duration_seconds, :error, :host)",
-                {k: v for k, v in row.items() if k != "attempt"},
-            )
-            if status != "DONE" or config.redis_url():  # the alert and the Redis list show the attempt
-                row["attempt"] = int(session.fetch("SELECT max(attempt) FROM task_runs WHERE task_id = :t",
-                                                   {"t": task.task_id})[0][0])
+        # The alert and the Redis list show the attempt; a plain success needs no second query.
+        attempt = open_store(config.store_url()).record_task_run(row, with_attempt=status != "DONE" or bool(config.redis_url()))
+        if attempt is not None:
+            row["attempt"] = attempt
     except Exception as exc:  # noqa: BLE001 - a store that is down is reported by the task itself
         log.warning("could not record the run of %s: %s", task.task_id, exc)
     _redis_push("task_runs", row)
@@ -212,9 +203,9 @@ def daily_summary(task: luigi.Task, seconds: float | None) -> str:
     store = open_store(config.store_url())
     day = getattr(task, "date", None)
     symbols = len(store.active_symbols())
-    ingest = store.read_marker(f"IngestDate/{day}") or {"stats": {}}
-    scan = store.read_marker(f"ScanWatchlist/{day}") or {"stats": {}}
-    collected = store.read_marker(f"CollectSymbols/{day}")
+    ingest = store.read_marker(markers.ingest_date(day)) or {"stats": {}}
+    scan = store.read_marker(markers.scan_watchlist(day)) or {"stats": {}}
+    collected = store.read_marker(markers.collect_symbols(day))
     if collected is not None:
         # The whole chain, from its first task's completion, not just the wrapper's own run.
         from stockpipe.store.base import utcnow

@@ -1,4 +1,9 @@
-"""Luigi tasks: parameters, requires, output, and a run that calls one service function."""
+"""Luigi tasks: parameters, requires, output, and a run that calls one service function.
+
+Whatever runs these tasks also gets, on importing them, the metrics and alert handlers
+(`stockpipe.events`), forked helpers that die with the run (`stockpipe.lifecycle`) and stockpipe's
+log lines on stderr (`stockpipe.logs`): the package itself stays light (see `stockpipe/__init__.py`).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,9 @@ from pathlib import Path
 
 import luigi
 
-from stockpipe import config, outcome, preflight, targets, trading_calendar
+from stockpipe import config, logs, markers, outcome, preflight, targets, trading_calendar
+from stockpipe import events as _events  # noqa: F401 - registers the metrics and alert handlers
+from stockpipe import lifecycle as _lifecycle  # noqa: F401 - forked helpers die with the run
 from stockpipe.engines import ChunkRef, open_engine
 from stockpipe.progress import luigi_progress
 from stockpipe.services import cleanup as cleanup_service
@@ -28,6 +35,7 @@ from stockpipe.store import open_store
 
 log = logging.getLogger("stockpipe.tasks")
 outcome.install()  # exit 0 when the job's target is complete, whoever ran its tasks (see outcome.py)
+logs.configure()  # stockpipe's log lines visible under the `luigi` command
 
 
 def _once_per_store(run):
@@ -111,8 +119,9 @@ class StockpipeTask(luigi.Task):
     def progress(self):
         return luigi_progress(self, log)
 
-    def marker_target(self, *parts) -> targets.MarkerTarget:
-        return targets.MarkerTarget("/".join([self.get_task_family(), *map(str, parts)]))
+    def marker_target(self, marker_id: str) -> targets.MarkerTarget:
+        """This task's completion marker (`marker_id` from `stockpipe.markers`)."""
+        return targets.MarkerTarget(marker_id)
 
     def run_marker(self):
         """The marker to write with this run's data (stats are added by the service)."""
@@ -125,7 +134,7 @@ class CollectSymbols(StockpipeTask):
     date = luigi.DateParameter()
 
     def output(self):
-        return self.marker_target(self.date)
+        return self.marker_target(markers.collect_symbols(self.date))
 
     def run(self):
         symbol_service.collect_symbols(
@@ -143,7 +152,7 @@ class IngestDate(StockpipeTask):
         return CollectSymbols(self.date)
 
     def output(self):
-        return self.marker_target(self.date)
+        return self.marker_target(markers.ingest_date(self.date))
 
     def run(self):
         settings = config.stockpipe()
@@ -168,7 +177,7 @@ class Backfill(StockpipeTask):
         return CollectSymbols(self.end_date)
 
     def output(self):
-        return self.marker_target(self.start_date, self.end_date)
+        return self.marker_target(markers.backfill(self.start_date, self.end_date))
 
     def preflight(self):
         if self.end_date < self.start_date:
@@ -198,8 +207,8 @@ class IndicatorChunk(StockpipeTask):
     chunk_id = luigi.IntParameter()
 
     def output(self):
-        return targets.MarkerTarget(rebuild_service.chunk_marker_id(self.plan_id, self.chunk_id),
-                                     advisory_prefix=rebuild_service.chunk_marker_id(self.plan_id, ""))
+        return targets.MarkerTarget(markers.indicator_chunk(self.plan_id, self.chunk_id),
+                                     advisory_prefix=markers.chunks_of(self.plan_id))
 
     def preflight(self):
         """Checked by the rebuild or daily run that planned the chunk."""
@@ -234,7 +243,7 @@ class IndicatorChunk(StockpipeTask):
         scheduler = getattr(getattr(self.set_status_message, "__self__", None), "_scheduler", None)
         if scheduler is None:  # not run by a Luigi worker
             return
-        ids = [rebuild_service.chunk_marker_id(plan.plan_id, i) for i in range(len(plan.chunks))]
+        ids = [markers.indicator_chunk(plan.plan_id, i) for i in range(len(plan.chunks))]
         try:
             done = len(self.store().completed(ids))
             parent = parent_task_id(plan)
@@ -259,8 +268,8 @@ class IndicatorChunk(StockpipeTask):
 def parent_task_id(plan) -> str:
     """The task id of the RebuildFrom or DailyIndicators that planned `plan`, without creating it."""
     if plan.kind == "daily":
-        return luigi.task.task_id_str("DailyIndicators", {"date": plan.plan_id[len("daily-"):]})
-    run_id = plan.plan_id[len(f"rebuild-{plan.start_date}"):].lstrip("-")
+        return luigi.task.task_id_str("DailyIndicators", {"date": markers.daily_plan_date(plan.plan_id)})
+    run_id = markers.rebuild_run_id(plan.plan_id, plan.start_date)
     return luigi.task.task_id_str("RebuildFrom", {"run_id": run_id, "start_date": plan.start_date})
 
 
@@ -299,7 +308,7 @@ class PlanRebuild(StockpipeTask):
 
     @property
     def plan_id(self) -> str:
-        return f"rebuild-{self.start_date}" + (f"-{self.run_id}" if self.run_id else "")
+        return markers.rebuild_plan_id(self.start_date, self.run_id)
 
     def output(self):
         return luigi.LocalTarget(str(rebuild_service.run_dir(config.store_dir(), self.plan_id) / rebuild_service.PLAN_FILE))
@@ -312,7 +321,7 @@ class PlanRebuild(StockpipeTask):
             plan_id=self.plan_id,
             kind="rebuild",
             start=self.start_date,
-            symbols=indicator_service.symbols_with_bars(store),
+            symbols=store.bar_symbols(),
             chunk_size=config.stockpipe().chunk_size,
             backup=True,
         )
@@ -342,10 +351,10 @@ class RebuildFrom(StockpipeTask):
         return PlanRebuild(start_date=self.start_date, run_id=self.run_id)
 
     def output(self):
-        return self.marker_target(self.requires().plan_id)
+        return self.marker_target(markers.rebuild_from(self.requires().plan_id))
 
     def run(self):
-        directory = rebuild_service.run_dir(config.store_dir(), self.requires().plan_id)
+        directory = Path(self.input().path).parent  # the plan's run directory
         started = rebuild_service.attempt_started(directory)
         plan = rebuild_service.open_plan(directory)
         rebuild_service.remove_litter(directory)
@@ -370,13 +379,13 @@ class DailyIndicators(StockpipeTask):
 
     @property
     def plan_id(self) -> str:
-        return f"daily-{self.date}"
+        return markers.daily_plan_id(self.date)
 
     def requires(self):
         return IngestDate(self.date)
 
     def output(self):
-        return self.marker_target(self.date)
+        return self.marker_target(markers.daily_indicators(self.date))
 
     def run(self):
         settings = config.stockpipe()
@@ -391,7 +400,7 @@ class DailyIndicators(StockpipeTask):
             symbols=store.active_symbols(),
             chunk_size=settings.chunk_size,
             backup=False,
-            full_history=(store.read_marker(f"IngestDate/{self.date}") or {"stats": {}})["stats"].get("splits_detected", []),
+            full_history=(store.read_marker(self.input().marker_id) or {"stats": {}})["stats"].get("splits_detected", []),
         )
         chunks = _chunk_tasks(plan)
         _prepare_chunks(self, plan, directory, chunks)
@@ -412,7 +421,7 @@ class ScanWatchlist(StockpipeTask):
         return DailyIndicators(self.date)
 
     def output(self):
-        return self.marker_target(self.date)
+        return self.marker_target(markers.scan_watchlist(self.date))
 
     def run(self):
         watchlist_service.scan_watchlist(self.store(), self.date, config.watchlist().parsed_rules(), self.run_marker())
@@ -430,7 +439,7 @@ class Replicate(StockpipeTask):
         return ScanWatchlist(self.date)
 
     def output(self):
-        return self.marker_target(self.date)
+        return self.marker_target(markers.replicate(self.date))
 
     def run(self):
         stats = replica_service.publish_replica(self.store(), config.replica_path())
@@ -448,7 +457,7 @@ class Report(StockpipeTask):
         return Replicate(self.date)
 
     def output(self):
-        return self.marker_target(self.date)
+        return self.marker_target(markers.report(self.date))
 
     def run(self):
         settings = config.report()
@@ -467,7 +476,7 @@ class CleanupOldFiles(StockpipeTask):
     date = luigi.DateParameter()
 
     def output(self):
-        return self.marker_target(self.date)
+        return self.marker_target(markers.cleanup_old_files(self.date))
 
     def run(self):
         settings = config.cleanup()
@@ -496,7 +505,7 @@ class RedisSync(RedisTask):
         return self.force_full or self.date.weekday() >= 5
 
     def output(self):
-        return self.marker_target(self.date, "full" if self.full else "incremental")
+        return self.marker_target(markers.redis_sync(self.date, self.full))
 
     def run(self):
         settings = config.redis()
@@ -512,7 +521,7 @@ class RedisHealthCheck(RedisTask):
         return RedisSync(self.date)
 
     def output(self):
-        return self.marker_target(self.date)
+        return self.marker_target(markers.redis_health_check(self.date))
 
     def run(self):
         stats = redis_sync.health_check(self.client(), config.redis().prefix)
@@ -523,7 +532,7 @@ class RedisCleanup(RedisTask):
     date = luigi.DateParameter()
 
     def output(self):
-        return self.marker_target(self.date)
+        return self.marker_target(markers.redis_cleanup(self.date))
 
     def run(self):
         settings = config.redis()
@@ -557,7 +566,7 @@ class Daily(StockpipeTask):
         return housekeeping
 
     def output(self):
-        return self.marker_target(self.date)
+        return self.marker_target(markers.daily(self.date))
 
     def run(self):
         started = time.monotonic()

@@ -1,6 +1,15 @@
 """Shared fixtures: real stores (a DuckDB file, a fresh PostgreSQL database per test), Luigi config
 isolation, and running the real `luigi` command.
 
+Stores: `store_url`, `store` and `pipeline` are DuckDB. A test about store behaviour (and a few chosen
+end-to-end tests) opts into both stores with `@pytest.mark.both_stores`: it then runs once per store,
+its PostgreSQL run marked `postgres`. A test that needs PostgreSQL or Redis carries the `postgres` or
+`redis` marker (added here from the fixtures it uses), so `pytest -m "not postgres"` runs without them.
+
+Isolation: every test runs from an empty working directory of its own, with Luigi reading only the
+package's defaults and tests/luigi.cfg (never the checkout's luigi.cfg), and without the user's
+STOCKPIPE_* variables (a STOCKPIPE_REDIS_URL in the shell would otherwise receive the tests' syncs).
+
 A test that needs PostgreSQL, Redis or luigid fails when the service is missing in CI (CI=true) and
 skips with the reason on a laptop without it.
 """
@@ -15,14 +24,46 @@ from pathlib import Path
 # yfinance picks its HTTP backend at import: the requests one lets tests answer Yahoo offline.
 os.environ.setdefault("YF_DISABLE_CURL_CFFI", "1")
 
+# Settings the tests read instead of the checkout's luigi.cfg (see _isolated_settings).
+TEST_LUIGI_CFG = Path(__file__).with_name("luigi.cfg")
+os.environ["LUIGI_CONFIG_PATH"] = str(TEST_LUIGI_CFG)
+
 import luigi  # noqa: E402
 import luigi.configuration  # noqa: E402
 import pytest  # noqa: E402
+from luigi.configuration.cfg_parser import LuigiConfigParser  # noqa: E402
 from luigi.task_register import Register  # noqa: E402
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+# The tests' own services: these two variables configure the suite, not stockpipe, and are kept.
 PG_ADMIN_DSN = os.environ.get("STOCKPIPE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_TEST_URL = os.environ.get("STOCKPIPE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+TEST_VARIABLES = ("STOCKPIPE_TEST_PG", "STOCKPIPE_TEST_REDIS")
+
+# Fixtures that reach a real service, and the marker a test using one carries.
+SERVICE_FIXTURES = {
+    "postgres_url": "postgres",
+    "redis_prefix": "redis",
+    "throwaway_redis": "redis",
+    "tls_redis": "redis",
+}
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.definition.get_closest_marker("both_stores") is None or "store_kind" not in metafunc.fixturenames:
+        # (A module marked both_stores may hold a test that needs no store; a test marked itself must use one.)
+        if any(m.name == "both_stores" for m in metafunc.definition.own_markers):
+            raise pytest.UsageError(f"{metafunc.definition.nodeid} is marked both_stores but uses no store fixture")
+        return
+    metafunc.parametrize("store_kind", [pytest.param("duckdb", id="duckdb"),
+                                        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres)])
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture, marker in SERVICE_FIXTURES.items():
+            if fixture in getattr(item, "fixturenames", ()) and item.get_closest_marker(marker) is None:
+                item.add_marker(getattr(pytest.mark, marker))
 
 
 def service_missing(what: str, why: str) -> None:
@@ -73,9 +114,15 @@ def duckdb_url(tmp_path):
     return f"duckdb:///{tmp_path / 'store.duckdb'}"
 
 
-@pytest.fixture(params=["duckdb", "postgres"])
-def store_url(request, tmp_path):
-    if request.param == "duckdb":
+@pytest.fixture
+def store_kind():
+    """DuckDB, the default store; `@pytest.mark.both_stores` parametrizes this over both stores."""
+    return "duckdb"
+
+
+@pytest.fixture
+def store_url(request, store_kind, tmp_path):
+    if store_kind == "duckdb":
         return f"duckdb:///{tmp_path / 'store.duckdb'}"
     return request.getfixturevalue("postgres_url")
 
@@ -177,22 +224,32 @@ def _pipeline(tmp_path, store_url, monkeypatch) -> Pipeline:
     return pipe
 
 
+def _fresh_luigi_config() -> None:
+    """Luigi's config singleton re-read from the package's defaults and tests/luigi.cfg only: not the
+    working directory's luigi.cfg, /etc/luigi, nor a user's LUIGI_CONFIG_PATH."""
+    from stockpipe import config as stockpipe_config
+
+    LuigiConfigParser._config_paths = [str(stockpipe_config.PACKAGE_DEFAULTS), str(TEST_LUIGI_CFG)]
+    LuigiConfigParser._instance = None
+    luigi.configuration.get_config()
+
+
+_fresh_luigi_config()
+
+
 @pytest.fixture(autouse=True)
-def _restore_luigi_config():
-    config = luigi.configuration.get_config()
-    saved = {s: dict(config.items(s, raw=True)) for s in config.sections()}
+def _isolated_settings(monkeypatch, tmp_path_factory):
+    """No test sees the checkout's luigi.cfg, a user's STOCKPIPE_* variables, or another test's settings."""
+    for name in list(os.environ):
+        if name.startswith("STOCKPIPE_") and name not in TEST_VARIABLES:
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("LUIGI_CONFIG_PATH", str(TEST_LUIGI_CFG))
+    # Subprocesses a test starts without a cwd of their own (and relative paths) land here, not in the checkout.
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    _fresh_luigi_config()
+    _reset_luigi_state()
     yield
-    for section in config.sections():
-        if section not in saved:
-            config.remove_section(section)
-    for section, values in saved.items():
-        if not config.has_section(section):
-            config.add_section(section)
-        for key in list(config.options(section)):
-            if key not in values:
-                config.remove_option(section, key)
-        for key, value in values.items():
-            config.set(section, key, value)
+    _fresh_luigi_config()
     _reset_luigi_state()
 
 

@@ -30,3 +30,20 @@ def test_luigi_cfg_interpolates_environment_variables_and_secrets_are_redacted(t
     assert url == "postgresql+psycopg2://app:s3cr3t@db:5432/prod"
     assert "s3cr3t" not in shown and "app:***@db" in shown
     assert redact("redis://:pw@cache:6379/0") == "redis://:***@cache:6379/0"
+
+
+def test_tests_read_neither_the_checkouts_luigi_cfg_nor_the_users_stockpipe_variables():
+    """tests/conftest.py's isolation: the checkout's luigi.cfg (store_url, min_symbols = 100, luigid on
+    localhost) and a shell's STOCKPIPE_REDIS_URL would otherwise change what a test runs against."""
+    import os
+    from pathlib import Path
+
+    import luigi.configuration
+
+    checkout = Path(__file__).resolve().parents[1]
+    assert Path.cwd().resolve() != checkout and not (Path.cwd() / "luigi.cfg").exists()
+    parser = luigi.configuration.get_config()
+    assert not parser.has_option("stockpipe", "store_url") and not parser.has_option("core", "scheduler_host")
+    assert config.stockpipe().min_symbols == 10  # the package's default, not the checkout's 100
+    assert [k for k in os.environ if k.startswith("STOCKPIPE_") and not k.startswith("STOCKPIPE_TEST_")] == []
+    assert config.redis_url() == ""

@@ -273,13 +273,20 @@ def test_slack_and_discord_alerts_are_delivered_in_their_formats(pipeline, webho
     assert "CollectSymbols failed" in json.dumps(discord[0]) and "fewer than the minimum 1000" in json.dumps(discord[0])
 
 
-def test_a_second_sync_waits_for_the_first_and_releases_only_its_own_lock(pipeline, redis_prefix, redis_client):
+def test_a_second_sync_is_refused_while_another_holds_the_lock_and_a_sync_releases_only_its_own(pipeline, redis_prefix, redis_client):
+    """A sync does not wait for another: it fails at once, naming the holder, and its task is retried
+    like any failure (a killed holder's lock expires, see test_events)."""
     assert pipeline.build(tasks.ScanWatchlist(date=DAY))
     keys = redis_sync.Keys(redis_prefix)
     redis_client.set(keys.lock, "someone-else", ex=60)
     with pytest.raises(RuntimeError, match=r"another Redis sync holds .*tmp:sync-lock \(someone-else\)"):
         redis_sync.sync_watchlist(pipeline.store, redis_client, redis_prefix, DAY, full=False, full_days=30)
     assert redis_client.get(keys.lock) == "someone-else"
+    assert redis_client.get(redis_sync.Keys(redis_prefix).latest) is None, "the refused sync wrote nothing"
     redis_client.delete(keys.lock)
     redis_sync.sync_watchlist(pipeline.store, redis_client, redis_prefix, DAY, full=False, full_days=30)
     assert redis_client.get(keys.lock) is None
+    # A holder whose lock expired and was taken by another sync leaves the new holder's lock alone.
+    with redis_sync.held_lock(redis_client, keys.lock, "first", seconds=30):
+        redis_client.set(keys.lock, "second")
+    assert redis_client.get(keys.lock) == "second"

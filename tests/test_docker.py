@@ -238,7 +238,7 @@ def daily(stack):
 def test_daily_in_the_stockpipe_service_fills_the_stacks_postgresql_redis_and_luigid(stack, daily):
     assert daily.returncode == 0, daily.stdout[-5000:]
     # The run went through the containerised luigid, not a local scheduler.
-    assert "Informed scheduler that task   Daily_2025_10_10" in daily.stdout
+    assert re.search(r"Informed scheduler that task\s+Daily_2025_10_10", daily.stdout), daily.stdout[-5000:]
 
     assert stack.sql("SELECT count(*) FROM symbols WHERE is_active") == [(DEMO_TICKERS,)]
     assert stack.sql("SELECT count(*) FROM bars WHERE date = '2025-10-10'") == [(DEMO_TICKERS,)]

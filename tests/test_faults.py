@@ -252,7 +252,7 @@ def seeds(tmp_path_factory):
     found.drop_all()
 
 
-@pytest.fixture(params=["duckdb", "postgres"])
+@pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
 def kind(request):
     if request.param == "postgres":
         _pg_admin().close()  # fails in CI, skips on a laptop, when the server is missing
@@ -359,6 +359,7 @@ def test_sigkill_inside_an_open_chunk_transaction_on_postgresql(seeds, tmp_path)
 
 
 # -- 2. the server ends the store's connections mid-chunk -------------------------------------------------
+@pytest.mark.postgres
 def test_pg_terminate_backend_of_every_store_connection_mid_chunk(seeds, tmp_path):
     url = seeds.clone("postgres", tmp_path / "run")
     before = contents(url)

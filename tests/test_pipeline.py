@@ -1,4 +1,5 @@
-"""The tasks end to end through Luigi (in-process scheduler), on DuckDB and PostgreSQL."""
+"""The tasks end to end through Luigi (in-process scheduler), on DuckDB; a Daily and a rebuild that
+resumes after a failed chunk also on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ def assert_same_indicators(actual: pa.Table, expected: pa.Table, exact: bool = F
         np.testing.assert_allclose(a[~np.isnan(a)], b[~np.isnan(b)], rtol=0 if exact else RTOL, atol=0 if exact else ATOL, err_msg=name)
 
 
+@pytest.mark.both_stores
 def test_daily_runs_symbols_bars_indicators(pipeline):
     assert pipeline.build(tasks.Daily(date=DAY))
     store = pipeline.store
@@ -100,6 +102,7 @@ def test_rerun_skips_finished_chunks_and_run_id_rebuilds_again(pipeline):
     assert len(again) == 3
 
 
+@pytest.mark.both_stores
 def test_failed_chunk_is_reported_and_the_rerun_redoes_only_it(pipeline, monkeypatch):
     assert pipeline.build(tasks.Daily(date=DAY))
     store = pipeline.store
@@ -150,6 +153,8 @@ def test_collect_symbols_below_minimum_fails_clearly(pipeline):
     pipeline.configure("stockpipe", min_symbols=1000)
     assert not pipeline.build(tasks.CollectSymbols(date=DAY))
     assert pipeline.store.active_symbols() == []
+    (failed,) = pipeline.store.query("SELECT error FROM task_runs WHERE task_family = 'CollectSymbols' AND status = 'FAILED'").to_pylist()
+    assert "source 'demo' returned 30 symbols" in failed["error"] and "fewer than the minimum 1000 ([stockpipe] min_symbols)" in failed["error"]
 
 
 def test_the_repositorys_csv_sample_below_min_symbols_says_what_to_set(tmp_path):
@@ -169,10 +174,18 @@ def test_the_repositorys_csv_sample_below_min_symbols_says_what_to_set(tmp_path)
 
 
 def test_warmup_below_exact_minimum_is_refused_before_any_work(pipeline):
-    pipeline.configure("stockpipe", warmup_bars=300)
-    with pytest.raises(UserError, match=r"\[stockpipe\] warmup_bars = 300 is refused: use 0 .* or at least 500"):
+    from stockpipe.indicators import WARMUP_BARS
+
+    for refused in (300, WARMUP_BARS - 1):
+        pipeline.configure("stockpipe", warmup_bars=refused)
+        for make in (lambda: tasks.IngestDate(date=DAY), lambda: tasks.RebuildFrom(start_date=REBUILD_FROM)):
+            with pytest.raises(UserError, match=rf"\[stockpipe\] warmup_bars = {refused} is refused: use 0 .* or at least {WARMUP_BARS}"):
+                make()
+    # The minimum itself and 0 (the whole history) are accepted: the refusal is exactly below it.
+    for accepted in (WARMUP_BARS, 0):
+        pipeline.configure("stockpipe", warmup_bars=accepted)
         tasks.IngestDate(date=DAY)
-    assert pipeline.store.bars_extent()[2] == 0
+    assert not pipeline.store_dir.exists(), "a refused setting must stop every task before it creates anything"
 
 
 def test_backfill_fetches_history_in_batches_and_bulk_complete_answers_in_one_query(pipeline):

@@ -206,6 +206,7 @@ class _RunDailyAt(logging.Handler):
         self.outputs.append(run_luigi(self.directory, "Daily", "--date", str(NEXT), "--local-scheduler"))
 
 
+@pytest.mark.both_stores
 def test_daily_committed_during_a_rebuild_chunk_keeps_its_newer_rows(pipeline, tmp_path):
     assert pipeline.build(tasks.Daily(date=DAY))
     write_luigi_cfg(tmp_path, pipeline.store_url)

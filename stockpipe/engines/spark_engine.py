@@ -1,12 +1,14 @@
-"""The Spark engine: one Spark job per plan computes every unfinished chunk with the numpy kernels.
+"""The Spark engine: one Spark session per plan computes every unfinished chunk with the numpy kernels.
 
 How Spark and the chunk tasks meet (README "Spark engine"):
 1. `prepare` runs once per rebuild or daily run, in the RebuildFrom/DailyIndicators task before it
-   yields its chunks. The store exports the bars each unfinished chunk will read (with their
-   warm-up) as a Parquet snapshot (DuckDB `COPY ... TO`; PostgreSQL `COPY ... TO STDOUT` into
-   Arrow), and ONE Spark job groups them by chunk (`groupBy("chunk_id").applyInArrow`), runs
-   `stockpipe.indicators` on each group and writes the chunk's rows to `<run dir>/staged/` as Parquet,
-   atomically, tagged with a digest of the bars they came from. One JVM per plan, never per chunk.
+   yields its chunks. It starts one session (one JVM per plan, never per chunk) and computes the
+   chunks in jobs of whole chunks (`symbols_per_job`): the store exports the bars a job's chunks will
+   read (with their warm-up) as a Parquet snapshot on this machine, each chunk's bars travel inside
+   the job as one Arrow IPC value (one row per chunk), the executors run `stockpipe.indicators` on
+   them (`mapInArrow`) and return each chunk's rows as the bytes of a Parquet file tagged with a
+   digest of the bars they came from, and this process writes them to `<run dir>/staged/`,
+   atomically. Executors touch no file: a cluster needs no shared filesystem.
 2. Each `IndicatorChunk` task then reads its bars as always, and uses the staged rows only if their
    digest matches what it read (otherwise it computes them itself with the same kernels: correctness
    first); it replaces its rows and writes its marker in one transaction through the store's bulk
@@ -19,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -65,6 +68,8 @@ class SparkSettings:
     app_name: str = "stockpipe-indicators"
     conf: dict[str, str] = field(default_factory=dict)
     startup_timeout: int = 60
+    # Symbols per Spark job: a job's bars and rows pass through the driver's memory at once.
+    symbols_per_job: int = 1000
 
     @classmethod
     def from_config(cls) -> "SparkSettings":
@@ -82,7 +87,7 @@ class SparkSettings:
                 "task that prepares the chunks, so only client mode is possible"
             )
         return cls(master=section.master.strip(), app_name=section.app_name, conf=conf,
-                   startup_timeout=int(section.startup_timeout)).checked()
+                   startup_timeout=int(section.startup_timeout), symbols_per_job=int(section.symbols_per_job)).checked()
 
     def checked(self) -> "SparkSettings":
         if not _MASTER.match(self.master):
@@ -92,7 +97,24 @@ class SparkSettings:
             )
         if self.startup_timeout <= 0:
             raise EngineError(f"[spark] startup_timeout = {self.startup_timeout}: must be a positive number of seconds")
+        if self.symbols_per_job <= 0:
+            raise EngineError(f"[spark] symbols_per_job = {self.symbols_per_job}: must be a positive number of symbols")
         return self
+
+
+def job_groups(wanted: pa.Table, symbols_per_job: int) -> list[list[int]]:
+    """The chunk ids of `wanted` (one row per chunk and symbol) in jobs of whole chunks, each of
+    about `symbols_per_job` symbols (at least one chunk)."""
+    counts = wanted.group_by("chunk_id", use_threads=False).aggregate([("symbol", "count")]).sort_by("chunk_id")
+    jobs: list[list[int]] = []
+    size = 0
+    for chunk_id, symbols in zip(counts.column("chunk_id").to_pylist(), counts.column("symbol_count").to_pylist()):
+        if not jobs or size + symbols > symbols_per_job:
+            jobs.append([])
+            size = 0
+        jobs[-1].append(chunk_id)
+        size += symbols
+    return jobs
 
 
 def parse_conf(text: str) -> dict[str, str]:
@@ -130,51 +152,88 @@ class SparkEngine(IndicatorEngine):
         if not todo:
             log.info("spark: the %d unfinished chunks are already staged in %s", len(chunks), staging)
             return stats
-        progress(5, f"spark: exporting bars of {len(todo)} chunks")
         wanted = requests()
         wanted = wanted.filter(pc.is_in(wanted.column("chunk_id"), pa.array(todo, pa.int32())))
+        progress(5, f"spark: starting a session on {self.settings.master}")
+        session = self.session()
+        stats["start_seconds"] = round(time.monotonic() - started, 3)
+        jobs = job_groups(wanted, self.settings.symbols_per_job)
+        progress(10, f"spark: computing {len(todo)} chunks in {len(jobs)} jobs on {self.settings.master}")
+        stats.update(export_seconds=0.0, job_seconds=0.0, write_seconds=0.0, bars=0, staged_rows=0, staged_chunks=0,
+                     jobs=len(jobs))
+        for number, job in enumerate(jobs, 1):
+            clock = time.monotonic()
+            mine = wanted.filter(pc.is_in(wanted.column("chunk_id"), pa.array(job, pa.int32())))
+            shipped, bars = self._job_input(store, staging, mine)
+            stats["export_seconds"] += time.monotonic() - clock
+            if shipped.num_rows:
+                clock = time.monotonic()
+                results = self._compute(session, shipped)
+                stats["job_seconds"] += time.monotonic() - clock
+                clock = time.monotonic()
+                # Written here as each job returns, not by the executors (which may run on machines
+                # that do not see this directory); a run killed later keeps these chunks.
+                staged = results.column("staged")
+                for i, chunk_id in enumerate(results.column("chunk_id").to_pylist()):
+                    spark_job.write_staged(staging, chunk_id, staged[i].as_buffer())
+                stats["write_seconds"] += time.monotonic() - clock
+                stats["staged_rows"] += sum(results.column("rows").to_pylist())
+                stats["staged_chunks"] += results.num_rows
+            stats["bars"] += bars
+            progress(10 + 90 * number / len(jobs), f"spark: staged {stats['staged_chunks']} of {len(todo)} chunks "
+                     f"(job {number}/{len(jobs)})")
+        # A chunk none of whose symbols has a bar to read has no row to ship: its task has nothing to compute.
+        stats["chunks_without_bars"] = len(todo) - stats["staged_chunks"]
+        for key in ("export_seconds", "job_seconds", "write_seconds"):
+            stats[key] = round(stats[key], 3)
+        stats["seconds"] = round(time.monotonic() - started, 3)
+        # What the driver's memory had to hold (a job's bars and rows at once): see symbols_per_job.
+        stats["driver_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        log.info("spark: staged %d chunks (%d rows from %d bars) of %s in %.1f s (export %.1f s, session %.1f s, job %.1f s, "
+                 "%d jobs, writing staged rows %.1f s, driver peak RSS %.0f MB)",
+                 stats["staged_chunks"], stats["staged_rows"], stats["bars"], staging.parent.name, stats["seconds"],
+                 stats["export_seconds"], stats["start_seconds"], stats["job_seconds"], len(jobs), stats["write_seconds"],
+                 stats["driver_peak_rss_mb"])
+        return stats
+
+    def _job_input(self, store, staging: Path, wanted: pa.Table) -> tuple[pa.Table, int]:
+        """One job's rows: per chunk, its bars (exported by the store to a Parquet snapshot on this
+        machine, read back here) as one Arrow IPC payload. `createDataFrame` spreads the rows over
+        the session's default parallelism (a partition per core), whole chunks each."""
         snapshot = staging / f".snapshot-{uuid.uuid4().hex[:12]}"
         snapshot.mkdir(parents=True)
         try:
-            bars = 0
+            parts = []
             groups = wanted.group_by(["read_start", "warmup_bars"], use_threads=False).aggregate([("symbol", "list")])
             for i, group in enumerate(groups.to_pylist()):
-                bars += store.export_bars(snapshot / f"bars-{i}.parquet", group["symbol_list"], group["read_start"],
-                                          group["warmup_bars"])
-            pq.write_table(wanted.select(["chunk_id", "symbol", "keep_from"]), snapshot / "requests.parquet")
-            stats["bars"] = bars
-            stats["export_seconds"] = round(time.monotonic() - started, 3)
-            progress(15, f"spark: starting a session on {self.settings.master}")
-            session = self.session()
-            stats["start_seconds"] = round(time.monotonic() - started - stats["export_seconds"], 3)
-            progress(25, f"spark: computing {len(todo)} chunks ({bars} bars) on {self.settings.master}")
-            summary = self._run(session, snapshot, staging)
+                path = snapshot / f"bars-{i}.parquet"
+                if store.export_bars(path, group["symbol_list"], group["read_start"], group["warmup_bars"]):
+                    parts.append(pq.read_table(path))
         finally:
             shutil.rmtree(snapshot, ignore_errors=True)
-        # A chunk none of whose symbols has a bar to read forms no group: its task has nothing to compute.
-        stats["chunks_without_bars"] = len(set(todo) - {r["chunk_id"] for r in summary})
-        stats["staged_rows"] = sum(r["rows"] for r in summary)
-        stats["seconds"] = round(time.monotonic() - started, 3)
-        stats["job_seconds"] = round(stats["seconds"] - stats["export_seconds"] - stats["start_seconds"], 3)
-        log.info("spark: staged %d chunks (%d rows from %d bars) of %s in %.1f s (export %.1f s, session %.1f s, job %.1f s)",
-                 len(summary), stats["staged_rows"], bars, staging.parent.name, stats["seconds"], stats["export_seconds"],
-                 stats["start_seconds"], stats["job_seconds"])
-        progress(100, f"spark: staged {len(summary)} chunks")
-        return stats
+        if not parts:
+            return spark_job.JOB_SCHEMA.empty_table(), 0
+        bars = pa.concat_tables(parts)
+        where = pc.index_in(bars.column("symbol"), wanted.column("symbol"))
+        bars = bars.append_column("keep_from", wanted.column("keep_from").take(where))
+        chunk_ids = wanted.column("chunk_id").take(where).combine_chunks()
+        order = pc.sort_indices(chunk_ids)
+        bars, chunk_ids = bars.take(order), chunk_ids.take(order)
+        runs = pc.run_end_encode(chunk_ids)
+        ends = runs.run_ends.to_numpy()
+        batches = [pa.RecordBatch.from_arrays([pa.array([chunk_id], pa.int32()),
+                                               pa.array([spark_job.pack_bars(bars.slice(begin, end - begin))], pa.binary())],
+                                              schema=spark_job.JOB_SCHEMA)
+                   for chunk_id, begin, end in zip(runs.values.to_pylist(), [0, *ends[:-1]], ends)]
+        return pa.Table.from_batches(batches, spark_job.JOB_SCHEMA), bars.num_rows
 
-    def _run(self, session, snapshot: Path, staging: Path) -> list[dict[str, Any]]:
-        from pyspark.sql import functions as F
-
-        target = str(staging)
-
-        def stage(group: pa.Table) -> pa.Table:
-            return spark_job.stage_chunk(target, group)
-
-        bars = session.read.parquet(*sorted(str(path) for path in snapshot.glob("bars-*.parquet")))
-        wanted = session.read.parquet(str(snapshot / "requests.parquet"))
-        job = bars.join(F.broadcast(wanted), "symbol").groupBy("chunk_id").applyInArrow(stage, spark_job.RESULT_SCHEMA)
+    def _compute(self, session, shipped: pa.Table) -> pa.Table:
         try:
-            return [row.asDict() for row in job.collect()]
+            chunks = session.createDataFrame(shipped)
+            if self.settings.master.startswith("sc://"):
+                # Spark Connect ships local data as one relation: spread it, a partition per chunk.
+                chunks = chunks.repartition(shipped.num_rows)
+            return chunks.mapInArrow(spark_job.compute_chunks, spark_job.RESULT_SCHEMA).toArrow()
         except Exception as exc:  # noqa: BLE001 - py4j/pyspark raise many types; the message is what matters
             raise EngineError(f"spark job on {self.settings.master} failed: {_reason(exc)}") from exc
 
@@ -231,8 +290,10 @@ class SparkEngine(IndicatorEngine):
         # cluster sets spark.pyspark.python in [spark] conf.
         defaults = {"spark.pyspark.python": sys.executable, "spark.ui.showConsoleProgress": "false"}
         if master.startswith("local"):
-            # A local job needs no outside address (and a host name resolving to loopback would warn).
-            defaults.update({"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"})
+            # A local job needs no outside address (and a host name resolving to loopback would warn),
+            # nor a web UI to start with the session (luigid shows the run's progress).
+            defaults.update({"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1",
+                             "spark.ui.enabled": "false"})
         for key, value in {**defaults, **self.settings.conf}.items():
             builder = builder.config(key, value)
         environment = {"JAVA_HOME": str(Path(java).resolve().parent.parent)} if not os.environ.get("JAVA_HOME") else {}

@@ -1,4 +1,10 @@
-"""What runs on Spark's executors: one plan chunk's bars in, its indicator rows staged as Parquet.
+"""What runs on Spark's executors: one plan chunk's bars in, its indicator rows back to the driver.
+
+An executor touches no file of the run: the driver ships each chunk's bars inside the job (one row
+per chunk: `chunk_id`, the bars as an Arrow IPC stream) and receives the chunk's rows inside the
+job's result (the staged Parquet file's bytes, tagged with the digest of the bars they came from),
+which it writes to `<run dir>/staged/` itself. So executors on other machines need no shared
+filesystem, only Python with numpy and pyarrow.
 
 Shipped to executors by value (cloudpickle), together with `stockpipe.indicators`: an executor needs
 numpy and pyarrow, not stockpipe, and never imports Luigi or the tasks. Keep this module's imports
@@ -13,7 +19,7 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -23,7 +29,12 @@ import pyarrow.parquet as pq
 from stockpipe.indicators.table import indicator_rows
 
 FINGERPRINT = b"stockpipe.bars_fingerprint"
-RESULT_SCHEMA = "chunk_id int, rows long, fingerprint string"
+# One row per chunk each way: the job's input (chunk_id, bars) and its result.
+JOB_SCHEMA = pa.schema([("chunk_id", pa.int32()), ("bars", pa.binary())])
+RESULT_SCHEMA = "chunk_id int, rows long, fingerprint string, staged binary"
+# The bars of one chunk as shipped: what decides its rows, nothing more.
+CHUNK_BARS = pa.schema([("symbol", pa.string()), ("date", pa.date32()), ("close", pa.float64()),
+                        ("volume", pa.int64()), ("keep_from", pa.date32())])
 
 
 def staged_path(staging: str | Path, chunk_id: int) -> Path:
@@ -58,26 +69,62 @@ def fingerprint(bars: pa.Table, from_dates: Mapping[str, dt.date] | None) -> str
     return digest.hexdigest()
 
 
-def stage_chunk(staging: str, group: pa.Table) -> pa.Table:
-    """One chunk's group (chunk_id, symbol, date, close, volume, keep_from): its indicator rows
-    written atomically to `staging`, and one summary row back to the driver."""
+def pack_bars(bars: pa.Table) -> bytes:
+    """One chunk's bars (CHUNK_BARS' columns) as the bytes a job row carries: an Arrow IPC stream."""
+    sink = pa.BufferOutputStream()
+    bars = bars.select(CHUNK_BARS.names).cast(CHUNK_BARS)
+    with pa.ipc.new_stream(sink, CHUNK_BARS) as writer:
+        writer.write_table(bars)
+    return sink.getvalue().to_pybytes()
+
+
+def compute_chunks(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """The `mapInArrow` function: for each job row (chunk_id, bars), one result row (chunk_id,
+    rows, fingerprint, staged). One chunk at a time, so a Python worker holds one chunk's bars and rows."""
+    for batch in batches:
+        ids = batch.column("chunk_id")
+        payloads = batch.column("bars")
+        for i in range(batch.num_rows):
+            yield compute_chunk(int(ids[i].as_py()), pa.ipc.open_stream(payloads[i].as_buffer()).read_all())
+
+
+def compute_chunk(chunk_id: int, group: pa.Table) -> pa.RecordBatch:
+    """One chunk's bars (symbol, date, close, volume, keep_from): its indicator rows as the bytes of
+    the Parquet file the driver stages, with the row count and the digest of the bars."""
     order = pc.sort_indices(group, sort_keys=[("symbol", "ascending"), ("date", "ascending")])
     group = group.take(order)
-    chunk_id = int(group.column("chunk_id")[0].as_py())
     bars = normalise(group)
     runs = pc.run_end_encode(bars.column("symbol").combine_chunks())
-    firsts = np.r_[0, runs.run_ends.to_numpy()[:-1]].astype(np.int64)
+    firsts = np.r_[0, runs.run_ends.to_numpy()[:-1]].astype(np.int64) if bars.num_rows else np.empty(0, np.int64)
     keep = group.column("keep_from").cast(pa.date32()).take(pa.array(firsts)).to_pylist()
     from_dates = {name: day for name, day in zip(runs.values.to_pylist(), keep) if day is not None}
     rows = indicator_rows(bars, from_dates)
     digest = fingerprint(bars, from_dates)
+    sink = pa.BufferOutputStream()
+    pq.write_table(rows.replace_schema_metadata({FINGERPRINT: digest.encode()}), sink, compression="lz4")
+    return pa.RecordBatch.from_pydict(
+        {"chunk_id": pa.array([chunk_id], pa.int32()), "rows": pa.array([rows.num_rows], pa.int64()),
+         "fingerprint": pa.array([digest], pa.string()), "staged": _one_value(sink.getvalue())})
+
+
+def _one_value(data: pa.Buffer) -> pa.Array:
+    """A binary array of one value, `data`, without copying it."""
+    return pa.Array.from_buffers(pa.binary(), 1, [None, pa.py_buffer(np.array([0, data.size], np.int32)), data])
+
+
+def write_staged(staging: str | Path, chunk_id: int, staged: bytes | pa.Buffer) -> Path:
+    """The driver's side: a chunk's staged Parquet bytes to `staging`, atomically (written, then
+    renamed), so a task never reads half a file and a second attempt rewrites it whole."""
     target = staged_path(staging, chunk_id)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    pq.write_table(rows.replace_schema_metadata({FINGERPRINT: digest.encode()}), temporary, compression="lz4")
-    os.replace(temporary, target)  # a retried or speculative task rewrites the same file whole
-    return pa.table({"chunk_id": pa.array([chunk_id], pa.int32()), "rows": pa.array([rows.num_rows], pa.int64()),
-                     "fingerprint": pa.array([digest], pa.string())})
+    try:
+        with open(temporary, "wb") as file:
+            file.write(staged)
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return target
 
 
 def read_staged(staging: str | Path, chunk_id: int) -> tuple[pa.Table, str] | None:

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stockpipe.store import Store
+from stockpipe.store import Store, replica_file
 from stockpipe.store.base import IntegrityError, IntegrityReport
 
 
@@ -71,15 +71,8 @@ def recovery_advice(store: Store, data_dir: Path, replica: Path) -> str:
 
 
 def _replica_state(path: Path) -> str:
-    import duckdb
-
     written = dt.datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
-    try:
-        connection = duckdb.connect(str(path), read_only=True)
-        try:
-            connection.execute("SELECT count(*) FROM bars").fetchall()
-        finally:
-            connection.close()
-    except duckdb.Error as exc:
-        return f"written {written}, NOT readable either: {' '.join(str(exc).split())[:200]}"
+    why = replica_file.unreadable(path)
+    if why is not None:
+        return f"written {written}, NOT readable either: {why[:200]}"
     return f"written {written}, opens"

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from stockpipe import markers
 from stockpipe.services import rebuild as rebuild_service
 from stockpipe.services.report import REPORTS_DIR
 from stockpipe.store import Marker, Store
@@ -85,9 +86,7 @@ def _strings(value: Any) -> Iterable[str]:
 
 
 def _final_marker(plan: rebuild_service.Plan) -> str:
-    if plan.kind == "daily" and plan.plan_id.startswith("daily-"):
-        return f"DailyIndicators/{plan.plan_id[len('daily-'):]}"
-    return f"RebuildFrom/{plan.plan_id}"
+    return markers.plan_final_marker(plan.kind, plan.plan_id)
 
 
 def _finished_at(directory: Path) -> float:
@@ -117,7 +116,7 @@ def _runs(store: Store, runs_dir: Path, days: Mapping[str, int], now: float, nam
         if not (directory / rebuild_service.REPORT_FILE).exists():
             keep.append(Item("runs", str(directory), _size(directory), age, "unfinished: plan without final report"))
             continue
-        chunk_markers = store.markers(prefix=f"IndicatorChunk/{plan.plan_id}/")
+        chunk_markers = store.markers(prefix=markers.chunks_of(plan.plan_id))
         if chunk_markers and not store.completed([_final_marker(plan)]):
             keep.append(Item("runs", str(directory), _size(directory), age,
                              f"{len(chunk_markers)} chunk markers without {_final_marker(plan)}: a rerun resumes it"))

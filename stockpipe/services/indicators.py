@@ -168,11 +168,6 @@ def prepare_chunks(
     return engine.prepare(store, refs, requests, progress) if refs else {}
 
 
-def symbols_with_bars(store: Store) -> list[str]:
-    with store.session(write=False) as session:
-        return [r[0] for r in session.fetch("SELECT DISTINCT symbol FROM bars ORDER BY symbol")]
-
-
 def chunk(symbols: Sequence[str], size: int) -> list[list[str]]:
     if size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {size}")
@@ -180,4 +175,4 @@ def chunk(symbols: Sequence[str], size: int) -> list[list[str]]:
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
-__all__ = ["chunk", "compute_chunk", "plan_read", "prepare_chunks", "symbols_with_bars"]
+__all__ = ["chunk", "compute_chunk", "plan_read", "prepare_chunks"]

@@ -79,11 +79,7 @@ def ingest_date(
     symbols = store.active_symbols()
     overlap_start = trading_calendar.sessions_back(source.calendar, day, days_back)
     history_start = trading_calendar.sessions_back(source.calendar, day, backfill_sessions - 1)
-    with store.session(write=False) as session:
-        rows = session.fetch(
-            "SELECT symbol, max(date) FROM bars WHERE symbol = ANY(:s) GROUP BY symbol", {"s": symbols}
-        )
-    latest = {r[0]: r[1] for r in rows}
+    latest = store.last_bar_dates(symbols)
     plans: dict[dt.date, list[str]] = {}
     for symbol in symbols:
         last = latest.get(symbol)
@@ -106,7 +102,7 @@ def ingest_date(
         if rescaled:
             # A split rescales the whole history the source returns: take all of it again.
             log.warning("history rescaled (split) for %s: re-ingesting their full history", ", ".join(sorted(rescaled)))
-            first = _first_bar_dates(store, sorted(rescaled))
+            first = store.first_bar_dates(sorted(rescaled))
             since = min([history_start, *first.values()])
             history, refetched, bad = _fetch_valid(source, sorted(rescaled), since, day)
             refetched.refetch_history |= rescaled
@@ -161,8 +157,11 @@ def rescaled_symbols(store: Store, fetched: pa.Table, jump: float = 0.02, agreem
     stored = store.read_bars(sorted(set(fetched.column("symbol").to_pylist())), start=pc.min(dates).as_py(), end=pc.max(dates).as_py())
     if stored.num_rows == 0:
         return set()
+    # Inner: only days both have. (Arrow's default, a left outer join, gave the new session, never
+    # stored yet, a NaN ratio, so a split was never detected on the day it was fetched with.)
     joined = fetched.select(["symbol", "date", "close"]).join(
-        stored.select(["symbol", "date", "close"]).rename_columns(["symbol", "date", "stored_close"]), ["symbol", "date"]
+        stored.select(["symbol", "date", "close"]).rename_columns(["symbol", "date", "stored_close"]), ["symbol", "date"],
+        join_type="inner",
     )
     found = set()
     for symbol, group in joined.to_pandas().groupby("symbol"):
@@ -171,12 +170,6 @@ def rescaled_symbols(store: Store, fetched: pa.Table, jump: float = 0.02, agreem
         if abs(median - 1.0) > jump and np.all(np.abs(ratio / median - 1.0) < agreement):
             found.add(str(symbol))
     return found
-
-
-def _first_bar_dates(store: Store, symbols: list[str]) -> dict[str, dt.date]:
-    with store.session(write=False) as session:
-        rows = session.fetch("SELECT symbol, min(date) FROM bars WHERE symbol = ANY(:s) GROUP BY symbol", {"s": symbols})
-    return {r[0]: r[1] for r in rows}
 
 
 def _last_wins(rows: pa.Table) -> pa.Table:

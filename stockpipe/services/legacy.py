@@ -24,20 +24,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from stockpipe import markers
 from stockpipe.progress import Progress, silent
-from stockpipe.store import Marker, Session, Store, read_foreign
+from stockpipe.store import Marker, Store
 from stockpipe.store.base import utcnow
+from stockpipe.store.legacy_reader import LegacyDatabase, LegacyImportError, open_legacy
 from stockpipe.store.schema import BARS, DAILY_WATCHLIST, SYMBOLS
 from stockpipe.validation import validate_bars
 
 log = logging.getLogger("stockpipe.legacy")
 
-FAMILY = "ImportLegacy"
+FAMILY = markers.LEGACY_IMPORT
 _KEPT_PER_BATCH = 1000  # rejected rows listed verbatim in a batch marker (all are counted)
-
-
-class LegacyImportError(RuntimeError):
-    """The old database cannot be imported; the message names the table or column at fault."""
 
 
 @dataclass(frozen=True)
@@ -52,64 +50,6 @@ class Rejected:
 
     def as_dict(self) -> dict[str, str]:
         return {"table": self.table, "symbol": self.symbol, "date": self.date, "reason": self.reason}
-
-
-# Old column -> accepted spellings, first found wins. Optional columns missing in the old table are NULL.
-_SYMBOL_COLUMNS = {"symbol": ("symbol", "ticker"), "name": ("name", "security_name", "company_name"),
-                   "exchange": ("exchange",), "sector": ("sector",), "industry": ("industry",),
-                   "market_cap": ("market_cap", "marketcap"), "is_etf": ("is_etf", "etf"),
-                   "is_active": ("is_active", "active")}
-_BAR_COLUMNS = {"symbol": ("ticker", "symbol"), "date": ("date", "trade_date"), "open": ("open",),
-                "high": ("high",), "low": ("low",), "close": ("close",), "volume": ("volume",)}
-_WATCHLIST_COLUMNS = {"scan_date": ("scan_date", "date"), "symbol": ("symbol", "ticker"),
-                      **{c: (c,) for c in DAILY_WATCHLIST.columns if c not in ("scan_date", "symbol")},
-                      "scan_reason": ("scan_reason", "reason")}
-_REQUIRED = {"nasdaq_symbols": ("symbol",), "stock_data": tuple(_BAR_COLUMNS), "daily_watchlist": ("scan_date", "symbol")}
-
-
-class LegacySchema:
-    """Which of the old tables and columns the source has, and how to read them."""
-
-    def __init__(self, session: Session):
-        rows = session.fetch(
-            "SELECT table_name, column_name, data_type FROM information_schema.columns "
-            "WHERE table_schema = current_schema() AND table_name IN "
-            "('nasdaq_symbols', 'stock_data', 'daily_watchlist', 'schema_version', 'task_markers')"
-        )
-        self.types: dict[str, dict[str, str]] = {}
-        for table, column, data_type in rows:
-            self.types.setdefault(table, {})[column.lower()] = str(data_type).lower()
-        if "schema_version" in self.types and "task_markers" in self.types:
-            raise LegacyImportError("this is a stockpipe store, not the old system's database")
-        for table in ("nasdaq_symbols", "stock_data"):
-            if table not in self.types:
-                raise LegacyImportError(f"the old database has no table {table}")
-        self.columns = {"nasdaq_symbols": self._map("nasdaq_symbols", _SYMBOL_COLUMNS),
-                        "stock_data": self._map("stock_data", _BAR_COLUMNS)}
-        if "daily_watchlist" in self.types:
-            self.columns["daily_watchlist"] = self._map("daily_watchlist", _WATCHLIST_COLUMNS)
-
-    def _map(self, table: str, wanted: dict[str, Sequence[str]]) -> dict[str, str | None]:
-        found = {ours: next((c for c in spellings if c in self.types[table]), None) for ours, spellings in wanted.items()}
-        missing = [ours for ours in _REQUIRED[table] if found[ours] is None]
-        if missing:
-            raise LegacyImportError(
-                f"old table {table} lacks column(s) {', '.join(' or '.join(wanted[m]) for m in missing)}"
-            )
-        return found
-
-    def select(self, table: str, ours: str, kind: str) -> str:
-        """The old column as `ours`, cast to what stockpipe stores (NULL when the old table lacks it)."""
-        old = self.columns[table][ours]
-        if old is None:
-            return f"CAST(NULL AS {kind}) AS {ours}"
-        if kind == "DATE" and not self.types[table][old].startswith(("date", "timestamp")):
-            return f"{old} AS {ours}"  # text dates are parsed row by row, bad ones rejected
-        return f"CAST({old} AS {kind}) AS {ours}"
-
-    def text_dates(self, table: str, ours: str = "date") -> bool:
-        old = self.columns[table][ours]
-        return not self.types[table][old].startswith(("date", "timestamp"))
 
 
 def source_key(url: str) -> str:
@@ -130,22 +70,12 @@ def _dates(column: pa.ChunkedArray) -> pa.Array:
     return pc.cast(parsed, pa.date32())
 
 
-def _read(old: Session, table: str, sql: str, params: dict[str, Any] | None = None,
-          schema: pa.Schema | None = None) -> Any:
-    """Rows of the old `table` (a list of tuples, or Arrow with `schema`); a failure names the table."""
-    try:
-        return old.fetch(sql, params) if schema is None else old.fetch_arrow(sql, params, schema=schema)
-    except Exception as exc:  # noqa: BLE001 - any driver or conversion error, re-raised naming the table
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise LegacyImportError(f"reading the old table {table} failed: {first}") from exc
-
-
 def _batches(values: Sequence[Any], size: int) -> list[list[Any]]:
     return [list(values[i : i + size]) for i in range(0, len(values), size)]
 
 
 def _marker(key: str, part: str, source: str, stats: dict[str, Any]) -> Marker:
-    return Marker(f"{FAMILY}/{key}/{part}", FAMILY, {"source": source}, stats)
+    return Marker(markers.legacy_import(key, part), FAMILY, {"source": source}, stats)
 
 
 def import_legacy(
@@ -164,39 +94,32 @@ def import_legacy(
     key = source_key(url)
     shown = redact(url)
     _refuse_same_database(store, url)
-    with read_foreign(url) as old:
-        schema = LegacySchema(old)
-        done = {m["marker_id"] for m in store.markers(prefix=f"{FAMILY}/{key}/")}
-        known = _import_symbols(store, old, schema, key, shown, done)
-        tickers = sorted(r[0] for r in _read(old, "stock_data",
-            f"SELECT DISTINCT {schema.columns['stock_data']['symbol']} FROM stock_data "
-            f"WHERE {schema.columns['stock_data']['symbol']} IS NOT NULL"
-        ))
-        bar_batches = _batches(tickers, batch_size)
+    with open_legacy(url) as old:
+        done = {m["marker_id"] for m in store.markers(prefix=markers.legacy_imports(key))}
+        known = _import_symbols(store, old, key, shown, done)
+        bar_batches = _batches(old.tickers(), batch_size)
         scan_dates: list[dt.date] = []
-        if "daily_watchlist" in schema.columns:
-            column = schema.columns["daily_watchlist"]["scan_date"]
-            scan_dates = sorted({d for d in (_as_date(r[0]) for r in _read(old, "daily_watchlist",
-                f"SELECT DISTINCT {column} FROM daily_watchlist WHERE {column} IS NOT NULL")) if d is not None})
+        if old.has_watchlist:
+            scan_dates = sorted({d for d in map(_as_date, old.scan_dates()) if d is not None})
         watch_batches = _batches(scan_dates, watchlist_batch_dates)
         total = len(bar_batches) + len(watch_batches)
         step = 0
         for batch in bar_batches:
             step += 1
             part = f"bars/{batch[0]}..{batch[-1]}"
-            if f"{FAMILY}/{key}/{part}" in done:
+            if markers.legacy_import(key, part) in done:
                 progress(100.0 * step / total, f"[{step}/{total}] {batch[0]}..{batch[-1]} imported by an earlier run")
                 continue
-            stats = _import_bar_batch(store, old, schema, batch, known, _marker(key, part, shown, {}))
+            stats = _import_bar_batch(store, old, batch, known, _marker(key, part, shown, {}))
             progress(100.0 * step / total, f"[{step}/{total}] {batch[0]}..{batch[-1]}: {stats['rows_added']} bars "
                      f"stored, {stats['rows_kept']} already in the store, {stats['rejected_count']} rejected")
         for batch in watch_batches:
             step += 1
             part = f"watchlist/{batch[0]}..{batch[-1]}"
-            if f"{FAMILY}/{key}/{part}" in done:
+            if markers.legacy_import(key, part) in done:
                 progress(100.0 * step / total, f"[{step}/{total}] watchlist {batch[0]}..{batch[-1]} imported by an earlier run")
                 continue
-            stats = _import_watchlist_batch(store, old, schema, batch, _marker(key, part, shown, {}))
+            stats = _import_watchlist_batch(store, old, batch, _marker(key, part, shown, {}))
             progress(100.0 * step / total, f"[{step}/{total}] watchlist {batch[0]}..{batch[-1]}: "
                      f"{stats['rows_added']} rows stored, {stats['rejected_count']} rejected")
     summary = summarize(store, key)
@@ -246,19 +169,11 @@ def _as_date(value: Any) -> dt.date | None:
         return None
 
 
-def _import_symbols(store: Store, old: Session, schema: LegacySchema, key: str, shown: str, done: set[str]) -> set[str]:
+def _import_symbols(store: Store, old: LegacyDatabase, key: str, shown: str, done: set[str]) -> set[str]:
     """New symbols into `symbols` (one transaction with its marker); returns every symbol bars may use."""
-    marker_id = f"{FAMILY}/{key}/symbols"
+    marker_id = markers.legacy_import(key, "symbols")
     if marker_id not in done:
-        kinds = {"symbol": "VARCHAR", "name": "VARCHAR", "exchange": "VARCHAR", "sector": "VARCHAR",
-                 "industry": "VARCHAR", "market_cap": "DOUBLE PRECISION", "is_etf": "BOOLEAN", "is_active": "BOOLEAN"}
-        types = {"symbol": pa.string(), "name": pa.string(), "exchange": pa.string(), "sector": pa.string(),
-                 "industry": pa.string(), "market_cap": pa.float64(), "is_etf": pa.bool_(), "is_active": pa.bool_()}
-        rows = _read(
-            old, "nasdaq_symbols",
-            "SELECT " + ", ".join(schema.select("nasdaq_symbols", c, kinds[c]) for c in kinds) + " FROM nasdaq_symbols",
-            schema=pa.schema(list(types.items())),
-        )
+        rows = old.symbols()
         valid, rejected = validate_symbols(rows)
         valid = valid.set_column(valid.schema.get_field_index("is_active"), "is_active",
                                  pc.fill_null(valid.column("is_active"), True))
@@ -296,19 +211,12 @@ def validate_symbols(rows: pa.Table) -> tuple[pa.Table, list[Rejected]]:
     return rows.filter(pa.array(keep)), rejected
 
 
-def _import_bar_batch(store: Store, old: Session, schema: LegacySchema, tickers: list[str], known: set[str],
+def _import_bar_batch(store: Store, old: LegacyDatabase, tickers: list[str], known: set[str],
                       marker: Marker) -> dict[str, Any]:
-    ticker = schema.columns["stock_data"]["symbol"]
-    columns = [schema.select("stock_data", "symbol", "VARCHAR"), schema.select("stock_data", "date", "DATE")]
-    columns += [schema.select("stock_data", c, "DOUBLE PRECISION") for c in ("open", "high", "low", "close", "volume")]
-    text_dates = schema.text_dates("stock_data")
-    read_schema = pa.schema([("symbol", pa.string()), ("date", pa.string() if text_dates else pa.date32())]
-                            + [(c, pa.float64()) for c in ("open", "high", "low", "close", "volume")])
-    rows = _read(old, "stock_data", f"SELECT {', '.join(columns)} FROM stock_data WHERE {ticker} = ANY(:s)",
-                 {"s": tickers}, schema=read_schema)
+    rows = old.bars(tickers)
     read = rows.num_rows
     rejected: list[Rejected] = []  # one line per bad row, or per unknown ticker
-    if text_dates:
+    if old.bar_dates_are_text:
         raw = rows.column("date")
         parsed = _dates(raw)
         unreadable = pc.and_(pc.is_null(parsed), pc.is_valid(raw))
@@ -343,24 +251,12 @@ def _import_bar_batch(store: Store, old: Session, schema: LegacySchema, tickers:
     return {**stats, "rows_added": added or 0, "rows_kept": valid.num_rows - (added or 0)}
 
 
-def _import_watchlist_batch(store: Store, old: Session, schema: LegacySchema, dates: list[dt.date],
-                            marker: Marker) -> dict[str, Any]:
-    mapping = schema.columns["daily_watchlist"]
-    kinds = {f.name: {pa.string(): "VARCHAR", pa.date32(): "DATE", pa.float64(): "DOUBLE PRECISION",
-                      pa.int64(): "BIGINT", pa.int32(): "INTEGER"}[f.type] for f in DAILY_WATCHLIST.schema}
-    text_dates = schema.text_dates("daily_watchlist", "scan_date")
-    read_schema = pa.schema([pa.field("scan_date", pa.string()) if (f.name == "scan_date" and text_dates) else f
-                             for f in DAILY_WATCHLIST.schema])
-    select = ", ".join(schema.select("daily_watchlist", c, kinds[c]) for c in DAILY_WATCHLIST.columns)
-    if text_dates:
-        # Text dates are matched as text: every spelling of the batch's dates is read, then parsed.
-        rows = _read(old, "daily_watchlist", f"SELECT {select} FROM daily_watchlist", schema=read_schema)
+def _import_watchlist_batch(store: Store, old: LegacyDatabase, dates: list[dt.date], marker: Marker) -> dict[str, Any]:
+    rows = old.watchlist(dates)
+    if old.scan_dates_are_text:
+        # Text dates are matched once parsed: every spelling of the batch's dates was read.
         rows = rows.set_column(0, "scan_date", _dates(rows.column("scan_date")))
         rows = rows.filter(pc.fill_null(pc.is_in(rows.column("scan_date"), pa.array(dates, pa.date32())), False))
-    else:
-        rows = _read(old, "daily_watchlist",
-                     f"SELECT {select} FROM daily_watchlist WHERE CAST({mapping['scan_date']} AS DATE) = ANY(:d)",
-                     {"d": list(dates)}, schema=read_schema)
     valid, rejected = validate_watchlist(rows)
     stats = {"table": "daily_watchlist", "rows_read": rows.num_rows, "rejected_count": len(rejected),
              "rejected": [r.as_dict() for r in rejected[:_KEPT_PER_BATCH]]}
@@ -403,11 +299,11 @@ def validate_watchlist(rows: pa.Table) -> tuple[pa.Table, list[Rejected]]:
 
 def summarize(store: Store, key: str) -> dict[str, Any]:
     """The import's totals over every batch committed so far (this run's and earlier runs')."""
-    markers = store.markers(prefix=f"{FAMILY}/{key}/")
+    found = store.markers(prefix=markers.legacy_imports(key))
     summary: dict[str, Any] = {"symbols_added": 0, "bars_added": 0, "bars_kept": 0, "watchlist_rows_added": 0,
                                "watchlist_rows_kept": 0, "rejected_count": 0, "rejected": [],
-                               "first_date": None, "last_date": None, "batches": len(markers)}
-    for m in markers:
+                               "first_date": None, "last_date": None, "batches": len(found)}
+    for m in found:
         stats = m["stats"]
         table = stats.get("table")
         if table == "nasdaq_symbols":

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute in restore
 import pyarrow.parquet as pq
 
+from stockpipe import markers
 from stockpipe.services.indicators import chunk
 from stockpipe.store import Store
 from stockpipe.store.base import utcnow
@@ -73,10 +74,6 @@ def run_dir(data_dir: Path, plan_id: str) -> Path:
 def staging_dir(directory: Path) -> Path:
     """Where an engine that computes ahead of the chunk tasks (Spark) stages each chunk's rows."""
     return Path(directory).resolve() / "staged"
-
-
-def chunk_marker_id(plan_id: str, chunk_id: int) -> str:
-    return f"IndicatorChunk/{plan_id}/{chunk_id}"
 
 
 def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
@@ -156,10 +153,10 @@ def _refuse_replanning_a_started_run(store: Store, directory: Path, plan_id: str
     evidence = []
     if (directory / BACKUP_FILE).exists():
         evidence.append(f"its backup {directory / BACKUP_FILE}")
-    chunks = store.markers(prefix=f"IndicatorChunk/{plan_id}/")
+    chunks = store.markers(prefix=markers.chunks_of(plan_id))
     if chunks:
         evidence.append(f"{len(chunks)} finished chunk(s)")
-    if store.markers(exact=f"RebuildFrom/{plan_id}"):
+    if store.markers(exact=markers.rebuild_from(plan_id)):
         evidence.append("its completion marker")
     if evidence:
         raise RebuildError(
@@ -256,8 +253,8 @@ def _count(value: Any) -> int:
 
 def progress_report(store: Store, plan: Plan, directory: Path) -> dict[str, Any]:
     """Chunks done, pending and failed, with saved rows so far: the report's body."""
-    markers = {m["marker_id"]: m for m in store.markers(prefix=f"IndicatorChunk/{plan.plan_id}/")}
-    done = [i for i in range(len(plan.chunks)) if chunk_marker_id(plan.plan_id, i) in markers]
+    found = {m["marker_id"]: m for m in store.markers(prefix=markers.chunks_of(plan.plan_id))}
+    done = [i for i in range(len(plan.chunks)) if markers.indicator_chunk(plan.plan_id, i) in found]
     failed = failures(directory)
     return {
         "plan_id": plan.plan_id,
@@ -268,8 +265,8 @@ def progress_report(store: Store, plan: Plan, directory: Path) -> dict[str, Any]
         "chunks_done": len(done),
         "chunks_pending": [i for i in range(len(plan.chunks)) if i not in set(done)],
         "replaced_rows": plan.replaces.get("rows", 0),
-        "saved_rows": sum(_count(m["stats"].get("rows_saved")) for m in markers.values()),
-        "unreadable_markers": sorted(m["marker_id"] for m in markers.values() if "unreadable" in m["stats"]),
+        "saved_rows": sum(_count(m["stats"].get("rows_saved")) for m in found.values()),
+        "unreadable_markers": sorted(m["marker_id"] for m in found.values() if "unreadable" in m["stats"]),
         "failed_chunks": [
             {"chunk_id": i, "error": f["error"], "redone": i in set(done)} for i, f in sorted(failed.items())
         ],
@@ -383,8 +380,8 @@ def restore(store: Store, backup_path: Path) -> dict[str, Any]:
         # An older backup: its own last date is the best bound there is.
         dates = [pa.compute.max(b.column("date")).as_py() for b in backup_batches(backup_path) if b.num_rows]
         end = max(dates) if dates else None
-    forget = [m["marker_id"] for m in store.markers(prefix=f"IndicatorChunk/{plan_id}/")]
-    forget += [m["marker_id"] for m in store.markers(exact=f"RebuildFrom/{plan_id}")]
+    forget = [m["marker_id"] for m in store.markers(prefix=markers.chunks_of(plan_id))]
+    forget += [m["marker_id"] for m in store.markers(exact=markers.rebuild_from(plan_id))]
     restored = store.restore_indicators(backup_batches(backup_path), symbols, start, forget, end=end)
     report = backup_path.parent / REPORT_FILE
     if report.exists():

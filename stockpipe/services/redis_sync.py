@@ -26,6 +26,7 @@ from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 
+from stockpipe import markers
 from stockpipe.redaction import encode_userinfo, redact_url, scrub
 from stockpipe.store import Store
 from stockpipe.store.base import utcnow
@@ -147,7 +148,7 @@ def held_lock(client, key: str, token: str, seconds: float = LOCK_SECONDS) -> It
 
 def _latest_scanned_session(store: Store, day: dt.date, synced: Iterable[str]) -> str | None:
     """The latest date up to `day` that was scanned (a weekend is never one), for `watchlist:latest`."""
-    scanned = [m["marker_id"].split("/", 1)[1] for m in store.markers(prefix="ScanWatchlist/")]
+    scanned = markers.first_parts(store.markers(prefix=markers.SCANS))
     candidates = [d for d in [*scanned, *synced] if d <= str(day)]
     return max(candidates) if candidates else None
 

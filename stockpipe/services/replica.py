@@ -1,6 +1,10 @@
 """Publish a read-only DuckDB replica for dashboards and analysts.
 
-Written to a temporary file, verified (every table present, row counts equal to the source's in the
+Incremental: the temporary file starts as a copy of the previous replica, and only what the store's
+change log says changed since that replica's newest change is copied again (stockpipe.store.changes);
+when the log cannot tell (no previous replica, an unreadable one or one of another schema version,
+a restored store, too much change) or the caught-up copy fails verification, the replica is
+exported whole, as the first one is. Either way it is written to a temporary file, verified (every table present, row counts equal to the source's in the
 same snapshot), made read-only, then atomically renamed over the previous replica, which is kept as
 `<name>.previous.duckdb`. A reader that has the old replica open keeps its file; a failed refresh
 leaves the previous replica in place. (Copying a live database file can copy a half-written one.)
@@ -10,12 +14,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import stat
 import time
 from pathlib import Path
 from typing import Any
 
-from stockpipe.store import Store
+from stockpipe.store import Store, StoreError, replica_file
+from stockpipe.store.changes import replica_mark
 from stockpipe.store.schema import VIEWS
 from stockpipe.tempfiles import discard_orphans, temporary_for
 
@@ -26,25 +32,9 @@ class ReplicaError(RuntimeError):
     pass
 
 
-def create_views(path: Path) -> None:
-    """The old system's compatibility views, over the replica's own copies of the tables."""
-    import duckdb
-
-    connection = duckdb.connect(str(path))
-    try:
-        for view in VIEWS:
-            connection.execute(view.ddl())
-        connection.execute("CHECKPOINT")
-    finally:
-        connection.close()
-
-
 def verify_replica(path: Path, expected: dict[str, int]) -> None:
-    import duckdb
-
-    connection = duckdb.connect(str(path), read_only=True)
-    try:
-        present = {r[0] for r in connection.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    with replica_file.open_replica(path) as replica:
+        present = replica.names()
         missing = sorted(set(expected) - present)
         if missing:
             raise ReplicaError(f"replica {path} lacks table(s) {', '.join(missing)}")
@@ -52,11 +42,9 @@ def verify_replica(path: Path, expected: dict[str, int]) -> None:
         if missing:
             raise ReplicaError(f"replica {path} lacks view(s) {', '.join(missing)}")
         for table, rows in expected.items():
-            found = connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            found = replica.row_count(table)
             if found != rows:
                 raise ReplicaError(f"replica {path}: {table} has {found} rows, the store had {rows}")
-    finally:
-        connection.close()
 
 
 def publish_replica(store: Store, path: Path) -> dict[str, Any]:
@@ -69,9 +57,12 @@ def publish_replica(store: Store, path: Path) -> dict[str, Any]:
         leftover.unlink(missing_ok=True)
     discard_orphans(path.with_name(path.stem + ".previous" + path.suffix))
     try:
-        counts = store.export_replica(temporary)
-        create_views(temporary)
-        verify_replica(temporary, counts)
+        counts, mode, reason = _catch_up(store, path, temporary)
+        if counts is None:
+            _discard(temporary)
+            counts, mode = store.export_replica(temporary), "full"
+            replica_file.add_views(temporary)
+            verify_replica(temporary, counts)
         os.chmod(temporary, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
         previous = path.with_name(path.stem + ".previous" + path.suffix)
         if path.exists():
@@ -83,52 +74,60 @@ def publish_replica(store: Store, path: Path) -> dict[str, Any]:
             os.replace(link, previous)
         os.replace(temporary, path)
     except BaseException:
-        for leftover in (temporary, temporary.with_name(temporary.name + ".wal")):
-            leftover.unlink(missing_ok=True)
+        _discard(temporary)
         raise
     stats = {"path": str(path), "tables": counts, "seconds": round(time.monotonic() - started, 3),
-             "bytes": path.stat().st_size}
-    log.info("replica %s refreshed: %s", path, ", ".join(f"{t} {n}" for t, n in counts.items()))
+             "bytes": path.stat().st_size, "mode": mode}
+    if reason:
+        stats["full_because"] = reason
+    log.info("replica %s refreshed (%s%s): %s", path, mode, f", because {reason}" if reason else "",
+             ", ".join(f"{t} {n}" for t, n in counts.items()))
     return stats
+
+
+def _catch_up(store: Store, path: Path, temporary: Path) -> tuple[dict[str, int] | None, str, str]:
+    """A verified copy of the previous replica brought up to date in `temporary`: (counts,
+    "incremental", ""), or (None, "full", why not)."""
+    mark, reason = replica_mark(path)
+    if mark is None:
+        return None, "full", reason
+    shutil.copyfile(path, temporary)
+    os.chmod(temporary, stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)
+    try:
+        counts, reason = store.update_replica(temporary, mark)
+        if counts is None:
+            return None, "full", reason
+        replica_file.add_views(temporary)
+        verify_replica(temporary, counts)
+    except Exception as exc:  # noqa: BLE001 - any failure to catch up (a damaged copy, counts the log
+        # cannot explain: a change it did not record) is what a full export is for; its own errors are not caught
+        why = " ".join(str(exc).split())[:300]
+        log.warning("catching up the previous replica failed, exporting it whole: %s", why)
+        return None, "full", f"catching up failed ({why})"
+    return counts, "incremental", ""
+
+
+def _discard(temporary: Path) -> None:
+    for leftover in (temporary, temporary.with_name(temporary.name + ".wal")):
+        leftover.unlink(missing_ok=True)
 
 
 def restore_from_replica(store: Store, path: Path, batch_rows: int = 500_000) -> dict[str, int]:
     """Fill an empty store (a damaged one moved aside) with every table of a replica, in one
     transaction: a failed restore leaves the store empty. The store keeps its own declared keys,
     which the replica does not carry (so the replica file itself cannot simply become the store)."""
-    import duckdb
-    import pyarrow as pa
-
     from stockpipe.store.schema import SCHEMA_VERSION, TABLES
 
     path = Path(path)
     try:
-        replica = duckdb.connect(str(path), read_only=True)
-    except duckdb.Error as exc:
-        raise ReplicaError(f"cannot open replica {path}: {' '.join(str(exc).split())}") from exc
-    try:
-        present = {r[0] for r in replica.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        missing = sorted(({t.name for t in TABLES} | {"schema_version"}) - present)
+        replica = replica_file.open_replica(path)
+    except StoreError as exc:
+        raise ReplicaError(f"cannot open replica {path}: {exc}") from exc
+    with replica:
+        missing = sorted(({t.name for t in TABLES} | {"schema_version"}) - replica.names())
         if missing:
             raise ReplicaError(f"{path} is not a stockpipe replica: it lacks table(s) {', '.join(missing)}")
-        version = replica.execute("SELECT max(version) FROM schema_version").fetchall()[0][0]
+        version = replica.schema_version()
         if version != SCHEMA_VERSION:
             raise ReplicaError(f"replica {path} has schema version {version}, this stockpipe expects {SCHEMA_VERSION}")
-        counts: dict[str, int] = {}
-        store.ensure_schema()  # a new, empty file gets its tables (with their keys) first
-        with store.session() as session:
-            for table in TABLES:
-                stored = session.fetch(f"SELECT count(*) FROM {table.name}")[0][0]
-                if stored:
-                    raise ReplicaError(
-                        f"{store.redacted_url()} is not empty ({table.name} has {stored:,} rows): a replica is restored "
-                        f"into an empty store; move the damaged one aside first")
-            for table in TABLES:
-                counts[table.name] = 0
-                reader = replica.sql(f"SELECT {', '.join(table.columns)} FROM {table.name}").to_arrow_reader(batch_rows)
-                for batch in reader:
-                    counts[table.name] += session.insert(table, table.conform(pa.Table.from_batches([batch])))
-                log.info("restored %s: %d rows from %s", table.name, counts[table.name], path)
-    finally:
-        replica.close()
-    return counts
+        return store.fill_empty(lambda table: replica.batches(table, batch_rows), origin=str(path))

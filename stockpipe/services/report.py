@@ -25,7 +25,7 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
-from stockpipe import trading_calendar
+from stockpipe import markers, trading_calendar
 from stockpipe.progress import Progress, silent
 from stockpipe.services import rebuild as rebuild_service
 from stockpipe.store import Marker, Store
@@ -64,7 +64,7 @@ def health(store: Store, day: dt.date, calendar: str, sessions: int) -> dict[str
     days = sorted(set(trading_calendar.sessions(calendar, first, day)) | set(counts))
     empty = {"bar_symbols": 0, "bar_rows": 0, "indicator_symbols": 0, "indicator_rows": 0}
     per_session = [{"date": d, **{k: int(counts.get(d, empty)[k]) for k in empty}} for d in days]
-    ingest = store.read_marker(f"IngestDate/{day}")
+    ingest = store.read_marker(markers.ingest_date(day))
     stats = (ingest or {}).get("stats", {})
     return {
         "sessions": per_session,
@@ -91,7 +91,7 @@ def run_summary(store: Store, day: dt.date, data_dir: Path, slowest: int) -> dic
     tasks = [r for r in latest.values() if r["task_family"] != "IndicatorChunk"]
     chunks = [r for r in latest.values() if r["task_family"] == "IndicatorChunk"]
     chunks.sort(key=lambda r: -(r["duration_seconds"] or 0))
-    directory = rebuild_service.run_dir(data_dir, f"daily-{day}")
+    directory = rebuild_service.run_dir(data_dir, markers.daily_plan_id(day))
     try:
         chunk_failures = list(rebuild_service.failures(directory).values())
     except (OSError, ValueError, KeyError, TypeError) as exc:  # an unreadable failure file is itself worth showing
@@ -239,7 +239,7 @@ def render_html(day: dt.date, watchlist: list[dict[str, Any]], charts: dict[str,
                         [*([_esc(f'{r["task_family"]} {_params_text(r["params"])} (attempt {r["attempt"]})'),
                             _esc(f'{r["finished_at"]:%H:%M:%S}' if r["finished_at"] else ""), _esc(r["error"])]
                            for r in run["failed_runs"]),
-                         *([_esc(f'chunk {f.get("chunk_id")} of daily-{day}'), _esc(f.get("at", "")), _esc(f.get("error"))]
+                         *([_esc(f'chunk {f.get("chunk_id")} of {markers.daily_plan_id(day)}'), _esc(f.get("at", "")), _esc(f.get("error"))]
                            for f in run["chunk_failures"])]))
     parts.append(f'<h2 id="charts">Charts ({len(charts)})</h2>')
     if watchlist:

@@ -17,10 +17,12 @@ import re
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import pyarrow as pa
 
+from stockpipe import markers
+from stockpipe.store import changes
 from stockpipe.store.schema import (
     BARS,
     BULK_TABLES,
@@ -385,8 +387,28 @@ class Store(ABC):
                     "WHERE i.symbol = bars.symbol AND i.date = bars.date)"
                 )
                 session.insert(BARS, rows)
+                changes.record(session, "bars", pc_unique_symbols(rows), *_date_extent(rows), utcnow())
             self._touch(session, marker)
         return True
+
+    def last_bar_dates(self, symbols: Sequence[str]) -> dict[str, dt.date]:
+        """Each symbol's latest stored bar date (symbols without bars are left out)."""
+        return self._bar_dates("max", symbols)
+
+    def first_bar_dates(self, symbols: Sequence[str]) -> dict[str, dt.date]:
+        """Each symbol's earliest stored bar date (symbols without bars are left out)."""
+        return self._bar_dates("min", symbols)
+
+    def _bar_dates(self, aggregate: str, symbols: Sequence[str]) -> dict[str, dt.date]:
+        with self.session(write=False) as session:
+            rows = session.fetch(f"SELECT symbol, {aggregate}(date) FROM bars WHERE symbol = ANY(:s) GROUP BY symbol",
+                                 {"s": list(symbols)})
+        return {r[0]: r[1] for r in rows}
+
+    def bar_symbols(self) -> list[str]:
+        """Every symbol with at least one bar (active or not), sorted."""
+        with self.session(write=False) as session:
+            return [r[0] for r in session.fetch("SELECT DISTINCT symbol FROM bars ORDER BY symbol")]
 
     def bars_extent(self) -> tuple[dt.date | None, dt.date | None, int]:
         with self.session(write=False) as session:
@@ -471,6 +493,11 @@ class Store(ABC):
                         "WHERE symbols.symbol = l.symbol AND NOT EXISTS "
                         "(SELECT 1 FROM indicators n WHERE n.symbol = l.symbol AND n.date > l.date)"
                     )
+            # Whole-history symbols' rows reach back years: logged on their own, not widening the rest.
+            self._record_indicator_change(session, symbols, start, end,
+                                          _drop_symbols(rows, whole_symbols) if whole_symbols else rows)
+            if whole_symbols:
+                changes.record(session, "indicators", whole_symbols, None, end, utcnow())
             self._touch(session, marker)
         return True
 
@@ -546,9 +573,21 @@ class Store(ABC):
                 "DELETE FROM indicators WHERE symbol = ANY(:s) AND date >= :d" + ("" if end is None else " AND date <= :e"),
                 {"s": list(symbols), "d": start, **({} if end is None else {"e": end})},
             )
+            touched: set[str] = set()
+            low = high = None
             for batch in batches:
                 if batch.num_rows:
-                    restored += session.insert(INDICATORS, INDICATORS.conform(pa.Table.from_batches([batch])))
+                    table = INDICATORS.conform(pa.Table.from_batches([batch]))
+                    restored += session.insert(INDICATORS, table)
+                    touched.update(pc_unique_symbols(table))
+                    first, last = _date_extent(table)
+                    low = first if low is None else min(low, first)
+                    high = last if high is None else max(high, last)
+            # One change for the whole restore, over the rows of every batch.
+            self._record_indicator_change(session, sorted(set(symbols) | touched),
+                                          start if low is None else min(start, low),
+                                          end if end is None or high is None else max(end, high),
+                                          INDICATORS.schema.empty_table())
             if forget_markers:
                 session.execute("DELETE FROM task_markers WHERE marker_id = ANY(:ids)", {"ids": list(forget_markers)})
         return restored
@@ -586,6 +625,11 @@ class Store(ABC):
                 schema=DAILY_WATCHLIST.schema,
             )
 
+    def latest_watchlist_date(self) -> dt.date | None:
+        """The latest date with a watchlist row (None: none yet)."""
+        with self.session(write=False) as session:
+            return session.fetch("SELECT max(scan_date) FROM daily_watchlist")[0][0]
+
     # -- imports --------------------------------------------------------------------------------
     def add_rows(self, table: Table, rows: pa.Table, marker: Marker | None = None,
                  key: Sequence[str] | None = None) -> int | None:
@@ -607,12 +651,53 @@ class Store(ABC):
                     f"INSERT INTO {table.name} ({', '.join(table.columns)}) "
                     f"SELECT {', '.join('i.' + c for c in table.columns)} {new}"
                 )
+                if added and table.name in BULK_TABLES:
+                    changes.record(session, table.name, pc_unique_symbols(rows), *_date_extent(rows), utcnow())
             if marker is not None:
                 stats = {**marker.stats, "rows_added": added, "rows_kept": rows.num_rows - added}
                 self._touch(session, Marker(marker.marker_id, marker.task_family, marker.params, stats))
         return added
 
+    def _record_indicator_change(self, session: Session, symbols: Sequence[str], start: dt.date,
+                                 end: dt.date | None, rows: pa.Table) -> None:
+        """Log the replaced range: the symbols from `start` (to `end`), widened to the rows written."""
+        touched = set(symbols)
+        first, last = start, end
+        if rows.num_rows:
+            touched.update(pc_unique_symbols(rows))
+            low, high = _date_extent(rows)
+            first = min(first, low)
+            last = None if last is None else max(last, high)
+        if touched:
+            changes.record(session, "indicators", sorted(touched), first, last, utcnow())
+
+    def fill_empty(self, rows_of: Callable[[Table], Iterable[pa.Table]], origin: str) -> dict[str, int]:
+        """Fill an empty store (a damaged one moved aside) with every table's rows, `rows_of(table)`
+        from `origin` (a replica), in one transaction: a failed fill leaves the store empty. A store
+        holding any row is refused. Returns the rows written per table."""
+        counts: dict[str, int] = {}
+        self.ensure_schema()  # a new, empty file gets its tables (with their keys) first
+        with self.session() as session:
+            for table in TABLES:
+                stored = session.fetch(f"SELECT count(*) FROM {table.name}")[0][0]
+                if stored:
+                    raise StoreError(
+                        f"{self.redacted_url()} is not empty ({table.name} has {stored:,} rows): a replica is restored "
+                        f"into an empty store; move the damaged one aside first")
+            for table in TABLES:
+                counts[table.name] = 0
+                for rows in rows_of(table):
+                    counts[table.name] += session.insert(table, table.conform(rows))
+                log.info("restored %s: %d rows from %s", table.name, counts[table.name], origin)
+            # The filled store's log no longer describes its rows since any replica's mark.
+            self.record_restore(session)
+        return counts
+
     # -- replica --------------------------------------------------------------------------------
+    def record_restore(self, session: Session) -> None:
+        """Log, in a restore's transaction, that every table changed: the next replica is exported whole."""
+        changes.record(session, changes.EVERYTHING, None, None, None, utcnow())
+
     def replica_tables(self) -> list[Table]:
         return [SCHEMA_VERSION_TABLE, *TABLES]
 
@@ -652,6 +737,49 @@ class Store(ABC):
         replaced since the last time are a good part of the table, make their space reusable and
         refresh the planner's statistics, so repeated rebuilds do not grow the database without
         bound (a no-op where the store needs neither)."""
+
+    def update_replica(self, path, mark: changes.Change) -> tuple[dict[str, int] | None, str]:
+        """Bring `path`, a writable copy of a replica holding the store's changes up to `mark`, up
+        to date from one consistent snapshot: small tables copied whole, bulk tables only where
+        later changes touched them (changes.windows). Returns the store's row counts in that
+        snapshot, or None and why the change log cannot tell what changed (then export in full)."""
+        import duckdb
+
+        target = duckdb.connect(str(path))
+        try:
+            with self.session(write=False) as session:
+                self._snapshot(session)
+                since = changes.changes_since(session, mark)
+                if since is None:
+                    return None, f"the store does not hold the previous replica's newest change {mark.change_id} (restored or replaced since?)"
+                found, why = changes.windows(since)
+                if found is None:
+                    return None, why
+                target.execute("BEGIN TRANSACTION")
+                tables = {table.name: table for table in self.replica_tables()}
+                copies = [(table, None) for table in tables.values() if table.name not in BULK_TABLES]
+                copies += [(tables[window.table], window) for window in found]
+                for table, window in copies:
+                    columns = ", ".join(table.columns)
+                    where = "" if window is None else " WHERE " + window.where()
+                    params = {} if window is None else window.params
+                    target.execute(translate_placeholders(f"DELETE FROM {table.name}{where}", "dollar"), params)
+                    query = (f"SELECT {columns} FROM {table.name}" if window is None
+                             else self._window_query(table, columns, window.where(self.codepoint_collation)))
+                    for batch in session.fetch_batches(query, params, schema=table.schema):
+                        target.register("_rows", batch)
+                        target.execute(f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM _rows")
+                        target.unregister("_rows")
+                counts = {name: int(session.fetch(f"SELECT count(*) FROM {name}")[0][0]) for name in tables}
+                target.execute("COMMIT")
+            target.execute("CHECKPOINT")
+        finally:
+            target.close()
+        return counts, ""
+
+    def _window_query(self, table: Table, columns: str, where: str) -> str:
+        """The rows of a bulk table a change window covers."""
+        return f"SELECT {columns} FROM {table.name} WHERE {where}"
 
     def _snapshot(self, session: Session) -> None:
         """Make the session's reads one consistent snapshot (a no-op where they already are)."""
@@ -758,6 +886,44 @@ class Store(ABC):
                 {"d": day})
         return {"without_bars": [r[0] for r in no_bar], "without_indicators": [r[0] for r in no_indicator]}
 
+    def nulls_despite_history(self, since: dt.date, first_valid: Mapping[str, int]) -> list[dict[str, Any]]:
+        """Per date from `since` on which some symbol has an indicator NULL although it had enough bars
+        for it (`first_valid`: indicator -> 0-based bar position of its first value): the date, how many
+        such symbols, and per indicator how many of them lack it."""
+        position = "(coalesce(p.n, 0) + r.k)"
+        flags = {name: f"({position} >= {int(first)} AND i.{name} IS NULL)" for name, first in sorted(first_valid.items())}
+        if not flags:
+            return []
+        with self.session(write=False) as session:
+            return session.fetch_arrow(
+                "WITH prior AS (SELECT symbol, count(*) AS n FROM bars WHERE date < :since GROUP BY symbol), "
+                "recent AS (SELECT symbol, date, row_number() OVER (PARTITION BY symbol ORDER BY date) - 1 AS k "
+                "FROM bars WHERE date >= :since) "
+                "SELECT r.date AS date, count(*) AS symbols, "
+                + ", ".join(f"sum(CASE WHEN {flag} THEN 1 ELSE 0 END) AS {name}" for name, flag in flags.items())
+                + " FROM recent r LEFT JOIN prior p ON p.symbol = r.symbol "
+                "JOIN indicators i ON i.symbol = r.symbol AND i.date = r.date "
+                f"WHERE {' OR '.join(flags.values())} GROUP BY r.date",
+                {"since": since},
+            ).to_pylist()
+
+    # -- task runs ------------------------------------------------------------------------------
+    def record_task_run(self, run: Mapping[str, Any], with_attempt: bool = True) -> int | None:
+        """Append one run of a task to `task_runs` (`run`: its columns but `attempt`, which is that
+        task's earlier runs + 1, counted in the same statement). Returns the attempt written, or None
+        without `with_attempt` (one query fewer)."""
+        with self.session() as session:
+            session.execute(
+                "INSERT INTO task_runs (task_id, task_family, params, status, attempt, started_at, finished_at, "
+                "duration_seconds, error, host) VALUES (:task_id, :task_family, :params, :status, "
+                "(SELECT count(*) + 1 FROM task_runs WHERE task_id = :task_id), :started_at, :finished_at, "
+                ":duration_seconds, :error, :host)",
+                {c: run[c] for c in TASK_RUNS.columns if c != "attempt"},
+            )
+            if not with_attempt:
+                return None
+            return int(session.fetch("SELECT max(attempt) FROM task_runs WHERE task_id = :t", {"t": run["task_id"]})[0][0])
+
     def task_runs_of_day(self, day: dt.date) -> pa.Table:
         """The `task_runs` rows of one date's pipeline: tasks whose `date` parameter is `day`, and
         the chunks of that day's indicator plan (`daily-<day>`), oldest first."""
@@ -765,7 +931,7 @@ class Store(ABC):
             return session.fetch_arrow(
                 "SELECT * FROM task_runs WHERE (params LIKE :own AND task_family <> 'IndicatorChunk') "
                 "OR params LIKE :chunk ORDER BY started_at, task_id",
-                {"own": f'%"date": "{day}"%', "chunk": f'%"plan_id": "daily-{day}"%'},
+                {"own": f'%"date": "{day}"%', "chunk": f'%"plan_id": "{markers.daily_plan_id(day)}"%'},
                 schema=TASK_RUNS.schema,
             )
 
@@ -781,6 +947,13 @@ def _stamped(rows: pa.Table) -> pa.Table:
     if "created_at" in rows.column_names:
         rows = rows.drop_columns(["created_at"])
     return rows.append_column("created_at", pa.repeat(pa.scalar(utcnow(), pa.timestamp("us")), rows.num_rows))
+
+
+def _date_extent(rows: pa.Table) -> tuple[dt.date, dt.date]:
+    import pyarrow.compute as pc
+
+    extent = pc.min_max(rows.column("date"))
+    return extent["min"].as_py(), extent["max"].as_py()
 
 
 def _warmup_window_start(start: dt.date, warmup: int) -> dt.date:

@@ -266,6 +266,16 @@ class PostgresStore(Store):
             )
         return {r[0]: r[1] for r in rows if r[1] is not None}
 
+    def _window_query(self, table, columns, where) -> str:
+        # A window is a few dates of every symbol: without a date index that is a scan of the whole
+        # table, unless the (symbol, date) key is probed per symbol. The symbols come from the key
+        # itself, one probe each (a skip scan), so a symbol missing from `symbols` is not missed.
+        name = table.name
+        symbols = (f"WITH RECURSIVE s(symbol) AS ((SELECT symbol FROM {name} ORDER BY symbol LIMIT 1) UNION ALL "
+                   f"SELECT (SELECT t.symbol FROM {name} t WHERE t.symbol > s.symbol ORDER BY t.symbol LIMIT 1) "
+                   "FROM s WHERE s.symbol IS NOT NULL) SELECT symbol FROM s WHERE symbol IS NOT NULL")
+        return f"SELECT {columns} FROM {name} WHERE symbol = ANY(ARRAY({symbols})) AND {where}"
+
     def _snapshot(self, session) -> None:
         session.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
 

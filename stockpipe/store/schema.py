@@ -13,7 +13,7 @@ import pyarrow as pa
 from stockpipe.indicators.spec import INDICATOR_COLUMNS
 
 # Bump when a table's or view's layout changes, and add the upgrade step to MIGRATIONS.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SQL_TYPES = {
     pa.string(): "VARCHAR",
@@ -159,6 +159,26 @@ TASK_RUNS = Table(
     key=(),
 )
 
+# What each write of bars or indicators touched (a symbol range and a date range, NULL: unbounded),
+# written in the write's own transaction, numbered in commit order: the replica copies only what
+# changed since the newest change it holds (stockpipe/store/changes.py).
+STORE_CHANGES = Table(
+    "store_changes",
+    pa.schema(
+        [
+            ("change_id", pa.int64()),
+            ("table_name", pa.string()),
+            ("symbol_from", pa.string()),
+            ("symbol_to", pa.string()),
+            ("date_from", pa.date32()),
+            ("date_to", pa.date32()),
+            ("changed_at", pa.timestamp("us")),
+        ]
+    ),
+    key=("change_id",),
+    not_null=("table_name", "changed_at"),
+)
+
 SCHEMA_VERSION_TABLE = Table(
     "schema_version",
     pa.schema([("version", pa.int32()), ("applied_at", pa.timestamp("us"))]),
@@ -166,7 +186,7 @@ SCHEMA_VERSION_TABLE = Table(
     not_null=("version", "applied_at"),
 )
 
-TABLES: tuple[Table, ...] = (SYMBOLS, BARS, INDICATORS, TASK_MARKERS, DAILY_WATCHLIST, TASK_RUNS)
+TABLES: tuple[Table, ...] = (SYMBOLS, BARS, INDICATORS, TASK_MARKERS, DAILY_WATCHLIST, TASK_RUNS, STORE_CHANGES)
 
 # Tables rewritten in bulk, chunk by chunk. Their (symbol, date) key is kept by every write (delete
 # then insert, in one transaction, under the writer lock); DuckDB's declared-key index would make each
@@ -212,4 +232,5 @@ VIEWS: tuple[View, ...] = (NASDAQ_SYMBOLS, STOCK_DATA, TECHNICAL_INDICATORS)
 # version -> statements that upgrade a database from version-1 to version.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: tuple(view.ddl() for view in VIEWS),
+    3: (STORE_CHANGES.ddl(),),
 }

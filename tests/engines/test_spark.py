@@ -155,6 +155,31 @@ def test_spark_stores_what_numpy_stores(local_engine, tmp_path):
     assert not list((tmp_path / "staged").glob("*.parquet"))  # each chunk dropped its staged rows once stored
 
 
+def test_a_plan_is_computed_in_jobs_of_whole_chunks(local_engine, tmp_path, monkeypatch):
+    import dataclasses
+
+    from stockpipe.engines.spark_engine import job_groups
+
+    wanted = pa.table({"chunk_id": pa.array([0, 0, 0, 1, 1, 2, 2, 2, 2], pa.int32()), "symbol": list("abcdefghi")})
+    assert job_groups(wanted, 5) == [[0, 1], [2]] and job_groups(wanted, 1) == [[0], [1], [2]]
+    assert job_groups(wanted, 100) == [[0, 1, 2]]
+
+    monkeypatch.setattr(local_engine, "settings", dataclasses.replace(local_engine.settings, symbols_per_job=3))
+    store = _market(f"duckdb:///{tmp_path / 'spark.duckdb'}")
+    staging = tmp_path / "staged"
+    stats = indicator_service.prepare_chunks(store, local_engine, CHUNKS, [0, 1], START, warmup_bars=WARMUP,
+                                             staging=staging, full_history=FULL_HISTORY)
+    assert stats["jobs"] == 2 and stats["staged_chunks"] == 2
+    assert sorted(p.name for p in staging.iterdir()) == ["chunk-0.parquet", "chunk-1.parquet"]  # no snapshot left
+    expected = _market(f"duckdb:///{tmp_path / 'numpy.duckdb'}")
+    _run_chunks(expected, open_engine("numpy"), tmp_path / "numpy-staged")
+    chunks = [indicator_service.compute_chunk(store, symbols, START, engine=local_engine, warmup_bars=WARMUP, marker=None,
+                                              full_history=FULL_HISTORY, chunk=ChunkRef(staging, i))
+              for i, symbols in enumerate(CHUNKS)]
+    assert [c["computed_by"] for c in chunks] == ["spark", "spark"]
+    _assert_close(_stored(store), _stored(expected), rtol=1e-12)
+
+
 def test_spark_values_match_the_reference_definitions(local_engine, tmp_path):
     store = _market(f"duckdb:///{tmp_path / 'spark.duckdb'}")
     _run_chunks(store, local_engine, tmp_path / "staged")
@@ -317,14 +342,35 @@ def test_spark_connect_is_used_or_refused_clearly():
 
 
 # -- a standalone cluster: pyspark's own master and worker ---------------------------------------------
+def _elsewhere(hidden: Path, witness: Path) -> list[str]:
+    """A command prefix that runs a process as if on another machine, as far as files go: in its own
+    mount namespace, where `hidden` (this test session's temporary directory, so every run directory
+    and store) is an empty filesystem of its own. Nothing it writes there reaches this process.
+    `witness`, a file under `hidden`, must be out of its sight."""
+    prefix = ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private", "sh", "-c",
+              'mount -t tmpfs elsewhere "$0" && cd / && exec "$@"', str(hidden)]
+    try:
+        probe = subprocess.run([*prefix, "test", "!", "-e", str(witness)], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        service_missing("a mount namespace (unshare) for the Spark worker", str(exc))
+    if probe.returncode != 0:
+        service_missing("a mount namespace (unshare) for the Spark worker", probe.stderr.strip() or "the probe saw the directory")
+    return prefix
+
+
 @pytest.fixture(scope="module")
 def standalone_master(tmp_path_factory):
+    """A master, and a worker that cannot see the driver's files: its executors compute where no
+    run directory, snapshot or store of this test exists, as on another machine without a shared
+    filesystem."""
     try:
         import pyspark
     except ImportError as exc:
         service_missing("pyspark", str(exc))
     home = Path(pyspark.__file__).parent
     logs = tmp_path_factory.mktemp("spark-standalone")
+    (logs / "witness").touch()
+    elsewhere = _elsewhere(tmp_path_factory.getbasetemp(), logs / "witness")
     port, ui, worker_ui = free_port(), free_port(), free_port()
     environment = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(logs),
                    "SPARK_WORKER_DIR": str(logs / "work")}
@@ -333,9 +379,11 @@ def standalone_master(tmp_path_factory):
         subprocess.Popen([spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
                           "--port", str(port), "--webui-port", str(ui)],
                          env=environment, stdout=open(logs / "master.log", "w"), stderr=subprocess.STDOUT, start_new_session=True),
-        subprocess.Popen([spark_class, "org.apache.spark.deploy.worker.Worker", f"spark://127.0.0.1:{port}",
+        # The worker's own directories lie inside the hidden one: it creates them in its empty view.
+        subprocess.Popen([*elsewhere, spark_class, "org.apache.spark.deploy.worker.Worker", f"spark://127.0.0.1:{port}",
                           "--host", "127.0.0.1", "--webui-port", str(worker_ui), "--cores", "2", "--memory", "2g"],
-                         env=environment, stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT, start_new_session=True),
+                         env=environment, stdout=open(logs / "worker.log", "w"),
+                         stderr=subprocess.STDOUT, start_new_session=True),
     ]
     try:
         deadline = time.monotonic() + 180
@@ -360,21 +408,28 @@ def standalone_master(tmp_path_factory):
                 os.killpg(process.pid, signal.SIGKILL)
 
 
-def test_a_standalone_cluster_computes_the_same_rows(standalone_master, local_engine, tmp_path):
+def test_a_standalone_cluster_whose_executors_cannot_see_the_run_directory_computes_the_same_rows(
+        standalone_master, local_engine, tmp_path):
     local_engine.close()  # one SparkContext per process: the local one makes way (reopened on demand)
     engine = _spark_engine(standalone_master, **{"spark.driver.host": "127.0.0.1", "spark.executor.memory": "1g",
                                                   "spark.cores.max": "2"})
+    staging = tmp_path / "staged"
     try:
         with_numpy = _market(f"duckdb:///{tmp_path / 'numpy.duckdb'}")
         on_cluster = _market(f"duckdb:///{tmp_path / 'cluster.duckdb'}")
         _run_chunks(with_numpy, open_engine("numpy"), tmp_path / "numpy-staged")
-        stats = _run_chunks(on_cluster, engine, tmp_path / "staged")
+        where = str(tmp_path)
+        # The premise: this directory (the store, the run's staging) does not exist where executors run.
+        seen = engine.session().sparkContext.parallelize([where], 1).map(os.path.exists).collect()
+        stats = _run_chunks(on_cluster, engine, staging)
         executors = engine.session().sparkContext._jsc.sc().statusTracker().getExecutorInfos()
     finally:
         engine.close()
-    assert [s["computed_by"] for s in stats] == ["spark", "spark"]
+    assert seen == [False] and tmp_path.exists()
+    assert [s["computed_by"] for s in stats] == ["spark", "spark"]  # the staged rows reached the chunk tasks
     assert len(executors) >= 2  # the driver and at least one executor of the worker
     _assert_close(_stored(on_cluster), _stored(with_numpy), rtol=1e-12)
+    assert not list(staging.glob("*.parquet"))
 
 
 # -- the luigi command: failure, SIGKILL mid-Spark, resume -----------------------------------------------

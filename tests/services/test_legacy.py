@@ -36,7 +36,7 @@ def old_postgres_url():
     admin.close()
 
 
-@pytest.fixture(params=["old-duckdb", "old-postgres"])
+@pytest.fixture(params=["old-duckdb", pytest.param("old-postgres", marks=pytest.mark.postgres)])
 def old_source(request, tmp_path):
     def build(data):
         if request.param == "old-duckdb":
@@ -115,6 +115,7 @@ def test_import_keeps_what_the_store_already_has(tmp_path, duckdb_url, monkeypat
     assert len(store.read_watchlist(until=scanned - dt.timedelta(days=1))) == 2
 
 
+@pytest.mark.both_stores  # PostgreSQL's marker lock (an advisory lock) is its own path
 def test_killed_import_reruns_to_the_same_result_without_duplicates(tmp_path, store_url):
     """SIGKILL while the import is blocked inside a batch (PostgreSQL: on the 5th batch's marker lock,
     mid-transaction; DuckDB: waiting for the writer lock this test holds), then the same command again."""

@@ -15,6 +15,8 @@ from stockpipe.store.schema import SCHEMA_VERSION, VIEWS
 from stockpipe.watchlist.rules import DEFAULT_RULES, parse_rules
 from tests.watchlist.old_queries import OLD_QUERIES, PROGRESS
 
+pytestmark = pytest.mark.both_stores
+
 DAY = dt.date(2025, 10, 10)
 
 def test_old_queries_run_unchanged_and_agree_with_stockpipe(pipeline):

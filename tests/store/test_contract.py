@@ -10,9 +10,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from stockpipe.indicators import indicator_rows
+from stockpipe.indicators import INDICATOR_COLUMNS, indicator_rows
 from stockpipe.store import Marker, SchemaVersionError, StoreError, open_store
-from stockpipe.store.schema import INDICATORS, SCHEMA_VERSION
+from stockpipe.store.schema import DAILY_WATCHLIST, INDICATORS, SCHEMA_VERSION, SCHEMA_VERSION_TABLE, TABLES
+
+pytestmark = pytest.mark.both_stores
 
 
 def symbols_rows(*names: str, **overrides) -> pa.Table:
@@ -44,18 +46,41 @@ def bars_rows(symbol: str, start: dt.date, count: int, price: float = 10.0) -> p
     })
 
 
+# information_schema's name for each Arrow type of the schema, per store.
+SQL_TYPE_NAMES = {
+    "duckdb": {pa.string(): "VARCHAR", pa.date32(): "DATE", pa.float64(): "DOUBLE", pa.int64(): "BIGINT",
+               pa.int32(): "INTEGER", pa.bool_(): "BOOLEAN", pa.timestamp("us"): "TIMESTAMP"},
+    "postgresql": {pa.string(): "character varying", pa.date32(): "date", pa.float64(): "double precision",
+                   pa.int64(): "bigint", pa.int32(): "integer", pa.bool_(): "boolean",
+                   pa.timestamp("us"): "timestamp without time zone"},
+}
+
+
 def test_schema_is_created_idempotently_with_public_columns(store):
+    """Every public table, column for column: name, order, type, NOT NULL, and the declared key."""
     store.ensure_schema()
     store.ensure_schema()
-    for table in ("symbols", "bars", "indicators", "task_markers", "daily_watchlist", "task_runs"):
+    names = SQL_TYPE_NAMES[store.dialect]
+    for table in (*TABLES, SCHEMA_VERSION_TABLE):
         columns = store.query(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = :t ORDER BY ordinal_position",
-            {"t": table},
+            "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+            "WHERE table_name = :t ORDER BY ordinal_position", {"t": table.name},
+        ).to_pylist()
+        expected = [{"column_name": f.name, "data_type": names[f.type],
+                     "is_nullable": "NO" if f.name in table.key or f.name in table.not_null else "YES"}
+                    for f in table.schema]
+        assert columns == expected, table.name
+        key = store.query(
+            "SELECT k.column_name FROM information_schema.table_constraints c "
+            "JOIN information_schema.key_column_usage k ON k.constraint_name = c.constraint_name "
+            "AND k.table_name = c.table_name WHERE c.table_name = :t AND c.constraint_type = 'PRIMARY KEY' "
+            "ORDER BY k.ordinal_position", {"t": table.name},
         ).column("column_name").to_pylist()
-        assert columns, table
-    assert store.query(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = 'indicators' ORDER BY ordinal_position"
-    ).column("column_name").to_pylist() == INDICATORS.columns
+        # DuckDB keeps the (symbol, date) key of the bulk tables by its writes, not by an index (README).
+        declared = table.key if store.declares_key(table) else ()
+        assert tuple(key) == declared, table.name
+    assert [t.name for t in TABLES] == ["symbols", "bars", "indicators", "task_markers", "daily_watchlist", "task_runs"]
+    assert INDICATORS.columns == ["symbol", "date", *INDICATOR_COLUMNS, "created_at"]
 
 
 def test_schema_version_mismatch_is_refused_with_advice(store_url):
@@ -239,6 +264,103 @@ def test_task_runs_of_a_day_and_newest_markers(store):
     store.touch(Marker("Replicate/2025-01-10", "Replicate", {}, {"path": "r.duckdb"}))
     newest = {m["task_family"]: m["stats"]["path"] for m in store.newest_markers()}
     assert newest == {"Report": "b.html", "Replicate": "r.duckdb"}
+
+
+def test_replica_export_copies_every_table_row_for_row(store, tmp_path):
+    """The replica is the store's copy (README "replica"): every table, every row once, whatever the
+    store's text order, with more symbols than one of PostgreSQL's export batches (100 symbols)."""
+    import duckdb
+
+    names = [f"{prefix}{i:03d}" for i in range(60) for prefix in ("a", "B", "É")] + ["005930.KS", "삼성전자", "Z-1", "z"]
+    store.replace_universe(symbols_rows(*names), Marker("CollectSymbols/2025-01-10", "CollectSymbols"))
+    store.write_bars(pa.concat_tables([bars_rows(s, dt.date(2024, 1, 1), 20 + i % 7) for i, s in enumerate(names)]))
+    store.replace_indicators(names, dt.date(2024, 1, 1), indicator_rows(store.read_bars()))
+    path = tmp_path / "replica.duckdb"
+    counts = store.export_replica(path)
+    replica = duckdb.connect(str(path), read_only=True)
+    try:
+        for table in store.replica_tables():
+            expected = store.query(f"SELECT * FROM {table.name}")
+            copied = replica.execute(f"SELECT * FROM {table.name}").to_arrow_table()
+            assert counts[table.name] == copied.num_rows == expected.num_rows, table.name
+            # Row for row, in the table's types (a store's ad-hoc read types an all-NULL column as null).
+            order = [(c, "ascending") for c in (table.key or table.columns)]
+            assert table.conform(copied).sort_by(order).equals(table.conform(expected).sort_by(order)), table.name
+    finally:
+        replica.close()
+    assert counts["bars"] == sum(20 + i % 7 for i in range(len(names))) and counts["symbols"] == len(names) > 100
+
+
+def test_first_runs_racing_on_an_empty_postgres_database_create_the_schema_once(postgres_url):
+    """Workers of two first runs (separate connections, as separate processes have) all call
+    ensure_schema at once: none fails on the other's CREATE, and the schema is there once."""
+    import threading
+
+    from stockpipe.store.postgres_store import PostgresStore
+
+    starting = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def first_run():
+        store = PostgresStore(postgres_url)  # not the shared instance: a connection pool of its own
+        try:
+            starting.wait(30)
+            store.ensure_schema()
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+        finally:
+            store.close()
+
+    runs = [threading.Thread(target=first_run) for _ in range(4)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(120)
+    assert errors == []
+    store = open_store(postgres_url)
+    assert store.query("SELECT version FROM schema_version").column("version").to_pylist() == [SCHEMA_VERSION]
+
+
+def test_first_and_last_bar_dates_and_the_symbols_with_bars(store):
+    store.write_bars(pa.concat_tables([bars_rows("AAA", dt.date(2025, 1, 1), 10), bars_rows("BBB", dt.date(2025, 1, 4), 2)]))
+    assert store.last_bar_dates(["AAA", "BBB", "CCC"]) == {"AAA": dt.date(2025, 1, 10), "BBB": dt.date(2025, 1, 5)}
+    assert store.first_bar_dates(["BBB", "CCC"]) == {"BBB": dt.date(2025, 1, 4)}
+    assert store.bar_symbols() == ["AAA", "BBB"]  # whether listed in symbols or not
+
+
+def test_task_runs_count_each_tasks_attempts(store):
+    def run(task_id: str, status: str) -> dict:
+        return {"task_id": task_id, "task_family": "Daily", "params": "{}", "status": status,
+                "started_at": dt.datetime(2025, 1, 10, 1), "finished_at": dt.datetime(2025, 1, 10, 2),
+                "duration_seconds": 3600.0, "error": None if status == "DONE" else "boom", "host": "here"}
+
+    assert store.record_task_run(run("a", "FAILED")) == 1
+    assert store.record_task_run(run("b", "FAILED")) == 1
+    assert store.record_task_run(run("a", "DONE"), with_attempt=False) is None
+    assert store.record_task_run(run("a", "DONE")) == 3
+    stored = store.query("SELECT task_id, status, attempt, error FROM task_runs ORDER BY task_id, attempt").to_pylist()
+    assert [(r["task_id"], r["status"], r["attempt"], r["error"]) for r in stored] == [
+        ("a", "FAILED", 1, "boom"), ("a", "DONE", 2, None), ("a", "DONE", 3, None), ("b", "FAILED", 1, "boom")]
+
+
+def test_nulls_despite_history_count_bars_before_the_window(store):
+    store.write_bars(pa.concat_tables([bars_rows("AAA", dt.date(2025, 1, 1), 10), bars_rows("BBB", dt.date(2025, 1, 1), 10)]))
+    store.replace_indicators(["AAA"], dt.date(2025, 1, 1), indicator_rows(store.read_bars(["AAA"])))
+    # 10 bars: sma_20 is NULL on each. With 2 bars before Jan 3, AAA's bar of Jan 6 is its 6th (position 5).
+    found = store.nulls_despite_history(dt.date(2025, 1, 3), {"sma_20": 5, "rsi_14": 100})
+    assert [(r["date"], int(r["symbols"]), int(r["sma_20"]), int(r["rsi_14"])) for r in found] == [
+        (dt.date(2025, 1, d), 1, 1, 0) for d in range(6, 11)]
+    assert store.nulls_despite_history(dt.date(2025, 1, 3), {"sma_20": 100}) == []
+
+
+def test_latest_watchlist_date(store):
+    assert store.latest_watchlist_date() is None
+    for day in (dt.date(2025, 1, 9), dt.date(2025, 1, 10)):
+        row = {c: pa.array([None], f.type) for c, f in zip(DAILY_WATCHLIST.columns, DAILY_WATCHLIST.schema)}
+        row.update(scan_date=pa.array([day], pa.date32()), symbol=pa.array(["AAA"]))
+        store.replace_watchlist(day, pa.table(row))
+    store.replace_watchlist(dt.date(2025, 1, 11), pa.table({c: pa.array([], f.type) for c, f in zip(DAILY_WATCHLIST.columns, DAILY_WATCHLIST.schema)}))
+    assert store.latest_watchlist_date() == dt.date(2025, 1, 10)  # a scan without hits has no rows
 
 
 def test_backup_export_in_symbol_batches_holds_every_row_in_order(store, tmp_path):

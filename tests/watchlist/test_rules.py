@@ -277,6 +277,7 @@ def luigi_config():
     return section
 
 
+@pytest.mark.both_stores
 def test_every_rule_column_is_in_the_stores_scan_frame(store):
     frame = store.scan_frame(DAY)
     assert set(RULE_COLUMNS) <= set(frame.column_names)
