@@ -22,8 +22,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from benchmark import luigi_cfg, measure  # noqa: E402
-import benchmark  # noqa: E402
+from common import luigi_cfg, measure  # noqa: E402
 
 
 def admin_connection(url: str):
@@ -100,16 +99,15 @@ def main() -> None:
         result.update(sizes(options.pg_admin, database), loadavg=os.getloadavg()[0])
         figures["full"].append(result)
         print(json.dumps(result), file=sys.stderr)
-    for workers in ("1", "2"):
-        benchmark.WORKERS[1] = workers
+    for workers in (1, 2):
         runs = []
         for attempt in range(1, options.short + 1):
-            result = measure(directory, "RebuildFrom", "--start-date", str(rebuild_13), "--run-id", f"w{workers}-{attempt}")
+            result = measure(directory, "RebuildFrom", "--start-date", str(rebuild_13), "--run-id", f"w{workers}-{attempt}",
+                             workers=workers)
             result["loadavg"] = os.getloadavg()[0]
             runs.append(result)
             print(json.dumps(result), file=sys.stderr)
         figures[f"rebuild_13_days_workers_{workers}"] = runs
-    benchmark.WORKERS[1] = "1"
     figures["after"] = sizes(options.pg_admin, database)
     figures["loadavg_end"] = os.getloadavg()
     print(json.dumps(figures, indent=2))
