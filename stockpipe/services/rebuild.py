@@ -25,7 +25,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute in restore
@@ -318,7 +318,9 @@ def attempt_started(store: Store, plan_id: str) -> dt.datetime:
 def write_final_report(store: Store, plan: Plan, attempt_start: dt.datetime | None = None, *,
                        marker: Marker | None = None, marker_stats: Sequence[str] = ()) -> tuple[dict[str, Any], bool]:
     """The run's final report, stored with `marker` (its `marker_stats` keys of the report as the
-    marker's stats) in one transaction; returns it and False if another worker finished the run first."""
+    marker's stats) in one transaction; returns it and False if another worker finished the run first.
+    First the replaced rows' space is reclaimed (see `Store.reclaim`), which the report's time includes."""
+    store.reclaim("indicators", _count(plan.replaces.get("rows")))
     report = progress_report(store, plan)
     created = dt.datetime.fromisoformat(plan.created_at)
     now = utcnow()
@@ -352,11 +354,11 @@ def final_report(store: Store, plan_id: str) -> dict[str, Any] | None:
     return read_report(store.read_run_reports(plan_id).get(plan_id))
 
 
-def check_backup(path: Path, *, quick: bool = False, expected_rows: int | None = None) -> tuple[pa.Table | None, dict[str, Any]]:
-    """Verify a backup against the row count and checksum recorded when it was taken; returns its
-    rows (None when `quick`: only the footer is read) and its `stockpipe` metadata. A truncated or
-    altered file raises RebuildError naming it."""
-    from stockpipe.store.checksum import rows_checksum
+def check_backup(path: Path, *, quick: bool = False, expected_rows: int | None = None) -> dict[str, Any]:
+    """Verify a backup against the row count and checksum recorded when it was taken (`quick`: only
+    the footer's count; otherwise every row, read batch by batch, so memory stays bounded by a batch);
+    returns its `stockpipe` metadata. A truncated or altered file raises RebuildError naming it."""
+    from stockpipe.store.checksum import batch_checksum
 
     path = Path(path)
     try:
@@ -375,24 +377,33 @@ def check_backup(path: Path, *, quick: bool = False, expected_rows: int | None =
         raise RebuildError(f"backup {path} holds {found} rows but {int(recorded) if expected_rows is None else expected_rows} "
                            f"were backed up: it is truncated or damaged, and cannot be used")
     if quick:
-        return None, meta
-    try:
-        table = parquet.read()
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise RebuildError(f"backup {path} cannot be read (truncated or damaged?): {exc}") from None
-    checksum = raw.get(b"stockpipe.checksum")
-    if checksum is not None and int(checksum, 16) != rows_checksum([table.replace_schema_metadata(None)]):
+        return meta
+    checksum = 0
+    for batch in backup_batches(path):
+        checksum = (checksum + batch_checksum(batch)) % (1 << 64)
+    recorded_checksum = raw.get(b"stockpipe.checksum")
+    if recorded_checksum is not None and int(recorded_checksum, 16) != checksum:
         raise RebuildError(f"backup {path}: its rows do not match the checksum recorded when it was taken: "
                            f"it is damaged, and cannot be used")
-    return table, meta
+    return meta
+
+
+def backup_batches(path: Path) -> Iterator[pa.RecordBatch]:
+    """A backup's rows, batch by batch, without its metadata (RebuildError if the file cannot be read)."""
+    try:
+        for batch in pq.ParquetFile(path).iter_batches():
+            yield batch.replace_schema_metadata(None)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise RebuildError(f"backup {path} cannot be read (truncated or damaged?): {exc}") from None
 
 
 def restore(store: Store, backup_path: Path) -> dict[str, Any]:
     """Put back the rows a rebuild replaced, exactly over the range that was backed up (one
     transaction), and forget that rebuild's markers, so running it again redoes it. A backup that
-    does not match its recorded row count and checksum is refused before anything changes."""
+    does not match its recorded row count and checksum is refused before anything changes. The
+    file is read batch by batch (once to verify it, once to put it back): memory stays bounded."""
     backup_path = Path(backup_path)
-    table, meta = check_backup(backup_path)
+    meta = check_backup(backup_path)
     try:
         plan_id = meta["plan_id"]
         start = dt.date.fromisoformat(meta["start_date"])
@@ -400,12 +411,13 @@ def restore(store: Store, backup_path: Path) -> dict[str, Any]:
         end = dt.date.fromisoformat(meta["end_date"]) if meta.get("end_date") else None
     except (KeyError, TypeError, ValueError) as exc:
         raise RebuildError(f"{backup_path}: its metadata lacks {exc}: not a stockpipe rebuild backup") from None
-    if end is None and "end_date" not in meta and table.num_rows:
+    if end is None and "end_date" not in meta:
         # An older backup: its own last date is the best bound there is.
-        end = pa.compute.max(table.column("date")).as_py()
+        dates = [pa.compute.max(b.column("date")).as_py() for b in backup_batches(backup_path) if b.num_rows]
+        end = max(dates) if dates else None
     forget = [m["marker_id"] for m in store.markers(prefix=markers.chunks_of(plan_id))]
     forget += [m["marker_id"] for m in store.markers(exact=markers.rebuild_from(plan_id))]
-    restored = store.restore_indicators(table.replace_schema_metadata(None), symbols, start, forget, end=end,
+    restored = store.restore_indicators(backup_batches(backup_path), symbols, start, forget, end=end,
                                         undone_run=plan_id)
     return {"plan_id": plan_id, "start_date": str(start), "end_date": str(end) if end else None,
             "symbols": len(symbols), "rows_restored": restored, "markers_forgotten": len(forget)}

@@ -613,26 +613,34 @@ class Store(ABC):
             )
 
     def export_indicators(self, path, symbols: Sequence[str], start: dt.date, metadata: dict[str, str],
-                          end: dt.date | None = None) -> int:
+                          end: dt.date | None = None, batch_symbols: int = 100) -> int:
         """Write the symbols' indicator rows from `start` (to `end`) to a Parquet file, streamed, with
         key-value `metadata` plus the row count and checksum (`stockpipe.rows`, `stockpipe.checksum`)
-        a reader verifies the file against. The file is synced to disk before this returns."""
+        a reader verifies the file against. The file is synced to disk before this returns.
+
+        Rows go over `batch_symbols` symbols at a time (sorted, so the file stays in (symbol, date)
+        order), all from one snapshot: memory is bounded by a batch, not by the rows replaced (a full
+        rebuild's backup held in memory at once took 2 GB for 6M rows)."""
         import os
 
         import pyarrow.parquet as pq
 
         from stockpipe.store.checksum import batch_checksum
 
-        where, params = range_filter(list(symbols), start, end, collate=self.codepoint_collation)
+        ordered = sorted(set(symbols))
         count, checksum = 0, 0
         with self.session(write=False) as session, open(path, "wb") as sink:
+            self._snapshot(session)
             writer = pq.ParquetWriter(sink, INDICATORS.schema, compression="lz4")
             try:
-                for batch in session.fetch_batches(f"SELECT * FROM indicators{where} ORDER BY symbol, date", params,
-                                                   schema=INDICATORS.schema):
-                    writer.write_batch(batch)
-                    count += batch.num_rows
-                    checksum = (checksum + batch_checksum(batch)) % (1 << 64)
+                for first in range(0, len(ordered), batch_symbols):
+                    where, params = range_filter(ordered[first:first + batch_symbols], start, end,
+                                                 collate=self.codepoint_collation)
+                    for batch in session.fetch_batches(f"SELECT * FROM indicators{where} ORDER BY symbol, date", params,
+                                                       schema=INDICATORS.schema):
+                        writer.write_batch(batch)
+                        count += batch.num_rows
+                        checksum = (checksum + batch_checksum(batch)) % (1 << 64)
                 writer.add_key_value_metadata({**metadata, "stockpipe.rows": str(count),
                                                "stockpipe.checksum": format(checksum, "016x")})
             finally:
@@ -652,28 +660,41 @@ class Store(ABC):
         return {"symbols": int(row[0]), "rows": int(row[1]), "first_date": row[2], "last_date": row[3]}
 
     def restore_indicators(
-        self, rows: pa.Table, symbols: Sequence[str], start: dt.date, forget_markers: Sequence[str] = (),
-        end: dt.date | None = None, undone_run: str | None = None,
+        self, rows: pa.Table | Iterable[pa.RecordBatch], symbols: Sequence[str], start: dt.date,
+        forget_markers: Sequence[str] = (), end: dt.date | None = None, undone_run: str | None = None,
     ) -> int:
-        """Put back saved rows for `symbols` from `start` to `end` (the range that was saved), and
-        forget the markers of the run that replaced them (so rerunning that run redoes it) and mark
-        that run's report restored, in one transaction. Rows after `end` were computed from bars the
-        backup never covered and stand."""
-        rows = INDICATORS.conform(rows)
+        """Put back saved rows (a table, or batches streamed from a backup) for `symbols` from `start`
+        to `end` (the range that was saved), and forget the markers of the run that replaced them (so
+        rerunning that run redoes it) and mark that run's report restored, in one transaction. Rows after `end` were computed from bars
+        the backup never covered and stand."""
+        batches = rows.to_batches() if isinstance(rows, pa.Table) else rows
+        restored = 0
         with self.session() as session:
             session.lock_symbols("indicators", list(symbols))
             session.execute(
                 "DELETE FROM indicators WHERE symbol = ANY(:s) AND date >= :d" + ("" if end is None else " AND date <= :e"),
                 {"s": list(symbols), "d": start, **({} if end is None else {"e": end})},
             )
-            if rows.num_rows:
-                session.insert(INDICATORS, rows)
-            self._record_indicator_change(session, symbols, start, end, rows)
+            touched: set[str] = set()
+            low = high = None
+            for batch in batches:
+                if batch.num_rows:
+                    table = INDICATORS.conform(pa.Table.from_batches([batch]))
+                    restored += session.insert(INDICATORS, table)
+                    touched.update(pc_unique_symbols(table))
+                    first, last = _date_extent(table)
+                    low = first if low is None else min(low, first)
+                    high = last if high is None else max(high, last)
+            # One change for the whole restore, over the rows of every batch.
+            self._record_indicator_change(session, sorted(set(symbols) | touched),
+                                          start if low is None else min(start, low),
+                                          end if end is None or high is None else max(end, high),
+                                          INDICATORS.schema.empty_table())
             if forget_markers:
                 session.execute("DELETE FROM task_markers WHERE marker_id = ANY(:ids)", {"ids": list(forget_markers)})
             if undone_run is not None:
                 session.execute("UPDATE run_reports SET restored_at = :t WHERE plan_id = :p", {"p": undone_run, "t": utcnow()})
-        return rows.num_rows
+        return restored
 
     # -- watchlist ------------------------------------------------------------------------------
     def scan_frame(self, day: dt.date) -> pa.Table:
@@ -814,6 +835,12 @@ class Store(ABC):
         finally:
             target.close()
         return counts
+
+    def reclaim(self, table: str, replaced_rows: int) -> None:
+        """After a run replaced `replaced_rows` rows of `table` (delete then insert): once the rows
+        replaced since the last time are a good part of the table, make their space reusable and
+        refresh the planner's statistics, so repeated rebuilds do not grow the database without
+        bound (a no-op where the store needs neither)."""
 
     def update_replica(self, path, mark: changes.Change) -> tuple[dict[str, int] | None, str]:
         """Bring `path`, a writable copy of a replica holding the store's changes up to `mark`, up

@@ -23,6 +23,10 @@ from stockpipe.store.base import Session, Store, StoreError, translate_placehold
 from stockpipe.store.schema import Table
 
 _POOL_RECYCLE_SECONDS = 1800
+# Up to this many symbols a writer locks each symbol (see lock_symbols); a chunk is 50 by default.
+_FEW_SYMBOLS = 64
+# Share of a table's rows replaced (or changed) since the last VACUUM (ANALYZE) that calls for one.
+_RECLAIM_FRACTION = 0.1
 
 
 def _connect_args(url: str) -> dict[str, Any]:
@@ -102,15 +106,29 @@ class _PostgresSession(Session):
         self._cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%(k)s, 0))", {"k": key})
 
     def lock_symbols(self, table: str, symbols) -> None:
-        # Symbols fall into 64 buckets per table (few locks per transaction, whatever the batch),
-        # taken in order so two writers never wait on each other in a cycle.
+        # Symbols fall into 64 buckets per table, so a writer of thousands of symbols (an ingest, a
+        # restore) takes few locks: it locks its buckets exclusively. A writer of a few symbols (a
+        # chunk) locks its buckets shared and then each symbol exclusively: two chunks of disjoint
+        # symbols, which share buckets almost always (50 symbols cover ~35 of 64), write at the same
+        # time instead of one after the other, and still wait for a bulk writer of their symbols.
+        # Buckets before symbols, each in key order: two writers never wait on each other in a cycle.
         if not symbols:
             return
+        names = sorted(set(symbols))
+        few = len(names) <= _FEW_SYMBOLS
+        bucket_lock = "pg_advisory_xact_lock_shared" if few else "pg_advisory_xact_lock"
+        params = {"t": f"stockpipe:{table}", "s": names}
         self._cur.execute(
-            "SELECT pg_advisory_xact_lock(hashtext(%(t)s), b) FROM "
+            f"SELECT {bucket_lock}(hashtext(%(t)s), b) FROM "
             "(SELECT DISTINCT hashtext(s) & 63 AS b FROM unnest(CAST(%(s)s AS varchar[])) AS s ORDER BY 1) buckets",
-            {"t": f"stockpipe:{table}", "s": list(symbols)},
+            params,
         )
+        if few:
+            self._cur.execute(
+                "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtextextended(%(t)s || ':' || s, 0) AS k "
+                "FROM unnest(CAST(%(s)s AS varchar[])) AS s ORDER BY 1) symbol_keys",
+                params,
+            )
 
 
 class PostgresStore(Store):
@@ -203,6 +221,35 @@ class PostgresStore(Store):
                     cursor.execute("SELECT pg_advisory_unlock(hashtextextended(%(k)s, 0))", lock_key)
                 except Exception:  # noqa: BLE001 - a dropped connection released it; keep the task's error
                     pass
+        finally:
+            connection.invalidate()  # not back to the pool in autocommit mode
+
+    def reclaim(self, table, replaced_rows):
+        # VACUUM makes the replaced rows' space (and their index entries) reusable, so the next
+        # rebuild writes into it instead of growing the files; ANALYZE keeps the plans of the
+        # chunk reads and deletes right. Explicit, not left to autovacuum: a server may run
+        # without it (this one does), and a rebuild must not depend on its timing. Like
+        # autovacuum, only once a good part of the table is dead (a full rebuild: all of it; a
+        # 13-session rebuild or a Daily: ~0.5%, left to add up, since each VACUUM scans the whole
+        # key index). The server's dead-row count may not include this run's last chunks yet:
+        # the run's own count is a floor. VACUUM cannot run inside a transaction: a connection of
+        # its own, in autocommit.
+        connection = self.engine().raw_connection()
+        try:
+            connection.dbapi_connection.autocommit = True
+            cursor = connection.cursor()
+            cursor.execute(
+                "SELECT c.reltuples, coalesce(s.n_dead_tup, 0), coalesce(s.n_mod_since_analyze, 0) FROM pg_class c "
+                "LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.oid = to_regclass(%(t)s)", {"t": table})
+            found = cursor.fetchone()
+            if found is None:
+                return
+            estimated_rows, dead, changed = found
+            live = max(estimated_rows, 0)
+            if max(dead, replaced_rows) > _RECLAIM_FRACTION * live:
+                cursor.execute(f"VACUUM (ANALYZE) {table}")
+            elif estimated_rows < 0 or changed > _RECLAIM_FRACTION * live:  # never analyzed, or much changed
+                cursor.execute(f"ANALYZE {table}")
         finally:
             connection.invalidate()  # not back to the pool in autocommit mode
 

@@ -1,0 +1,76 @@
+"""PostgreSQL only: writer locks (chunks of disjoint symbols write side by side, writers of one symbol
+wait) and reclaiming the space of replaced rows."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import psycopg2
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
+from stockpipe.indicators import indicator_rows
+from stockpipe.store import open_store
+from tests.store.test_contract import bars_rows
+
+
+def _symbols_sharing_a_bucket(store) -> tuple[str, str]:
+    rows = store.query(
+        "SELECT s FROM (SELECT 'S' || g AS s FROM generate_series(1, 500) g) x "
+        "WHERE hashtext(s) & 63 = hashtext('S1') & 63 ORDER BY s").column("s").to_pylist()
+    return rows[0], rows[1]
+
+
+def _lock_waits(store, table: str, symbols) -> bool:
+    """True when locking `symbols` has to wait for another transaction (it gives up after 0.5 s)."""
+    with store.session() as session:
+        session.execute("SET LOCAL lock_timeout = '500ms'")
+        try:
+            session.lock_symbols(table, symbols)
+        except psycopg2.errors.LockNotAvailable:
+            return True
+    return False
+
+
+def _symbol_outside_the_buckets_of(store, symbols) -> str:
+    return store.query(
+        "SELECT min('T' || g) AS s FROM generate_series(1, 500) g WHERE hashtext('T' || g) & 63 <> ALL("
+        "SELECT hashtext(x) & 63 FROM unnest(CAST(:m AS varchar[])) x)", {"m": list(symbols)}).column("s")[0].as_py()
+
+
+def test_a_chunk_waits_only_for_writers_of_its_own_symbols(postgres_url):
+    store, other = open_store(postgres_url), open_store(postgres_url + "?application_name=other")
+    first, same_bucket = _symbols_sharing_a_bucket(store)
+    bulk = [f"M{i:04d}" for i in range(80)] + [first]  # more symbols than a chunk: locked by bucket
+    with store.session() as holder:
+        holder.lock_symbols("indicators", [first, "ZZZ"])  # a chunk writing `first`
+        assert not _lock_waits(other, "indicators", [same_bucket])  # another chunk: same bucket, other symbol
+        assert not _lock_waits(other, "bars", [first])  # another table
+        assert _lock_waits(other, "indicators", [first])  # the same symbol
+        assert _lock_waits(other, "indicators", bulk)  # a bulk writer of it
+    with store.session() as holder:
+        holder.lock_symbols("indicators", bulk)  # a bulk writer (an ingest, a restore)
+        assert _lock_waits(other, "indicators", [same_bucket])  # a chunk of a symbol in its buckets
+        assert not _lock_waits(other, "indicators", [_symbol_outside_the_buckets_of(store, bulk)])
+
+
+def _vacuums(store) -> int:
+    return store.query("SELECT vacuum_count AS n FROM pg_stat_user_tables WHERE relname = 'indicators'").column("n")[0].as_py()
+
+
+def test_replaced_rows_are_vacuumed_once_they_are_a_good_part_of_the_table(postgres_url):
+    store = open_store(postgres_url)
+    names = [f"S{i:03d}" for i in range(20)]
+    for name in names:
+        store.write_bars(bars_rows(name, dt.date(2020, 1, 1), 300))
+    rows = indicator_rows(store.read_bars())
+    store.replace_indicators(names, dt.date(2020, 1, 1), rows)
+    store.reclaim("indicators", 0)  # a first load: nothing replaced, statistics gathered
+    assert _vacuums(store) == 0
+    assert store.query("SELECT reltuples AS n FROM pg_class WHERE relname = 'indicators'").column("n")[0].as_py() == rows.num_rows
+    last_day = dt.date(2020, 1, 1) + dt.timedelta(days=299)
+    store.replace_indicators(names, last_day, rows.filter(pa.compute.equal(rows.column("date"), pa.scalar(last_day))))
+    store.reclaim("indicators", len(names))  # a day of 300: left to add up
+    assert _vacuums(store) == 0
+    store.replace_indicators(names, dt.date(2020, 1, 1), rows)
+    store.reclaim("indicators", rows.num_rows)  # a full rebuild
+    assert _vacuums(store) == 1
