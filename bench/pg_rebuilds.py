@@ -89,7 +89,7 @@ def main() -> None:
     if options.backfill:
         figures["backfill"] = measure(directory, "Backfill", "--start-date", str(start), "--end-date", str(end))
         with admin.cursor() as cursor:
-            cursor.execute(f'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s', (database,))
+            cursor.execute('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s', (database,))
         print(json.dumps(figures, indent=2))
         return
     figures["before"] = sizes(options.pg_admin, database)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import luigi
 
-from stockpipe import config, execution, logs, markers, outcome, preflight, targets, trading_calendar
+from stockpipe import TASKS, config, execution, logs, markers, outcome, preflight, targets, trading_calendar
 from stockpipe import events as _events  # noqa: F401 - registers the metrics and alert handlers
 from stockpipe import lifecycle as _lifecycle  # noqa: F401 - forked helpers die with the run
 from stockpipe.engines import ChunkRef, open_engine
@@ -599,20 +599,5 @@ class Daily(StockpipeTask):
                                                        "seconds": round(time.monotonic() - started, 3)}))
 
 
-__all__ = [
-    "Backfill",
-    "CleanupOldFiles",
-    "CollectSymbols",
-    "Daily",
-    "DailyIndicators",
-    "IndicatorChunk",
-    "IngestDate",
-    "PlanRebuild",
-    "RebuildFrom",
-    "RedisCleanup",
-    "RedisHealthCheck",
-    "RedisSync",
-    "Replicate",
-    "Report",
-    "ScanWatchlist",
-]
+# The package names the tasks (stockpipe.TASKS) so that importing it need not import this module.
+__all__ = list(TASKS)

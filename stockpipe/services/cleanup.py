@@ -21,7 +21,6 @@ Never deleted, whatever their age:
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import shutil

@@ -842,6 +842,20 @@ class Store(ABC):
         refresh the planner's statistics, so repeated rebuilds do not grow the database without
         bound (a no-op where the store needs neither)."""
 
+    def _replica_copies(self, session, mark: changes.Change) -> tuple[list[tuple[Table, changes.Window | None]] | None, str]:
+        """What a replica holding the changes up to `mark` needs copied, in `session`'s snapshot:
+        every small table whole (window None) and the bulk tables' changed windows; or None and why
+        the change log cannot tell."""
+        since = changes.changes_since(session, mark)
+        if since is None:
+            return None, f"the store does not hold the previous replica's newest change {mark.change_id} (restored or replaced since?)"
+        found, why = changes.windows(since)
+        if found is None:
+            return None, why
+        tables = {table.name: table for table in self.replica_tables()}
+        copies: list[tuple[Table, changes.Window | None]] = [(t, None) for t in tables.values() if t.name not in BULK_TABLES]
+        return copies + [(tables[window.table], window) for window in found], ""
+
     def update_replica(self, path, mark: changes.Change) -> tuple[dict[str, int] | None, str]:
         """Bring `path`, a writable copy of a replica holding the store's changes up to `mark`, up
         to date from one consistent snapshot: small tables copied whole, bulk tables only where
@@ -853,16 +867,10 @@ class Store(ABC):
         try:
             with self.session(write=False) as session:
                 self._snapshot(session)
-                since = changes.changes_since(session, mark)
-                if since is None:
-                    return None, f"the store does not hold the previous replica's newest change {mark.change_id} (restored or replaced since?)"
-                found, why = changes.windows(since)
-                if found is None:
+                copies, why = self._replica_copies(session, mark)
+                if copies is None:
                     return None, why
                 target.execute("BEGIN TRANSACTION")
-                tables = {table.name: table for table in self.replica_tables()}
-                copies = [(table, None) for table in tables.values() if table.name not in BULK_TABLES]
-                copies += [(tables[window.table], window) for window in found]
                 for table, window in copies:
                     columns = ", ".join(table.columns)
                     where = "" if window is None else " WHERE " + window.where()
@@ -874,7 +882,7 @@ class Store(ABC):
                         target.register("_rows", batch)
                         target.execute(f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM _rows")
                         target.unregister("_rows")
-                counts = {name: int(session.fetch(f"SELECT count(*) FROM {name}")[0][0]) for name in tables}
+                counts = {t.name: int(session.fetch(f"SELECT count(*) FROM {t.name}")[0][0]) for t in self.replica_tables()}
                 target.execute("COMMIT")
             target.execute("CHECKPOINT")
         finally:

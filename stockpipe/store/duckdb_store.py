@@ -282,7 +282,6 @@ class DuckDBStore(Store):
 
     def export_replica(self, path) -> dict[str, int]:
         # A read-only DuckDB cannot attach a new file, so this takes the writer lock for the copy.
-        import duckdb
 
         target = str(path).replace("'", "''")
         counts: dict[str, int] = {}
@@ -309,21 +308,13 @@ class DuckDBStore(Store):
 
     def update_replica(self, path, mark):
         # In one transaction of the store, with the replica attached (see export_replica).
-        from stockpipe.store import changes
-
         target = str(path).replace("'", "''")
         with self.session(write=True) as session, _memory_limit(session, REPLICA_MEMORY_LIMIT):
-            since = changes.changes_since(session, mark)
-            if since is None:
-                return None, f"the store does not hold the previous replica's newest change {mark.change_id} (restored or replaced since?)"
-            found, why = changes.windows(since)
-            if found is None:
+            copies, why = self._replica_copies(session, mark)
+            if copies is None:
                 return None, why
             session.execute(f"ATTACH '{target}' AS replica")
             try:
-                tables = {table.name: table for table in self.replica_tables()}
-                copies = [(table, None) for table in tables.values() if table.name not in BULK_TABLES]
-                copies += [(tables[window.table], window) for window in found]
                 for table, window in copies:
                     columns = ", ".join(table.columns)
                     where = "" if window is None else " WHERE " + window.where()
@@ -331,7 +322,7 @@ class DuckDBStore(Store):
                     session.execute(f"DELETE FROM replica.{table.name}{where}", params)
                     session.execute(f"INSERT INTO replica.{table.name} ({columns}) "
                                     f"SELECT {columns} FROM main.{table.name}{where}", params)
-                counts = {name: int(session.fetch(f"SELECT count(*) FROM main.{name}")[0][0]) for name in tables}
+                counts = {t.name: int(session.fetch(f"SELECT count(*) FROM main.{t.name}")[0][0]) for t in self.replica_tables()}
                 session.execute("COMMIT")
             except BaseException as exc:
                 _rollback_keeping(exc, lambda: session.execute("ROLLBACK"),
@@ -380,7 +371,6 @@ class DuckDBStore(Store):
     # -- sessions --------------------------------------------------------------------------------
     @contextmanager
     def _open_session(self, write: bool) -> Iterator[Session]:
-        import duckdb
 
         with self._guard:
             held = self._acquire(write)

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from stockpipe.engines import ChunkRef, EngineError, computed_by, open_engine
+from stockpipe.engines import ChunkRef, EngineError, open_engine
 from stockpipe.indicators import FIRST_VALID, INDICATOR_COLUMNS, indicator_rows
 from stockpipe.services import indicators as indicator_service
 from stockpipe.store import Marker, open_store
