@@ -1,5 +1,6 @@
 """Rebuild plans created by the service directly (no Luigi): the fixed chunks, the backup of exactly
-what will be replaced, reuse on resume, and the refusal to plan a started run again."""
+what will be replaced, reuse on resume, and the refusal to plan a started run again. Plans live in
+the store (table run_plans); only the backup is a file."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def test_a_plan_fixes_sorted_chunks_and_backs_up_exactly_the_rows_it_replaces(st
     symbols = store.active_symbols()
     made = plan(store, directory, symbols=list(reversed(symbols)))
     assert made.chunks == [sorted(symbols)[0:5], sorted(symbols)[5:10], sorted(symbols)[10:12]]
-    assert made.start == START and made.kind == "rebuild" and made.backup == rebuild.BACKUP_FILE
+    assert made.start == START and made.kind == "rebuild" and made.backup == str((directory / rebuild.BACKUP_FILE).resolve())
     replaced = store.read_indicators(start=START)
     assert made.replaces["rows"] == replaced.num_rows == 12 * 10
     assert (made.replaces["first_date"], made.replaces["last_date"]) == (str(START), str(DAY))
@@ -56,8 +57,8 @@ def test_a_plan_fixes_sorted_chunks_and_backs_up_exactly_the_rows_it_replaces(st
     assert backup.select(replaced.column_names).sort_by([("symbol", "ascending"), ("date", "ascending")]).equals(replaced)
     footer = json.loads(pq.ParquetFile(directory / rebuild.BACKUP_FILE).metadata.metadata[b"stockpipe"])
     assert footer == {"plan_id": PLAN_ID, "start_date": str(START), "end_date": str(DAY), "symbols": sorted(symbols)}
-    on_disk = json.loads((directory / rebuild.PLAN_FILE).read_text())
-    assert on_disk["chunks"] == made.chunks and on_disk["backup"] == rebuild.BACKUP_FILE
+    stored = rebuild.load_plan(store, PLAN_ID)
+    assert stored.chunks == made.chunks and stored.backup == made.backup and stored.created_at == made.created_at
 
 
 def test_a_resumed_run_reuses_its_plan_and_backup_even_if_the_universe_changed(store, tmp_path):
@@ -78,12 +79,13 @@ def test_a_started_run_whose_plan_is_gone_is_refused_and_its_backup_kept(store, 
     compute_chunk(store, first.chunks[1], START, engine=open_engine("numpy"), warmup_bars=500,
                   marker=Marker(markers.indicator_chunk(PLAN_ID, 1), "IndicatorChunk"))
     backup = (directory / rebuild.BACKUP_FILE).read_bytes()
-    (directory / rebuild.PLAN_FILE).unlink()
-    with pytest.raises(rebuild.RebuildError, match=r"plan.json is missing but run rebuild-2025-09-29 already started "
+    with store.session() as session:
+        session.execute("DELETE FROM run_plans WHERE plan_id = :p", {"p": PLAN_ID})
+    with pytest.raises(rebuild.RebuildError, match=r"the plan of run rebuild-2025-09-29 is missing from .* already started "
                                                    r"\(its backup .*, 1 finished chunk\(s\) exist\).*stockpipe restore"):
         plan(store, directory)
     assert (directory / rebuild.BACKUP_FILE).read_bytes() == backup
-    assert not (directory / rebuild.PLAN_FILE).exists()
+    assert store.read_run_plan(PLAN_ID) is None, "a started run was planned again"
 
 
 def test_a_plan_with_nothing_to_replace_has_an_empty_backup_and_a_daily_plan_none(store, tmp_path):
@@ -100,7 +102,9 @@ def test_a_plan_with_nothing_to_replace_has_an_empty_backup_and_a_daily_plan_non
 def test_a_garbled_plan_is_named_with_what_to_do(store, tmp_path):
     directory = tmp_path / "runs" / PLAN_ID
     plan(store, directory)
-    (directory / rebuild.PLAN_FILE).write_text('{"plan_id": "rebuild-2025-09-29", "chun')
-    with pytest.raises(rebuild.RebuildError, match=rf"cannot read rebuild plan {directory / rebuild.PLAN_FILE}: .*"
-                                                   rf"`stockpipe restore {directory / rebuild.BACKUP_FILE}`"):
-        rebuild.open_plan(directory)
+    with store.session() as session:
+        session.execute("UPDATE run_plans SET plan = :garbled WHERE plan_id = :p",
+                        {"p": PLAN_ID, "garbled": '{"plan_id": "rebuild-2025-09-29", "chun'})
+    with pytest.raises(rebuild.RebuildError, match=rf"cannot read rebuild plan {PLAN_ID} \(table run_plans of .*\): .*"
+                                                   rf"`stockpipe restore {(directory / rebuild.BACKUP_FILE).resolve()}`"):
+        rebuild.open_plan(store, PLAN_ID)
