@@ -282,39 +282,21 @@ class DuckDBStore(Store):
 
     def export_replica(self, path) -> dict[str, int]:
         # A read-only DuckDB cannot attach a new file, so this takes the writer lock for the copy.
-
-        target = str(path).replace("'", "''")
         counts: dict[str, int] = {}
-        with self.session(write=True) as session, _memory_limit(session, REPLICA_MEMORY_LIMIT):
-            session.execute(f"ATTACH '{target}' AS replica")
-            try:
-                for table in self.replica_tables():
-                    session.execute(f"CREATE TABLE replica.{table.name} AS SELECT * FROM main.{table.name}")
-                    counts[table.name] = int(session.fetch(f"SELECT count(*) FROM main.{table.name}")[0][0])
-                # DuckDB detaches only outside a transaction: end this one (a full disk fails here),
-                # detach, and open the empty one the session will commit.
-                session.execute("COMMIT")
-            except BaseException as exc:
-                # A failed copy (e.g. a full disk) may have ended the transaction already: the copy's
-                # own error is the one to report, not the clean-up's. Detached even after a failure,
-                # so this connection never keeps the replica file.
-                _rollback_keeping(exc, lambda: session.execute("ROLLBACK"),
-                                  lambda: session.execute("DETACH DATABASE IF EXISTS replica"),
-                                  lambda: session.execute("BEGIN TRANSACTION"))
-                raise
-            session.execute("DETACH DATABASE IF EXISTS replica")
-            session.execute("BEGIN TRANSACTION")
+        with self.session(write=True) as session, _memory_limit(session, REPLICA_MEMORY_LIMIT), \
+                _replica_attached(session, path):
+            for table in self.replica_tables():
+                session.execute(f"CREATE TABLE replica.{table.name} AS SELECT * FROM main.{table.name}")
+                counts[table.name] = int(session.fetch(f"SELECT count(*) FROM main.{table.name}")[0][0])
         return counts
 
     def update_replica(self, path, mark):
         # In one transaction of the store, with the replica attached (see export_replica).
-        target = str(path).replace("'", "''")
         with self.session(write=True) as session, _memory_limit(session, REPLICA_MEMORY_LIMIT):
             copies, why = self._replica_copies(session, mark)
             if copies is None:
                 return None, why
-            session.execute(f"ATTACH '{target}' AS replica")
-            try:
+            with _replica_attached(session, path):
                 for table, window in copies:
                     columns = ", ".join(table.columns)
                     where = "" if window is None else " WHERE " + window.where()
@@ -323,14 +305,6 @@ class DuckDBStore(Store):
                     session.execute(f"INSERT INTO replica.{table.name} ({columns}) "
                                     f"SELECT {columns} FROM main.{table.name}{where}", params)
                 counts = {t.name: int(session.fetch(f"SELECT count(*) FROM main.{t.name}")[0][0]) for t in self.replica_tables()}
-                session.execute("COMMIT")
-            except BaseException as exc:
-                _rollback_keeping(exc, lambda: session.execute("ROLLBACK"),
-                                  lambda: session.execute("DETACH DATABASE IF EXISTS replica"),
-                                  lambda: session.execute("BEGIN TRANSACTION"))
-                raise
-            session.execute("DETACH DATABASE IF EXISTS replica")
-            session.execute("BEGIN TRANSACTION")
         return counts, ""
 
     # -- integrity --------------------------------------------------------------------------------
@@ -391,6 +365,28 @@ class DuckDBStore(Store):
                 if not self._keeps_connection() or self._someone_waits():
                     self._release()
 
+
+
+@contextmanager
+def _replica_attached(session, path) -> Iterator[None]:
+    """The replica file at `path` attached as `replica` to the session's transaction, committed with
+    it. DuckDB detaches only outside a transaction: the block's work is committed (a full disk fails
+    there), the file detached, and the empty transaction the session will commit opened."""
+    target = str(path).replace("'", "''")
+    session.execute(f"ATTACH '{target}' AS replica")
+    try:
+        yield
+        session.execute("COMMIT")
+    except BaseException as exc:
+        # A failed copy (e.g. a full disk) may have ended the transaction already: the copy's own
+        # error is the one to report, not the clean-up's. Detached even after a failure, so this
+        # connection never keeps the replica file.
+        _rollback_keeping(exc, lambda: session.execute("ROLLBACK"),
+                          lambda: session.execute("DETACH DATABASE IF EXISTS replica"),
+                          lambda: session.execute("BEGIN TRANSACTION"))
+        raise
+    session.execute("DETACH DATABASE IF EXISTS replica")
+    session.execute("BEGIN TRANSACTION")
 
 def _rollback_keeping(error: BaseException, *steps) -> None:
     """Run clean-up steps after `error`; their own failures (\"cannot rollback - no transaction is
