@@ -19,7 +19,9 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 # yfinance picks its HTTP backend at import: the requests one lets tests answer Yahoo offline.
 os.environ.setdefault("YF_DISABLE_CURL_CFFI", "1")
@@ -71,6 +73,22 @@ def service_missing(what: str, why: str) -> None:
     if IN_CI:
         pytest.fail(message + ": CI must run this test", pytrace=False)
     pytest.skip(message)
+
+
+@contextmanager
+def mounted_tmpfs(directory: Path, megabytes: int) -> Iterator[Path]:
+    """A tmpfs of `megabytes` mounted at `directory` for one test (the tests run as root), unmounted
+    afterwards, also when the test fails: a small disk to fill."""
+    directory.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(directory)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        service_missing("a tmpfs mount", mounted.stderr.strip() or "mount failed (needs root)")
+    try:
+        yield directory
+    finally:
+        if subprocess.run(["umount", str(directory)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(directory)], capture_output=True)
 
 
 # -- PostgreSQL -----------------------------------------------------------------------------------

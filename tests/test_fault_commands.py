@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from stockpipe.store import open_store
-from tests.conftest import REDIS_TEST_URL, luigi_command, prepared_store, run_luigi, write_luigi_cfg
+from tests.conftest import REDIS_TEST_URL, luigi_command, mounted_tmpfs, prepared_store, run_luigi, write_luigi_cfg
 from tests.test_undo_faults import assert_whole_and_exact
 
 pytestmark = pytest.mark.slow
@@ -106,14 +106,8 @@ def test_a_killed_task_process_is_recorded_and_alerted(tmp_path, redis_prefix):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 48 MB tmpfs mounted for this test (the tests run as root), unmounted afterwards."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs for the full-disk test: {done.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with mounted_tmpfs(tmp_path / "disk", 48) as disk:
+        yield disk
 
 
 def _fill(directory):

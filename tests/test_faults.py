@@ -32,7 +32,7 @@ from stockpipe.indicators import indicator_rows
 from stockpipe.services.indicators import chunk
 from stockpipe.services import rebuild as rebuild_service
 from stockpipe.store import open_store
-from tests.conftest import _pg_admin, luigi_command, pg_url_for, run_luigi, write_luigi_cfg
+from tests.conftest import _pg_admin, luigi_command, mounted_tmpfs, pg_url_for, run_luigi, write_luigi_cfg
 
 pytestmark = pytest.mark.slow
 
@@ -415,19 +415,8 @@ def test_pg_terminate_backend_of_every_store_connection_mid_chunk(seeds, tmp_pat
 # -- 3. disk full ----------------------------------------------------------------------------------------
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 24 MB tmpfs of the test's own, unmounted afterwards (also when the test fails)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        from tests.conftest import service_missing
-
-        service_missing("a tmpfs mount", mounted.stderr.strip() or "mount failed (needs root)")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", 24) as disk:
         yield disk
-    finally:
-        if subprocess.run(["umount", str(disk)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
 def fill(disk: Path, leave: int) -> Path:
