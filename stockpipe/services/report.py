@@ -284,7 +284,7 @@ def build_report(
 ) -> dict[str, Any]:
     """Write `<data_dir>/reports/<day>.html` (atomically: a reader never sees half a file), then the
     marker; returns the stats."""
-    from stockpipe import charts  # matplotlib is imported only by the report
+    from stockpipe import charts  # Pillow is imported only by the report
 
     started = time.monotonic()
     watchlist = store.read_watchlist(since=day, until=day).to_pylist()
