@@ -1,7 +1,8 @@
 """Publish a read-only DuckDB replica for dashboards and analysts.
 
-Incremental: the temporary file starts as a copy of the previous replica, and only what the store's
-change log says changed since that replica's newest change is copied again (stockpipe.store.changes);
+Incremental: the temporary file starts as an older replica (the outgoing `.previous` file, moved,
+or else a copy of the current one), and only what the store's change log says changed since that
+replica's newest change is copied again (stockpipe.store.changes);
 when the log cannot tell (no previous replica, an unreadable one or one of another schema version,
 a restored store, too much change) or the caught-up copy fails verification, the replica is
 exported whole, as the first one is. Either way it is written to a temporary file, verified (every table present, row counts equal to the source's in the
@@ -55,7 +56,7 @@ def publish_replica(store: Store, path: Path) -> dict[str, Any]:
     discard_orphans(path)
     for leftover in (temporary, temporary.with_name(temporary.name + ".wal")):
         leftover.unlink(missing_ok=True)
-    discard_orphans(path.with_name(path.stem + ".previous" + path.suffix))
+    discard_orphans(_previous(path))
     try:
         counts, mode, reason = _catch_up(store, path, temporary)
         if counts is None:
@@ -64,7 +65,7 @@ def publish_replica(store: Store, path: Path) -> dict[str, Any]:
             replica_file.add_views(temporary)
             verify_replica(temporary, counts)
         os.chmod(temporary, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-        previous = path.with_name(path.stem + ".previous" + path.suffix)
+        previous = _previous(path)
         if path.exists():
             # Keep the outgoing replica as the backup without a moment where `path` is missing.
             discard_orphans(previous)
@@ -87,24 +88,52 @@ def publish_replica(store: Store, path: Path) -> dict[str, Any]:
 
 def _catch_up(store: Store, path: Path, temporary: Path) -> tuple[dict[str, int] | None, str, str]:
     """A verified copy of the previous replica brought up to date in `temporary`: (counts,
-    "incremental", ""), or (None, "full", why not)."""
+    "incremental", ""), or (None, "full", why not).
+
+    The copy is, when it can be, the outgoing `.previous` file itself, moved rather than copied:
+    the publish that succeeds replaces it with the current replica anyway, and copying the current
+    one (hundreds of MB) was most of a Daily's Replicate. It must be older than the current replica
+    in the same change log; a reader holding it open makes DuckDB refuse to write it, and then, as
+    when it is missing or the log cannot tell, the current replica is copied instead."""
     mark, reason = replica_mark(path)
     if mark is None:
         return None, "full", reason
+    previous = _previous(path)
+    older, _ = replica_mark(previous)
+    if older is not None and older.change_id <= mark.change_id:
+        os.replace(previous, temporary)
+        counts, why = _update(store, temporary, older)
+        if counts is not None:
+            return counts, "incremental", ""
+        log.info("catching up %s did not work (%s): catching up a copy of %s instead", previous.name, why, path.name)
+        _discard(temporary)
     shutil.copyfile(path, temporary)
+    counts, reason = _update(store, temporary, mark)
+    if counts is None:
+        return None, "full", reason
+    return counts, "incremental", ""
+
+
+def _update(store: Store, temporary: Path, mark) -> tuple[dict[str, int] | None, str]:
+    """Bring the replica copy `temporary` (holding the changes up to `mark`) up to date and verify
+    it: the store's row counts, or None and why not."""
     os.chmod(temporary, stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)
     try:
         counts, reason = store.update_replica(temporary, mark)
         if counts is None:
-            return None, "full", reason
+            return None, reason
         replica_file.add_views(temporary)
         verify_replica(temporary, counts)
     except Exception as exc:  # noqa: BLE001 - any failure to catch up (a damaged copy, counts the log
         # cannot explain: a change it did not record) is what a full export is for; its own errors are not caught
         why = " ".join(str(exc).split())[:300]
-        log.warning("catching up the previous replica failed, exporting it whole: %s", why)
-        return None, "full", f"catching up failed ({why})"
-    return counts, "incremental", ""
+        log.warning("catching up the previous replica failed: %s", why)
+        return None, f"catching up failed ({why})"
+    return counts, ""
+
+
+def _previous(path: Path) -> Path:
+    return path.with_name(path.stem + ".previous" + path.suffix)
 
 
 def _discard(temporary: Path) -> None:

@@ -146,3 +146,38 @@ def test_a_crash_while_catching_up_leaves_the_previous_replica(pipeline):
     assert stats["mode"] == "incremental"
     with duckdb.connect(str(path), read_only=True) as replica:
         assert replica.execute("SELECT count(*) FROM bars WHERE date = ?", [DAY]).fetchone()[0] == 30
+
+
+def test_the_outgoing_previous_replica_is_caught_up_instead_of_a_copy_unless_a_reader_holds_it(pipeline, tmp_path):
+    """Two refreshes in: the `.previous` file (older, same log) becomes the new replica, caught up
+    over both days' changes, instead of a copy of the current one; a reader holding it open keeps
+    its file, and the refresh copies the current replica instead."""
+    assert pipeline.build(tasks.Daily(date=DAY_BEFORE))
+    store = pipeline.store
+    path = config.replica_path()
+    previous = path.with_name(path.stem + ".previous" + path.suffix)
+    assert publish_replica(store, path)["mode"] == "incremental"
+    assert pipeline.build(tasks.ScanWatchlist(date=DAY))  # changes to catch up
+    outgoing, older = path.stat().st_ino, previous.stat().st_ino
+    assert publish_replica(store, path)["mode"] == "incremental"
+    assert path.stat().st_ino == older and previous.stat().st_ino == outgoing
+    fresh_export(store, tmp_path / "fresh.duckdb")
+    assert_same_tables(path, tmp_path / "fresh.duckdb")
+
+    reader = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, duckdb
+        connection = duckdb.connect({str(previous)!r}, read_only=True)
+        print("open", flush=True)
+        sys.stdin.read()
+        print(connection.execute("SELECT count(*) FROM bars").fetchone()[0], flush=True)
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "open"
+        held = previous.stat().st_ino
+        stats = publish_replica(store, path)
+        assert stats["mode"] == "incremental" and path.stat().st_ino != held
+        out, _ = reader.communicate("", timeout=60)
+        assert int(out) > 0, "the reader's file changed under it"
+    finally:
+        reader.kill()
+    assert_same_tables(path, tmp_path / "fresh.duckdb")
