@@ -14,11 +14,13 @@ import datetime as dt
 import io
 import math
 from functools import lru_cache
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 UP, DOWN = "#26a69a", "#ef5350"
 OHLCV = ["Open", "High", "Low", "Close", "Volume"]
@@ -41,8 +43,10 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
 
 def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    # zlib level 3: a third of level 6's time for files a few percent larger.
-    image.save(buffer, format="png", compress_level=3)
+    # A chart has a few flat colours and their antialiased edges: 64 palette colours look the same,
+    # and the file is half the size and quicker to encode than RGB. zlib level 3: a third of level
+    # 6's time for files a few percent larger.
+    image.quantize(colors=64, method=Image.Quantize.FASTOCTREE).save(buffer, format="png", compress_level=3)
     return buffer.getvalue()
 
 

@@ -163,13 +163,25 @@ def rescaled_symbols(store: Store, fetched: pa.Table, jump: float = 0.02, agreem
         stored.select(["symbol", "date", "close"]).rename_columns(["symbol", "date", "stored_close"]), ["symbol", "date"],
         join_type="inner",
     )
-    found = set()
-    for symbol, group in joined.to_pandas().groupby("symbol"):
-        ratio = (group["close"] / group["stored_close"]).to_numpy()
-        median = float(np.median(ratio))
-        if abs(median - 1.0) > jump and np.all(np.abs(ratio / median - 1.0) < agreement):
-            found.add(str(symbol))
-    return found
+    if joined.num_rows == 0:
+        return set()
+    # Per symbol at once (a pandas group-by loop over a universe's symbols took most of a Daily's
+    # ingest): each symbol's median ratio exactly as np.median takes it (the middle value, or the
+    # mean of the two middle ones; NaN if any ratio is NaN), then whether every ratio agrees with it.
+    encoded = pc.dictionary_encode(joined.column("symbol")).combine_chunks()
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    ratio = (joined.column("close").to_numpy() / joined.column("stored_close").to_numpy()).astype(float)
+    groups = len(encoded.dictionary)
+    order = np.lexsort((ratio, codes))
+    counts = np.bincount(codes, minlength=groups)
+    starts = np.cumsum(counts) - counts
+    ordered = ratio[order]
+    median = (ordered[starts + (counts - 1) // 2] + ordered[starts + counts // 2]) / 2
+    median[np.bincount(codes, weights=np.isnan(ratio), minlength=groups) > 0] = np.nan
+    with np.errstate(invalid="ignore", divide="ignore"):
+        disagree = ~(np.abs(ratio / median[codes] - 1.0) < agreement)
+        rescaled = (np.abs(median - 1.0) > jump) & (np.bincount(codes, weights=disagree, minlength=groups) == 0)
+    return {str(s) for s in np.asarray(encoded.dictionary.to_pylist(), dtype=object)[rescaled]}
 
 
 def _last_wins(rows: pa.Table) -> pa.Table:

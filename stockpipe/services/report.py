@@ -21,14 +21,15 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from stockpipe import markers, trading_calendar
 from stockpipe.progress import Progress, silent
 from stockpipe.services import rebuild as rebuild_service
 from stockpipe.store import Marker, Store
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger("stockpipe.report")
 
@@ -43,6 +44,8 @@ def report_path(data_dir: Path, day: dt.date) -> Path:
 # -- gathering (store reads) ------------------------------------------------------------------------
 def chart_frames(store: Store, symbols: Sequence[str], day: dt.date, months: int) -> dict[str, pd.DataFrame]:
     """Each symbol's bars and indicators of the `months` before `day` (two reads for all symbols)."""
+    import pandas as pd  # here, not at import: every task module imports this one (a rebuild never needs pandas)
+
     if not symbols:
         return {}
     start = (pd.Timestamp(day) - pd.DateOffset(months=months)).date()

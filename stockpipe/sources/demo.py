@@ -57,6 +57,27 @@ _SECTORS = {
 }
 
 
+@lru_cache(maxsize=64)
+def _npy_layout(header: bytes) -> tuple[tuple[int, ...], np.dtype]:
+    import ast
+
+    fields = ast.literal_eval(header.decode("latin1"))
+    if fields["fortran_order"]:
+        raise ValueError("a Fortran-ordered array is not a year-end table")
+    return tuple(fields["shape"]), np.dtype(fields["descr"])
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """np.load of the (version 1) .npy files `_remember` writes, parsing each distinct header once:
+    np.load's header parsing was most of the time to read a universe's 2,500 small files."""
+    data = Path(path).read_bytes()
+    if data[:8] != b"\x93NUMPY\x01\x00":
+        return np.load(path)
+    size = int.from_bytes(data[8:10], "little")
+    shape, dtype = _npy_layout(data[10 : 10 + size])
+    return np.frombuffer(data, dtype=dtype, offset=10 + size, count=int(np.prod(shape))).reshape(shape)
+
+
 def _stable_hash(text: str) -> int:
     return zlib.crc32(text.encode("utf-8"))
 
@@ -232,7 +253,7 @@ class DemoSource(Source):
     def _load_year_ends(self, symbol: str) -> dict[int, np.ndarray]:
         path = self.cache_dir / f"{symbol}.npy"
         try:
-            table = np.load(path)
+            table = _load_npy(path)
         except (OSError, ValueError):
             return {}
         found = {int(row[0]): row[1:] for row in table}

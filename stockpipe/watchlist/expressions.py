@@ -20,10 +20,12 @@ from __future__ import annotations
 import operator
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd  # frames come from the caller: parsing rules (every task module) needs no pandas
 
 
 class ExpressionError(ValueError):
@@ -99,6 +101,8 @@ class Column(Node):
 
     def evaluate(self, frame: pd.DataFrame) -> np.ndarray:
         # Integer columns with missing values (pandas' nullable Int64) become NaN, i.e. NULL.
+        import pandas as pd
+
         return pd.to_numeric(frame[self.name]).to_numpy(dtype=np.float64, na_value=np.nan)
 
     def columns(self) -> set[str]:

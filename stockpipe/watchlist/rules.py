@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import pandas as pd
 
 from stockpipe.indicators.spec import INDICATOR_COLUMNS
 from stockpipe.watchlist.expressions import ExpressionError, Node, parse_condition, parse_expression
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported where a scan runs: parsing rules (every task module) needs no pandas
 
 # Numeric columns of the scan frame (Store.scan_frame) a rule may use.
 RULE_COLUMNS: tuple[str, ...] = ("market_cap", "open", "high", "low", "close", "volume", *INDICATOR_COLUMNS)
@@ -144,6 +146,8 @@ class Rule:
         return found
 
     def hits(self, frame: pd.DataFrame) -> pd.DataFrame:
+        import pandas as pd
+
         mask = np.ones(len(frame), dtype=bool)
         for condition in self.conditions:
             mask &= condition.mask(frame)
@@ -200,6 +204,8 @@ def parse_rules(data: Any) -> list[Rule]:
 
 
 def market_cap_tier(market_cap: pd.Series) -> pd.Series:
+    import pandas as pd
+
     return pd.Series(np.select([market_cap >= 50e9, market_cap >= 10e9], [1, 2], 3), index=market_cap.index)
 
 
@@ -210,6 +216,8 @@ WATCHLIST_COLUMNS = ["scan_date", "symbol", "name", "sector", "market_cap", "mar
 def scan(frame: pd.DataFrame, rules: Sequence[Rule], scan_date) -> pd.DataFrame:
     """Hits of every rule (each limited on its own); a symbol hit by several keeps its
     highest-priority (lowest number) hit, the rule listed first on equal priorities."""
+    import pandas as pd
+
     for rule in rules:
         missing = rule.columns() - set(frame.columns)
         if missing:
