@@ -130,21 +130,28 @@ class csv(luigi.Config):  # noqa: N801
     path = luigi.Parameter(default="", description="directory of long-format bar files (+ optional symbols.csv)")
 
 
+def _setting(section: type[luigi.Config], name: str):
+    """One setting of a section, looked up as creating the section's luigi.Config would (command
+    line, then config file, then default), without evaluating each of its other parameters twice as
+    that does: the store URL is asked for several times by each task, and a rebuild has hundreds."""
+    return getattr(section, name).task_value(section.get_task_family(), name)
+
+
 def store_url() -> str:
-    return os.environ.get(ENV_STORE_URL) or stockpipe().store_url
+    return os.environ.get(ENV_STORE_URL) or _setting(stockpipe, "store_url")
 
 
 def source_name() -> str:
-    return os.environ.get(ENV_SOURCE) or stockpipe().source
+    return os.environ.get(ENV_SOURCE) or _setting(stockpipe, "source")
 
 
 SOURCES = ("demo", "csv", "yahoo")
 def engine_name() -> str:
-    return stockpipe().engine
+    return _setting(stockpipe, "engine")
 
 
 def data_dir() -> Path:
-    return Path(stockpipe().data_dir)
+    return Path(_setting(stockpipe, "data_dir"))
 
 
 def store_dir(url: str | None = None) -> Path:

@@ -18,7 +18,8 @@ So on a store that one process at a time may write (`Store.single_writer_process
   scheduler for work while someone waits, checkpointed and closed by the main thread when the run ends);
 - tasks that wait on the outside world (`StockpipeTask.isolated`: a source, Redis) still run in a
   child process that the worker terminates at their timeout: a call blocked inside a C library may
-  never come back to Python, where an in-process timeout acts.
+  never come back to Python, where an in-process timeout acts. (The demo source waits on nothing:
+  its tasks run in the worker's process.)
 
 On PostgreSQL nothing changes: workers write in parallel, and every task runs in a child process
 that its timeout kills (a statement waiting inside libpq does not see a signal until it returns).

@@ -30,7 +30,7 @@ from stockpipe.services import replica as replica_service
 from stockpipe.services import report as report_service
 from stockpipe.services import symbols as symbol_service
 from stockpipe.services import watchlist as watchlist_service
-from stockpipe.sources import open_source
+from stockpipe.sources import open_source, waits_on_outside
 from stockpipe.store import open_store
 
 log = logging.getLogger("stockpipe.tasks")
@@ -137,8 +137,18 @@ class StockpipeTask(luigi.Task):
         return self.output().marker(self)
 
 
-class CollectSymbols(StockpipeTask):
-    isolated = True
+class SourceTask(StockpipeTask):
+    """A task that reads the configured source."""
+
+    @property
+    def isolated(self) -> bool:
+        # A source that waits on a server or files needs the child process; the synthetic demo
+        # source only computes, so its tasks run in the worker's process like the store's (a fork,
+        # and on DuckDB the file let go, reopened and checkpointed around it, cost more than its work).
+        return waits_on_outside(config.source_name())
+
+
+class CollectSymbols(SourceTask):
     timeout_setting = "collect_symbols"
 
     date = luigi.DateParameter()
@@ -152,8 +162,7 @@ class CollectSymbols(StockpipeTask):
         )
 
 
-class IngestDate(StockpipeTask):
-    isolated = True
+class IngestDate(SourceTask):
     needs_session = True
     timeout_setting = "ingest"
 
@@ -178,8 +187,7 @@ class IngestDate(StockpipeTask):
         )
 
 
-class Backfill(StockpipeTask):
-    isolated = True
+class Backfill(SourceTask):
     timeout_setting = "backfill"
 
     start_date = luigi.DateParameter()

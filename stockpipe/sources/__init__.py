@@ -5,6 +5,16 @@ from __future__ import annotations
 from stockpipe.sources.base import BarFetch, FetchFailure, Source, SourceError
 
 
+# Sources whose calls only compute (no network, no files that could hang): a task reading one needs no
+# child process to be stoppable at its timeout (see StockpipeTask.isolated).
+COMPUTING_SOURCES = frozenset({"demo"})
+
+
+def waits_on_outside(name: str) -> bool:
+    """Whether source `name` may wait on the outside world (a server, a file on a network mount)."""
+    return name not in COMPUTING_SOURCES
+
+
 def open_source(name: str) -> Source:
     """The source named in `[stockpipe] source` (or STOCKPIPE_SOURCE), configured from its section."""
     from stockpipe import config
@@ -27,4 +37,4 @@ def open_source(name: str) -> Source:
     raise SourceError(f"unknown source {name!r}: choose demo, csv or yahoo in [stockpipe] source")
 
 
-__all__ = ["BarFetch", "FetchFailure", "Source", "SourceError", "open_source"]
+__all__ = ["BarFetch", "FetchFailure", "Source", "SourceError", "open_source", "waits_on_outside"]
