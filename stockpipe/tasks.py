@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import luigi
+import luigi.scheduler
 
 from stockpipe import TASKS, config, execution, logs, markers, outcome, preflight, targets, trading_calendar
 from stockpipe import events as _events  # noqa: F401 - registers the metrics and alert handlers
@@ -262,7 +263,9 @@ class IndicatorChunk(StockpipeTask):
         finishes, on whichever worker or machine, updates the parent's message and percentage there,
         counted from the store's markers."""
         scheduler = getattr(getattr(self.set_status_message, "__self__", None), "_scheduler", None)
-        if scheduler is None:  # not run by a Luigi worker
+        if scheduler is None or isinstance(scheduler, luigi.scheduler.Scheduler):
+            # Not run by a Luigi worker, or by one with --local-scheduler: that scheduler lives in
+            # this process and shows nobody the parent's message, so a query per chunk would be waste.
             return
         ids = [markers.indicator_chunk(plan.plan_id, i) for i in range(len(plan.chunks))]
         try:
