@@ -66,7 +66,7 @@ def _label(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:g}" if value == round(value, 2) else f"{value:.2f}"
 
 
-def _shares(value: float, _position=None) -> str:
+def _shares(value: float) -> str:
     for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
         if abs(value) >= size:
             return f"{value / size:g}{suffix}"
@@ -93,7 +93,7 @@ class _Panel:
         self.step = (right - left) / (n + 1)  # x from -1 to n, as the candles' axis had
 
     def x(self, i: np.ndarray | float) -> np.ndarray | float:
-        return self.box[0] + (np.asarray(i) + 1) * self.step if isinstance(i, np.ndarray) else self.box[0] + (i + 1) * self.step
+        return self.box[0] + (i + 1) * self.step
 
     def y(self, value: np.ndarray | float) -> np.ndarray | float:
         _, top, _, bottom = self.box
@@ -182,7 +182,8 @@ class SymbolChart:
         column = {name: frame[name].to_numpy(dtype=float) for name in frame.columns}
         price_box, volume_box, rsi_box, macd_box = self._boxes()
 
-        price = _Panel(draw, price_box, *_padded(frame[["Low", "High", "bb_lower", "bb_upper"]].to_numpy(dtype=float)), n)
+        price_range = _padded(frame[["Low", "High", "bb_lower", "bb_upper"]].to_numpy(dtype=float))
+        price = _Panel(draw, price_box, *price_range, n)
         volume = _Panel(draw, volume_box, 0.0, max(float(np.nanmax(column["Volume"], initial=0.0)), 1.0) * 1.05, n)
         rsi = _Panel(draw, rsi_box, 0.0, 100.0, n)
         macd = _Panel(draw, macd_box, *_padded(frame[["macd", "macd_signal", "macd_hist"]].to_numpy(dtype=float),
@@ -263,7 +264,8 @@ def health_chart(dates: Sequence, bars: Sequence[int], symbols: Sequence[int], w
         draw.ellipse((x - 3 * s, y - 3 * s, x + 3 * s, y + 3 * s), fill="#e65100")
     step = max(1, n // 10)
     for i in range(0, n, step):
-        draw.text((float(columns.x(float(i))), box[3] + 3 * s), f"{dates[i]:%m-%d}", fill=TEXT, font=_font(9), anchor="ma")
+        draw.text((float(columns.x(float(i))), box[3] + 3 * s), f"{dates[i]:%m-%d}", fill=TEXT, font=_font(9),
+                  anchor="ma")
     draw.rectangle(box, outline=FRAME, width=s)
     draw.text((box[0], 2 * s), "bars and symbols per session", fill=TEXT, font=_font(10), anchor="la")
     draw.text((box[2], 2 * s), "symbols", fill="#e65100", font=_font(9), anchor="ra")
