@@ -1054,6 +1054,11 @@ class Store(ABC):
         """Let go of a kept connection if another process waits for it (a no-op for stores that
         several processes write at once)."""
 
+    def interrupt(self) -> None:
+        """Ask the statements this process is running to stop, from any thread (a task's deadline
+        expired while its main thread waits inside the database client, where no signal handler
+        runs). A no-op for stores whose calls a signal already interrupts (DuckDB)."""
+
 
 BAR_SNAPSHOT = pa.schema([BARS.schema.field(c) for c in ("symbol", "date", "close", "volume")])
 

@@ -139,6 +139,8 @@ class PostgresStore(Store):
         super().__init__(url)
         self._engine = None
         self._engine_pid = None
+        # psycopg2 connections inside a session or a run lock now, for `interrupt` (another thread).
+        self._busy: set = set()
 
     def _schema_filter(self) -> str:
         return " AND table_schema = current_schema()"
@@ -167,6 +169,7 @@ class PostgresStore(Store):
             connection = self.engine().raw_connection()
         except (sqlalchemy.exc.OperationalError, psycopg2.OperationalError) as exc:
             raise StoreError(scrub(f"cannot connect to {self.redacted_url()}: {exc}".strip(), self.url)) from None
+        self._busy.add(connection.dbapi_connection)
         try:
             if not write:
                 connection.set_session(readonly=True)
@@ -181,6 +184,7 @@ class PostgresStore(Store):
                 raise
             connection.commit()
         finally:
+            self._busy.discard(connection.dbapi_connection)
             if connection.dbapi_connection is None or connection.dbapi_connection.closed:
                 # A dropped connection goes out of the pool without the pool's reset, whose
                 # "connection already closed" traceback would be logged before the real error.
@@ -202,6 +206,7 @@ class PostgresStore(Store):
         import time
 
         connection = self.engine().raw_connection()
+        self._busy.add(connection.dbapi_connection)
         try:
             connection.dbapi_connection.autocommit = True
             cursor = connection.cursor()
@@ -222,7 +227,20 @@ class PostgresStore(Store):
                 except Exception:  # noqa: BLE001 - a dropped connection released it; keep the task's error
                     pass
         finally:
+            self._busy.discard(connection.dbapi_connection)
             connection.invalidate()  # not back to the pool in autocommit mode
+
+    def interrupt(self):
+        # A statement waiting in libpq (a lock, a long COPY) returns only when the server answers,
+        # so a deadline's signal handler would wait for it; a cancel request makes it answer now
+        # ("canceling statement due to user request"), the transaction rolls back.
+        import psycopg2
+
+        for connection in list(self._busy):
+            try:
+                connection.cancel()
+            except psycopg2.Error:
+                pass  # closed meanwhile: nothing to stop
 
     def reclaim(self, table, replaced_rows):
         # VACUUM makes the replaced rows' space (and their index entries) reusable, so the next
@@ -235,6 +253,7 @@ class PostgresStore(Store):
         # the run's own count is a floor. VACUUM cannot run inside a transaction: a connection of
         # its own, in autocommit.
         connection = self.engine().raw_connection()
+        self._busy.add(connection.dbapi_connection)
         try:
             connection.dbapi_connection.autocommit = True
             cursor = connection.cursor()
@@ -251,6 +270,7 @@ class PostgresStore(Store):
             elif estimated_rows < 0 or changed > _RECLAIM_FRACTION * live:  # never analyzed, or much changed
                 cursor.execute(f"ANALYZE {table}")
         finally:
+            self._busy.discard(connection.dbapi_connection)
             connection.invalidate()  # not back to the pool in autocommit mode
 
     def latest_indicator_dates(self, symbols, before):
