@@ -512,6 +512,11 @@ class Store(ABC):
         with self.session(write=False) as session:
             return [r[0] for r in session.fetch("SELECT DISTINCT symbol FROM bars ORDER BY symbol")]
 
+    def last_bar_date(self) -> dt.date | None:
+        """The latest stored bar's date (None: no bar), without counting the bars."""
+        with self.session(write=False) as session:
+            return session.fetch("SELECT max(date) FROM bars")[0][0]
+
     def bars_extent(self) -> tuple[dt.date | None, dt.date | None, int]:
         with self.session(write=False) as session:
             first, last, count = session.fetch("SELECT min(date), max(date), count(*) FROM bars")[0]

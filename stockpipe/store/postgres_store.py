@@ -290,11 +290,18 @@ class PostgresStore(Store):
         # A window is a few dates of every symbol: without a date index that is a scan of the whole
         # table, unless the (symbol, date) key is probed per symbol. The symbols come from the key
         # itself, one probe each (a skip scan), so a symbol missing from `symbols` is not missed.
-        name = table.name
-        symbols = (f"WITH RECURSIVE s(symbol) AS ((SELECT symbol FROM {name} ORDER BY symbol LIMIT 1) UNION ALL "
-                   f"SELECT (SELECT t.symbol FROM {name} t WHERE t.symbol > s.symbol ORDER BY t.symbol LIMIT 1) "
-                   "FROM s WHERE s.symbol IS NOT NULL) SELECT symbol FROM s WHERE symbol IS NOT NULL")
-        return f"SELECT {columns} FROM {name} WHERE symbol = ANY(ARRAY({symbols})) AND {where}"
+        return f"SELECT {columns} FROM {table.name} WHERE symbol = ANY(ARRAY({_key_symbols(table.name)})) AND {where}"
+
+    # DISTINCT, max(date) and count(*) read every row of a table that has no date index; one
+    # probe of the (symbol, date) key per symbol reads ~2,500 entries instead of ~6M rows.
+    def bar_symbols(self):
+        with self.session(write=False) as session:
+            return sorted(r[0] for r in session.fetch(_key_symbols("bars")))  # by code point, as Python sorts
+
+    def last_bar_date(self):
+        with self.session(write=False) as session:
+            return session.fetch(f"SELECT max((SELECT max(b.date) FROM bars b WHERE b.symbol = s.symbol)) "
+                                 f"FROM ({_key_symbols('bars')}) s")[0][0]
 
     def _snapshot(self, session) -> None:
         session.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -303,3 +310,11 @@ class PostgresStore(Store):
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+
+
+def _key_symbols(table: str) -> str:
+    """A query of `table`'s distinct symbols in key order, one probe of its (symbol, date) key each
+    (a skip scan: PostgreSQL has none of its own)."""
+    return (f"WITH RECURSIVE s(symbol) AS ((SELECT symbol FROM {table} ORDER BY symbol LIMIT 1) UNION ALL "
+            f"SELECT (SELECT t.symbol FROM {table} t WHERE t.symbol > s.symbol ORDER BY t.symbol LIMIT 1) "
+            "FROM s WHERE s.symbol IS NOT NULL) SELECT symbol FROM s WHERE symbol IS NOT NULL")
