@@ -99,8 +99,9 @@ class _PostgresSession(Session):
     def _copy_in(self, name: str, columns: list[str], data: pa.Table) -> None:
         if data.num_rows == 0:
             return
-        payload = pg_binary.encode(data.select(columns))
-        self._cur.copy_expert(f"COPY {name} ({', '.join(columns)}) FROM STDIN WITH (FORMAT binary)", io.BytesIO(payload))
+        # Streamed: the server stores a piece while the next one is encoded.
+        pieces = pg_binary.iter_encoded(data.select(columns))
+        self._cur.copy_expert(f"COPY {name} ({', '.join(columns)}) FROM STDIN WITH (FORMAT binary)", pg_binary.Reader(pieces))
 
     def lock(self, key: str) -> None:
         self._cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%(k)s, 0))", {"k": key})
