@@ -14,7 +14,7 @@ from __future__ import annotations
 import signal
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 class TaskTimeout(BaseException):
@@ -45,9 +45,13 @@ def _expire(signum, frame) -> None:
 
 
 @contextmanager
-def deadline(seconds: float | None, message: str) -> Iterator[None]:
+def deadline(seconds: float | None, message: str, interrupt: Callable[[], None] | None = None) -> Iterator[None]:
     """Raise `TaskTimeout(message)` in the block once it has run `seconds` (None or 0: no limit).
-    Main thread only (signals are delivered there); elsewhere the block runs unbounded."""
+    Main thread only (signals are delivered there); elsewhere the block runs unbounded.
+
+    `interrupt` is called from another thread when time is up, for calls that no signal brings
+    back to Python (a PostgreSQL statement waiting in libpq): it makes them return, with an error,
+    and the timeout is raised then."""
     if not seconds or not _on_main_thread():
         yield
         return
@@ -56,6 +60,7 @@ def deadline(seconds: float | None, message: str) -> Iterator[None]:
     _State.armed, _State.expired, _State.pending, _State.message = True, False, False, message
     previous = signal.signal(signal.SIGALRM, _expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
+    watchdog = _Watchdog(seconds, interrupt) if interrupt is not None else None
     try:
         try:
             yield
@@ -66,10 +71,35 @@ def deadline(seconds: float | None, message: str) -> Iterator[None]:
                 raise TaskTimeout(message) from exc  # the interrupted call's own error, e.g. DuckDB's
             raise
         finally:
+            if watchdog is not None:
+                watchdog.stop()
             _State.armed = False
             signal.setitimer(signal.ITIMER_REAL, 0)
     finally:
         signal.signal(signal.SIGALRM, previous)
+
+
+class _Watchdog:
+    """Calls `interrupt` once `seconds` have passed, unless stopped first; never after `stop`
+    returns (so a finished block's next statements are not cancelled)."""
+
+    def __init__(self, seconds: float, interrupt: Callable[[], None]):
+        self._interrupt = interrupt
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        with self._lock:
+            if not self._stopped:
+                self._interrupt()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+        self._timer.cancel()
 
 
 @contextmanager

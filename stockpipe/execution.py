@@ -9,7 +9,7 @@ still: its processes only took turns at the file's write lock, each paying its o
 
 So on a store that one process at a time may write (`Store.single_writer_process`: DuckDB):
 - `--workers N` runs the run's tasks in one worker process (N is logged and set to 1);
-- that worker runs the tasks that only compute and use the store in its own process (no fork) under
+- a worker of one process (on any store) runs the tasks that only compute and use the store in its own process (no fork) under
   an in-process timeout (stockpipe/deadline.py): SIGALRM on the main thread raises `TaskTimeout` in
   the task, which ends a DuckDB query, a numpy computation, a file or lock wait (never a checkpoint); Luigi files the task as failed ("... timed
   out after N seconds"), the events record and alert it, its transaction rolls back, and a rerun
@@ -20,8 +20,13 @@ So on a store that one process at a time may write (`Store.single_writer_process
   child process that the worker terminates at their timeout: a call blocked inside a C library may
   never come back to Python, where an in-process timeout acts.
 
-On PostgreSQL nothing changes: workers write in parallel, and every task runs in a child process
-that its timeout kills (a statement waiting inside libpq does not see a signal until it returns).
+On PostgreSQL, several processes write at once: `--workers N` (N > 1) runs N tasks at a time, each in
+a child process that its timeout terminates, as Luigi does. With `--workers 1` the worker runs the
+store's tasks in its own process as on DuckDB, with its pooled connections: a child per task cost a
+13-session rebuild's 50 chunks more than their work (a fork, a new connection, cold caches). A statement
+waiting inside libpq does not return to Python for the signal, so when the timeout expires a watchdog
+thread also cancels this process's running statements (`Store.interrupt`); the task then fails as timed
+out and its transaction rolls back.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ def runs_in_worker_process(worker: luigi.worker.Worker, task: luigi.Task) -> boo
     from stockpipe.tasks import StockpipeTask
 
     return (isinstance(task, StockpipeTask) and not task.isolated and worker.worker_processes == 1
-            and getattr(worker, "_stockpipe_single_writer", False) and not worker._config.force_multiprocessing
+            and not worker._config.force_multiprocessing
             and threading.current_thread() is threading.main_thread())  # signals reach the main thread only
 
 
@@ -72,6 +77,8 @@ def _single_writer_store() -> bool:
 
 
 def _create_task_process(self, task):
+    from stockpipe.store import interrupt_all
+
     if not runs_in_worker_process(self, task):
         return _luigi_create_task_process(self, task)
     seconds = task.worker_timeout
@@ -83,7 +90,8 @@ def _create_task_process(self, task):
     run_steps = process._run_get_new_deps
 
     def run_steps_in_time():
-        with deadline(seconds, f"Task {task.task_id} timed out after {seconds} seconds and was stopped."):
+        with deadline(seconds, f"Task {task.task_id} timed out after {seconds} seconds and was stopped.",
+                      interrupt=interrupt_all):
             return run_steps()
 
     process._run_get_new_deps = run_steps_in_time

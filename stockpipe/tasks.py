@@ -353,8 +353,8 @@ class RebuildFrom(StockpipeTask):
 
     def preflight(self):
         store = self.store()
-        _, last, count = store.bars_extent()
-        if not count:
+        last = store.last_bar_date()
+        if last is None:
             raise preflight.UserError(f"RebuildFrom: store {store.redacted_url()} is empty: run Daily or Backfill first")
         if self.start_date > last:
             raise preflight.UserError(f"RebuildFrom --start-date {self.start_date}: the store's latest bar is {last}, "

@@ -47,3 +47,28 @@ def test_no_deadline_is_left_armed_after_the_block():
     time.sleep(0.01)
     with uninterruptible():
         pass  # nothing pending, nothing raised
+
+
+@pytest.mark.postgres
+def test_a_deadline_cancels_a_postgresql_statement_that_no_signal_brings_back(postgres_url):
+    """A statement waiting inside libpq (here pg_sleep; in a task, a lock) only returns to Python
+    when the server answers: the deadline's interrupt cancels it, and the timeout is raised then."""
+    from stockpipe.store import interrupt_all, open_store
+
+    store = open_store(postgres_url)
+    started = time.monotonic()
+    with pytest.raises(TaskTimeout, match="chunk 3 timed out"):
+        with deadline(0.5, "chunk 3 timed out", interrupt=interrupt_all):
+            with store.session() as session:
+                session.execute("SELECT pg_sleep(30)")
+    assert time.monotonic() - started < 10
+    with store.session(write=False) as session:
+        assert session.fetch("SELECT 42") == [(42,)], "the store is usable afterwards"
+
+
+def test_a_deadline_never_interrupts_after_its_block_ended():
+    calls = []
+    with deadline(0.3, "never", interrupt=lambda: calls.append(time.monotonic())):
+        pass
+    time.sleep(0.6)
+    assert calls == []

@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psycopg2
 import pyarrow as pa
 import pytest
+from sqlalchemy.engine import make_url
 
 from stockpipe.markers import indicator_chunk as chunk_marker_id
 from stockpipe.store import open_store
@@ -120,6 +122,49 @@ def test_a_chunk_hung_in_the_worker_process_is_stopped_by_its_timeout_and_a_reru
     rerun = run_ok(tmp_path / "run", *REBUILD)
     assert "chunk_id=1)" in rerun
     assert_whole_and_exact(url, expected)
+
+
+@pytest.mark.postgres
+def test_on_postgresql_a_chunk_stuck_in_a_statement_is_cancelled_at_its_timeout_in_the_worker_process(
+        seed, postgres_url, tmp_path):
+    """With `--workers 1` on PostgreSQL the store's tasks run in the worker's process too. A chunk
+    whose DELETE waits on rows another transaction holds is inside libpq, where no signal handler
+    runs: at its timeout the statement is cancelled, the chunk fails as timed out with nothing
+    written, the other chunks finish, and the rerun completes with the exact values."""
+    clean_url = clone(seed, tmp_path / "clean")
+    run_ok(tmp_path / "clean", *REBUILD)
+    expected = contents(clean_url)
+    open_store(clean_url).close()
+
+    (tmp_path / "run").mkdir()
+    configure(tmp_path / "run", postgres_url, timeouts={"chunk": 3})
+    run_ok(tmp_path / "run", "Daily", "--date", DAY0)
+    store = open_store(postgres_url)
+    held_symbol = store.active_symbols()[10]  # chunk 1 of chunks of 10
+    holder = psycopg2.connect(make_url(postgres_url).set(drivername="postgresql").render_as_string(hide_password=False))
+    started = time.monotonic()
+    try:
+        with holder.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM indicators WHERE symbol = %s FOR UPDATE", (held_symbol,))
+        code, output = run_luigi_workers(tmp_path / "run", 1, *REBUILD)
+    finally:
+        holder.rollback()
+        holder.close()
+    elapsed = time.monotonic() - started
+    assert code == 30, output
+    # Without the cancel, the DELETE would wait for the holder until statement_timeout (900 s).
+    assert elapsed < 60, f"the stuck chunk took {elapsed:.0f} s to be stopped"
+    assert re.search(r"IndicatorChunk\S* timed out after 3 seconds", output), output
+    ran = where_tasks_ran(output)
+    assert ran["IndicatorChunk"] == ran["PlanRebuild"] == {"worker"}, ran
+    assert store.read_marker(chunk_marker_id(f"rebuild-{START}", 1)) is None
+    assert store.read_marker(chunk_marker_id(f"rebuild-{START}", 2)) is not None, "the other chunks went on"
+    failed = store.query("SELECT task_family, error FROM task_runs WHERE status = 'FAILED'").to_pylist()
+    assert [r["task_family"] for r in failed] == ["IndicatorChunk"], failed
+
+    rerun = run_ok(tmp_path / "run", *REBUILD)
+    assert "chunk_id=1)" in rerun
+    assert_whole_and_exact(postgres_url, expected)
 
 
 def test_two_runs_keeping_their_connections_hand_the_file_over(seed, tmp_path):

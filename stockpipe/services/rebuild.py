@@ -215,7 +215,7 @@ def _create_plan_locked(store, directory, *, plan_id, kind, start, symbols, chun
         directory.mkdir(parents=True, exist_ok=True)
         # The chunks replace rows up to the last bar they read; the backup covers up to the last
         # bar now, and a restore puts back exactly that range.
-        end = store.bars_extent()[1]
+        end = store.last_bar_date()
         metadata = {"stockpipe": json.dumps({"plan_id": plan_id, "start_date": str(start),
                                              "end_date": str(end) if end else None, "symbols": sorted(symbols)})}
         discard_orphans(directory / BACKUP_FILE)  # a killed attempt's partial backup

@@ -57,6 +57,15 @@ def close_all() -> None:
             store.close()
 
 
+def interrupt_all() -> None:
+    """Stop the statements this process's stores are running (callable from any thread)."""
+    import os
+
+    for (_, pid), store in list(_OPEN.items()):
+        if pid == os.getpid():
+            store.interrupt()
+
+
 def release_waited_for() -> None:
     """Let go of every kept connection another process waits for."""
     import os
@@ -88,4 +97,4 @@ def read_foreign(url: str) -> Iterator[Session]:
 
 
 __all__ = ["Marker", "SCHEMA_VERSION", "SchemaVersionError", "Session", "Store", "StoreError", "close_all", "connections_kept",
-           "open_store", "read_foreign", "release_waited_for"]
+           "interrupt_all", "open_store", "read_foreign", "release_waited_for"]

@@ -512,6 +512,11 @@ class Store(ABC):
         with self.session(write=False) as session:
             return [r[0] for r in session.fetch("SELECT DISTINCT symbol FROM bars ORDER BY symbol")]
 
+    def last_bar_date(self) -> dt.date | None:
+        """The latest stored bar's date (None: no bar), without counting the bars."""
+        with self.session(write=False) as session:
+            return session.fetch("SELECT max(date) FROM bars")[0][0]
+
     def bars_extent(self) -> tuple[dt.date | None, dt.date | None, int]:
         with self.session(write=False) as session:
             first, last, count = session.fetch("SELECT min(date), max(date), count(*) FROM bars")[0]
@@ -1053,6 +1058,11 @@ class Store(ABC):
     def release_if_waited_for(self) -> None:
         """Let go of a kept connection if another process waits for it (a no-op for stores that
         several processes write at once)."""
+
+    def interrupt(self) -> None:
+        """Ask the statements this process is running to stop, from any thread (a task's deadline
+        expired while its main thread waits inside the database client, where no signal handler
+        runs). A no-op for stores whose calls a signal already interrupts (DuckDB)."""
 
 
 BAR_SNAPSHOT = pa.schema([BARS.schema.field(c) for c in ("symbol", "date", "close", "volume")])

@@ -140,6 +140,8 @@ class PostgresStore(Store):
         super().__init__(url)
         self._engine = None
         self._engine_pid = None
+        # psycopg2 connections inside a session or a run lock now, for `interrupt` (another thread).
+        self._busy: set = set()
 
     def _schema_filter(self) -> str:
         return " AND table_schema = current_schema()"
@@ -168,6 +170,7 @@ class PostgresStore(Store):
             connection = self.engine().raw_connection()
         except (sqlalchemy.exc.OperationalError, psycopg2.OperationalError) as exc:
             raise StoreError(scrub(f"cannot connect to {self.redacted_url()}: {exc}".strip(), self.url)) from None
+        self._busy.add(connection.dbapi_connection)
         try:
             if not write:
                 connection.set_session(readonly=True)
@@ -182,6 +185,7 @@ class PostgresStore(Store):
                 raise
             connection.commit()
         finally:
+            self._busy.discard(connection.dbapi_connection)
             if connection.dbapi_connection is None or connection.dbapi_connection.closed:
                 # A dropped connection goes out of the pool without the pool's reset, whose
                 # "connection already closed" traceback would be logged before the real error.
@@ -203,6 +207,7 @@ class PostgresStore(Store):
         import time
 
         connection = self.engine().raw_connection()
+        self._busy.add(connection.dbapi_connection)
         try:
             connection.dbapi_connection.autocommit = True
             cursor = connection.cursor()
@@ -223,7 +228,20 @@ class PostgresStore(Store):
                 except Exception:  # noqa: BLE001 - a dropped connection released it; keep the task's error
                     pass
         finally:
+            self._busy.discard(connection.dbapi_connection)
             connection.invalidate()  # not back to the pool in autocommit mode
+
+    def interrupt(self):
+        # A statement waiting in libpq (a lock, a long COPY) returns only when the server answers,
+        # so a deadline's signal handler would wait for it; a cancel request makes it answer now
+        # ("canceling statement due to user request"), the transaction rolls back.
+        import psycopg2
+
+        for connection in list(self._busy):
+            try:
+                connection.cancel()
+            except psycopg2.Error:
+                pass  # closed meanwhile: nothing to stop
 
     def reclaim(self, table, replaced_rows):
         # VACUUM makes the replaced rows' space (and their index entries) reusable, so the next
@@ -236,6 +254,7 @@ class PostgresStore(Store):
         # the run's own count is a floor. VACUUM cannot run inside a transaction: a connection of
         # its own, in autocommit.
         connection = self.engine().raw_connection()
+        self._busy.add(connection.dbapi_connection)
         try:
             connection.dbapi_connection.autocommit = True
             cursor = connection.cursor()
@@ -252,6 +271,7 @@ class PostgresStore(Store):
             elif estimated_rows < 0 or changed > _RECLAIM_FRACTION * live:  # never analyzed, or much changed
                 cursor.execute(f"ANALYZE {table}")
         finally:
+            self._busy.discard(connection.dbapi_connection)
             connection.invalidate()  # not back to the pool in autocommit mode
 
     def latest_indicator_dates(self, symbols, before):
@@ -271,11 +291,18 @@ class PostgresStore(Store):
         # A window is a few dates of every symbol: without a date index that is a scan of the whole
         # table, unless the (symbol, date) key is probed per symbol. The symbols come from the key
         # itself, one probe each (a skip scan), so a symbol missing from `symbols` is not missed.
-        name = table.name
-        symbols = (f"WITH RECURSIVE s(symbol) AS ((SELECT symbol FROM {name} ORDER BY symbol LIMIT 1) UNION ALL "
-                   f"SELECT (SELECT t.symbol FROM {name} t WHERE t.symbol > s.symbol ORDER BY t.symbol LIMIT 1) "
-                   "FROM s WHERE s.symbol IS NOT NULL) SELECT symbol FROM s WHERE symbol IS NOT NULL")
-        return f"SELECT {columns} FROM {name} WHERE symbol = ANY(ARRAY({symbols})) AND {where}"
+        return f"SELECT {columns} FROM {table.name} WHERE symbol = ANY(ARRAY({_key_symbols(table.name)})) AND {where}"
+
+    # DISTINCT, max(date) and count(*) read every row of a table that has no date index; one
+    # probe of the (symbol, date) key per symbol reads ~2,500 entries instead of ~6M rows.
+    def bar_symbols(self):
+        with self.session(write=False) as session:
+            return sorted(r[0] for r in session.fetch(_key_symbols("bars")))  # by code point, as Python sorts
+
+    def last_bar_date(self):
+        with self.session(write=False) as session:
+            return session.fetch(f"SELECT max((SELECT max(b.date) FROM bars b WHERE b.symbol = s.symbol)) "
+                                 f"FROM ({_key_symbols('bars')}) s")[0][0]
 
     def _snapshot(self, session) -> None:
         session.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -284,3 +311,11 @@ class PostgresStore(Store):
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+
+
+def _key_symbols(table: str) -> str:
+    """A query of `table`'s distinct symbols in key order, one probe of its (symbol, date) key each
+    (a skip scan: PostgreSQL has none of its own)."""
+    return (f"WITH RECURSIVE s(symbol) AS ((SELECT symbol FROM {table} ORDER BY symbol LIMIT 1) UNION ALL "
+            f"SELECT (SELECT t.symbol FROM {table} t WHERE t.symbol > s.symbol ORDER BY t.symbol LIMIT 1) "
+            "FROM s WHERE s.symbol IS NOT NULL) SELECT symbol FROM s WHERE symbol IS NOT NULL")

@@ -400,6 +400,16 @@ def test_first_and_last_bar_dates_and_the_symbols_with_bars(store):
     assert store.last_bar_dates(["AAA", "BBB", "CCC"]) == {"AAA": dt.date(2025, 1, 10), "BBB": dt.date(2025, 1, 5)}
     assert store.first_bar_dates(["BBB", "CCC"]) == {"BBB": dt.date(2025, 1, 4)}
     assert store.bar_symbols() == ["AAA", "BBB"]  # whether listed in symbols or not
+    assert store.last_bar_date() == dt.date(2025, 1, 10)
+
+
+def test_the_symbols_with_bars_come_in_code_point_order_and_an_empty_store_has_no_last_bar(store):
+    assert store.last_bar_date() is None and store.bar_symbols() == []
+    # A language's collation puts BFAM before BF-B, or ignores case; Python (and every chunk) does not.
+    names = ["BFAM", "BF-B", "bf", "AAA", "BF.A"]
+    store.write_bars(pa.concat_tables([bars_rows(n, dt.date(2025, 1, 1 + i), 1) for i, n in enumerate(names)]))
+    assert store.bar_symbols() == sorted(names)
+    assert store.last_bar_date() == dt.date(2025, 1, 5)
 
 
 def test_task_runs_count_each_tasks_attempts(store):
