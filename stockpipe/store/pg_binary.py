@@ -3,21 +3,23 @@
 Format (PostgreSQL docs, "COPY ... BINARY"): a header, then per row an int16 field count and per
 field an int32 byte length (-1 for NULL) followed by the value in network byte order; a -1 int16
 trailer. Rows vary in size only by their text fields' lengths and which fields are NULL, so rows are
-grouped by (NULL pattern, text lengths) and each group is written as one fixed-layout structured
-array straight into the payload's buffer. NaN floats are written as NULL.
+grouped by (NULL pattern, text lengths) by one stable sort, and each group is written as blocks of
+one fixed-layout structured array. NaN floats are written as NULL. Text columns are dictionary
+encoded first: a chunk holds few distinct symbols, whose bytes are laid out once.
 Binary COPY spares the server from parsing 17-digit float text: ~3x faster than CSV here.
 
 Row order in the payload: groups in ascending order of their key, rows of a group in input order.
 The key orders groups by the last text column's length first, ..., the first text column's length,
 then the NULL flags from the last column to the first; when those do not fit 63 bits (many text
 columns, a text of 64 KiB or more) by the NULL flags from the first column to the last, then the
-text lengths from the first to the last. (The payloads of earlier versions had this order; a table
-keeps the rows in whatever order they arrive, so nothing reads it.)
+text lengths from the first to the last. This is the order of the first encoder's payloads (one
+np.unique over the packed key, or over the key's rows), kept so that payloads stay byte-identical.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import struct
 from typing import Iterator
 
 import numpy as np
@@ -73,10 +75,10 @@ class _Text:
 
 def _fixed(column: pa.ChunkedArray | pa.Array, arrow_type: pa.DataType) -> tuple[np.ndarray, np.ndarray, np.dtype]:
     """Values (native byte order; a NULL's value is arbitrary), NULL flags, and the wire dtype."""
-    missing = pc.is_null(column).to_numpy(zero_copy_only=False)
     if pa.types.is_floating(arrow_type):
         values = column.to_numpy(zero_copy_only=False)  # NULL -> NaN
         return values, np.isnan(values), np.dtype(">f8")
+    missing = pc.is_null(column).to_numpy(zero_copy_only=False)
     if column.null_count:
         column = pc.fill_null(column, pa.scalar(0 if not pa.types.is_boolean(arrow_type) else False, arrow_type))
     if pa.types.is_integer(arrow_type):
@@ -130,41 +132,37 @@ def _group_order(missing: list[np.ndarray], text_lengths: list[np.ndarray], n: i
 
 
 class _Group:
-    """Rows `start:end` of the payload order that share one fixed layout."""
+    """Rows `start:end` of the payload order that share one fixed layout of `row_bytes` bytes."""
 
-    def __init__(self, start: int, end: int, dtype: np.dtype, values: list[tuple[int, np.dtype | int]],
+    def __init__(self, start: int, end: int, row_bytes: int, values: list[tuple[int, int, np.dtype | int]],
                  template: np.ndarray):
-        self.start, self.end, self.dtype = start, end, dtype
-        self.values = values  # (column, wire dtype or text width) of each non-NULL field with bytes
+        self.start, self.end, self.row_bytes = start, end, row_bytes
+        # (column, offset in the row, wire dtype or text width) of each non-NULL field with bytes
+        self.values = values
         self.template = template  # one row's bytes: field count and lengths filled in, values zero
 
 
 def _groups(columns: list[tuple], missing: list[np.ndarray], order: np.ndarray | None,
             bounds: np.ndarray) -> list[_Group]:
+    """Each group's layout, from its first row (its rows share NULLs and text lengths)."""
     groups = []
+    count = struct.pack(">h", len(columns))
+    null = struct.pack(">i", -1)
     for start, end in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
         first = int(order[start]) if order is not None else start
-        layout, lengths, values = [("count", ">i2")], [], []
+        template, values = [count], []
+        offset = len(count)
         for index, (array, _, kind) in enumerate(columns):
-            layout.append((f"len{index}", ">i4"))
             if missing[index][first]:
-                lengths.append(-1)
-            elif kind is None:
-                width = int(array.lengths[first])
-                lengths.append(width)
-                if width:
-                    layout.append((f"val{index}", np.uint8, (width,)))
-                    values.append((index, width))
-            else:
-                lengths.append(kind.itemsize)
-                layout.append((f"val{index}", kind))
-                values.append((index, kind))
-        dtype = np.dtype(layout)
-        template = np.zeros(1, dtype=dtype)
-        template["count"] = len(columns)
-        for index, length in enumerate(lengths):
-            template[f"len{index}"] = length
-        groups.append(_Group(start, end, dtype, values, template.view(np.uint8)))
+                template.append(null)
+                offset += len(null)
+                continue
+            width = int(array.lengths[first]) if kind is None else kind.itemsize
+            template.append(struct.pack(">i", width) + bytes(width))
+            if width:
+                values.append((index, offset + 4, width if kind is None else kind))
+            offset += 4 + width
+        groups.append(_Group(start, end, offset, values, np.frombuffer(b"".join(template), dtype=np.uint8)))
     return groups
 
 
@@ -176,7 +174,7 @@ def iter_encoded(table: pa.Table, block_bytes: int = 1 << 20) -> Iterator[bytes]
     """
     n = table.num_rows
     if n == 0:
-        return iter((HEADER, TRAILER))
+        return iter((HEADER + TRAILER,))
     columns = []  # per column: (values or _Text, NULL flags, wire dtype or None for text)
     for field in table.schema:
         column = table.column(field.name)
@@ -191,28 +189,36 @@ def iter_encoded(table: pa.Table, block_bytes: int = 1 << 20) -> Iterator[bytes]
 
 
 def _pieces(columns: list[tuple], groups: list[_Group], order: np.ndarray | None, block_bytes: int) -> Iterator[bytes]:
-    yield HEADER
-    # Per column, what a block takes rows from: the values, or a text column's dictionary indices.
+    # Per column, what rows are taken from: the values, or a text column's dictionary indices.
     sources = [array.indices if kind is None else array for array, _, kind in columns]
-    buffer = np.empty(0, dtype=np.uint8)
+    buffer = np.empty(max([block_bytes, len(HEADER)] + [group.row_bytes for group in groups]), dtype=np.uint8)
+    buffer[: len(HEADER)] = np.frombuffer(HEADER, dtype=np.uint8)
+    used = len(HEADER)
     for group in groups:
-        row_bytes = group.dtype.itemsize
-        rows_per_block = min(max(1, block_bytes // row_bytes), group.end - group.start)
-        if buffer.nbytes < row_bytes * rows_per_block:
-            buffer = np.empty(row_bytes * rows_per_block, dtype=np.uint8)
-        for start in range(group.start, group.end, rows_per_block):
-            end = min(start + rows_per_block, group.end)
+        row_bytes = group.row_bytes
+        start = group.start
+        while start < group.end:
+            room = (buffer.size - used) // row_bytes
+            if room == 0:
+                yield buffer[:used].tobytes()
+                used = 0
+                continue
+            end = min(start + room, group.end)
             rows = order[start:end] if order is not None else slice(start, end)
-            size = row_bytes * (end - start)
-            buffer[:size].reshape(end - start, row_bytes)[:] = group.template
-            block = np.ndarray((end - start,), dtype=group.dtype, buffer=buffer)
-            for index, kind in group.values:
-                if isinstance(kind, int):
-                    block[f"val{index}"] = columns[index][0].take(sources[index][rows], kind)
+            block = buffer[used : used + row_bytes * (end - start)]
+            block.reshape(end - start, row_bytes)[:] = group.template
+            for index, offset, kind in group.values:
+                if isinstance(kind, int):  # a text `kind` bytes long: a (rows, kind) view of its bytes
+                    field = np.ndarray((end - start, kind), dtype=np.uint8, buffer=block, offset=offset,
+                                       strides=(row_bytes, 1))
+                    field[:] = columns[index][0].take(sources[index][rows], kind)
                 else:
-                    block[f"val{index}"] = sources[index][rows]
-            yield buffer[:size].tobytes()
-    yield TRAILER
+                    field = np.ndarray((end - start,), dtype=kind, buffer=block, offset=offset, strides=(row_bytes,))
+                    field[:] = sources[index][rows]
+            used += block.size
+            start = end
+    tail = buffer[:used].tobytes()
+    yield tail + TRAILER
 
 
 class Reader:
