@@ -841,6 +841,11 @@ class Store(ABC):
             target.close()
         return counts
 
+    def prune_changes(self, before: dt.datetime) -> int:
+        """Drop change-log rows logged before `before` (the newest always stays); how many went."""
+        with self.session() as session:
+            return changes.prune(session, before)
+
     def reclaim(self, table: str, replaced_rows: int) -> None:
         """After a run replaced `replaced_rows` rows of `table` (delete then insert): once the rows
         replaced since the last time are a good part of the table, make their space reusable and
