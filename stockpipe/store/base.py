@@ -15,6 +15,7 @@ import json
 import logging
 import re
 from abc import ABC, abstractmethod
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -90,7 +91,8 @@ class Session(ABC):
     """One connection inside one transaction."""
 
     @abstractmethod
-    def execute(self, sql: str, params: dict[str, Any] | None = None) -> None: ...
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> int | None:
+        """Run a statement; the rows it changed where the database says (else None)."""
 
     @abstractmethod
     def fetch(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]: ...
@@ -137,6 +139,8 @@ class Store(ABC):
     def __init__(self, url: str):
         self.url = url
         self._schema_checked = False
+        # Rows this process deleted to replace them, per table, since it last reclaimed their space.
+        self.replaced_since_vacuum: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.redacted_url()!r})"
@@ -583,11 +587,11 @@ class Store(ABC):
             bound: dict[str, Any] = {} if end is None else {"e": end}
             params: dict[str, Any] = {"d": start, **bound}
             where = symbol_filter("symbol", symbols, params, collate=self.codepoint_collation)
-            session.execute(f"DELETE FROM indicators WHERE {where} AND date >= :d{until}", params)
+            deleted = [session.execute(f"DELETE FROM indicators WHERE {where} AND date >= :d{until}", params)]
             if whole_symbols:
                 whole: dict[str, Any] = dict(bound)
                 where = symbol_filter("symbol", whole_symbols, whole, "w", collate=self.codepoint_collation)
-                session.execute(f"DELETE FROM indicators WHERE {where}{until}", whole)
+                deleted.append(session.execute(f"DELETE FROM indicators WHERE {where}{until}", whole))
             if rows.num_rows:
                 session.insert(INDICATORS, rows)
                 latest = _latest_per_symbol(rows, "avg_volume_30")
@@ -606,6 +610,7 @@ class Store(ABC):
             if whole_symbols:
                 changes.record(session, "indicators", whole_symbols, None, end, utcnow())
             self._touch(session, marker)
+        self.replaced_since_vacuum["indicators"] += sum(n for n in deleted if n and n > 0)
         return True
 
     def read_indicators(
@@ -840,6 +845,16 @@ class Store(ABC):
         finally:
             target.close()
         return counts
+
+    def reclaim_during_run(self, table: str) -> None:
+        """Between a run's writes: make the space of rows replaced so far reusable once they are a
+        good part of `table`, so a rebuild replacing most of it does not grow it by all of them (a
+        no-op where the store needs none)."""
+
+    def prune_changes(self, before: dt.datetime) -> int:
+        """Drop change-log rows logged before `before` (the newest always stays); how many went."""
+        with self.session() as session:
+            return changes.prune(session, before)
 
     def reclaim(self, table: str, replaced_rows: int) -> None:
         """After a run replaced `replaced_rows` rows of `table` (delete then insert): once the rows

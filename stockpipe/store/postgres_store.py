@@ -27,6 +27,7 @@ _POOL_RECYCLE_SECONDS = 1800
 _FEW_SYMBOLS = 64
 # Share of a table's rows replaced (or changed) since the last VACUUM (ANALYZE) that calls for one.
 _RECLAIM_FRACTION = 0.1
+_RECLAIM_MIN_DEAD = 10_000  # below this many dead rows a VACUUM mid-run is not worth its scan of the key index
 
 
 def _connect_args(url: str) -> dict[str, Any]:
@@ -58,8 +59,9 @@ class _PostgresSession(Session):
     def _sql(self, sql: str, params: dict[str, Any] | None) -> str:
         return self._cur.mogrify(translate_placeholders(sql, "pyformat"), params or {}).decode()
 
-    def execute(self, sql: str, params: dict[str, Any] | None = None) -> None:
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> int:
         self._cur.execute(translate_placeholders(sql, "pyformat"), params or {})
+        return self._cur.rowcount
 
     def fetch(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
         self._cur.execute(translate_placeholders(sql, "pyformat"), params or {})
@@ -208,6 +210,7 @@ class PostgresStore(Store):
 
         connection = self.engine().raw_connection()
         self._busy.add(connection.dbapi_connection)
+        released = False
         try:
             connection.dbapi_connection.autocommit = True
             cursor = connection.cursor()
@@ -225,11 +228,17 @@ class PostgresStore(Store):
             finally:
                 try:
                     cursor.execute("SELECT pg_advisory_unlock(hashtextextended(%(k)s, 0))", lock_key)
+                    released = bool(cursor.fetchone()[0])
                 except Exception:  # noqa: BLE001 - a dropped connection released it; keep the task's error
                     pass
         finally:
             self._busy.discard(connection.dbapi_connection)
-            connection.invalidate()  # not back to the pool in autocommit mode
+            if released:
+                # Back to the pool for the next task's sessions (a connection per task cost ~20 ms).
+                connection.dbapi_connection.autocommit = False
+                connection.close()
+            else:
+                connection.invalidate()  # it may still hold the lock: the server releases it with the session
 
     def interrupt(self):
         # A statement waiting in libpq (a lock, a long COPY) returns only when the server answers,
@@ -243,6 +252,41 @@ class PostgresStore(Store):
             except psycopg2.Error:
                 pass  # closed meanwhile: nothing to stop
 
+    def reclaim_during_run(self, table):
+        # A rebuild replacing most of a table leaves each chunk's old rows dead until a VACUUM: done
+        # only at the end, the table grew by all of them (1.5x after a second full rebuild). Once
+        # a tenth of the table is dead, a VACUUM makes their space reusable by the chunks still to
+        # come. SKIP_LOCKED: a VACUUM another worker is running does the same; never wait for it.
+        with self._autocommit_cursor() as cursor:
+            cursor.execute(
+                "SELECT c.reltuples, coalesce(s.n_dead_tup, 0) FROM pg_class c "
+                "LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.oid = to_regclass(%(t)s)", {"t": table})
+            found = cursor.fetchone()
+            # The server counts dead rows with a delay (its statistics are sent about once a second):
+            # what this process replaced since its last VACUUM is a floor.
+            dead = max(found[1], self.replaced_since_vacuum[table]) if found is not None else 0
+            if found is not None and dead > max(_RECLAIM_FRACTION * found[0], _RECLAIM_MIN_DEAD):
+                cursor.execute(f"VACUUM (SKIP_LOCKED) {table}")
+                self.replaced_since_vacuum[table] = 0
+
+    @contextmanager
+    def _autocommit_cursor(self):
+        # VACUUM cannot run inside a transaction: a pooled connection in autocommit, restored after.
+        connection = self.engine().raw_connection()
+        self._busy.add(connection.dbapi_connection)
+        done = False
+        try:
+            connection.dbapi_connection.autocommit = True
+            yield connection.cursor()
+            done = True
+        finally:
+            self._busy.discard(connection.dbapi_connection)
+            if done:
+                connection.dbapi_connection.autocommit = False
+                connection.close()
+            else:
+                connection.invalidate()
+
     def reclaim(self, table, replaced_rows):
         # VACUUM makes the replaced rows' space (and their index entries) reusable, so the next
         # rebuild writes into it instead of growing the files; ANALYZE keeps the plans of the
@@ -251,13 +295,8 @@ class PostgresStore(Store):
         # autovacuum, only once a good part of the table is dead (a full rebuild: all of it; a
         # 13-session rebuild or a Daily: ~0.5%, left to add up, since each VACUUM scans the whole
         # key index). The server's dead-row count may not include this run's last chunks yet:
-        # the run's own count is a floor. VACUUM cannot run inside a transaction: a connection of
-        # its own, in autocommit.
-        connection = self.engine().raw_connection()
-        self._busy.add(connection.dbapi_connection)
-        try:
-            connection.dbapi_connection.autocommit = True
-            cursor = connection.cursor()
+        # the run's own count is a floor.
+        with self._autocommit_cursor() as cursor:
             cursor.execute(
                 "SELECT c.reltuples, coalesce(s.n_dead_tup, 0), coalesce(s.n_mod_since_analyze, 0) FROM pg_class c "
                 "LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.oid = to_regclass(%(t)s)", {"t": table})
@@ -268,11 +307,9 @@ class PostgresStore(Store):
             live = max(estimated_rows, 0)
             if max(dead, replaced_rows) > _RECLAIM_FRACTION * live:
                 cursor.execute(f"VACUUM (ANALYZE) {table}")
+                self.replaced_since_vacuum[table] = 0
             elif estimated_rows < 0 or changed > _RECLAIM_FRACTION * live:  # never analyzed, or much changed
                 cursor.execute(f"ANALYZE {table}")
-        finally:
-            self._busy.discard(connection.dbapi_connection)
-            connection.invalidate()  # not back to the pool in autocommit mode
 
     def latest_indicator_dates(self, symbols, before):
         if not symbols:
