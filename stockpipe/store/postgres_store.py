@@ -137,6 +137,7 @@ class _PostgresSession(Session):
 class PostgresStore(Store):
     dialect = "postgresql"
     codepoint_collation = ' COLLATE "C"'
+    symbol_ranges_prune = False
 
     def __init__(self, url: str):
         super().__init__(url)
