@@ -356,7 +356,7 @@ def cmd_cleanup(args, out) -> int:
     settings = config.cleanup()
     result = cleanup_service.clean(
         open_store(config.store_url()), data_dir=config.store_dir(), replica_path=config.replica_path(),
-        log_dir=Path(settings.log_dir), days=settings.days(), dry_run=args.dry_run,
+        log_dir=Path(settings.log_dir), days=settings.days(), dry_run=args.dry_run, changes_days=settings.changes_days,
     )
     rows = [{"kind": i["kind"], "path": i["path"], "MB": round(i["bytes"] / 1e6, 2), "days old": round(i["age_days"], 1),
              "why": i["reason"]} for i in result["items"]]
@@ -367,6 +367,8 @@ def cmd_cleanup(args, out) -> int:
         _print_table("kept", kept, out)
     verb = "would free" if args.dry_run else "freed"
     print(f"\n{len(rows)} path(s), {verb} {result['bytes_freed'] / 1e6:,.1f} MB ({result['bytes_freed']:,} bytes)", file=out)
+    if result["changes_pruned"]:
+        print(f"{result['changes_pruned']} change-log row(s) older than {settings.changes_days} days forgotten", file=out)
     return 0
 
 

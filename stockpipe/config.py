@@ -272,6 +272,8 @@ class cleanup(luigi.Config):  # noqa: N801
     replica_days = luigi.IntParameter(default=7, description="the replica's previous copy (replica.previous.duckdb)")
     logs_days = luigi.IntParameter(default=30, description="files in log_dir")
     log_dir = luigi.Parameter(default="logs", description="directory of the cron job's logs (relative to the working directory)")
+    changes_days = luigi.IntParameter(
+        default=30, description="rows of the store's change log (store_changes); a replica older than this is exported whole")
 
     def days(self) -> dict[str, int]:
         return {"runs": self.runs_days, "backups": self.backups_days, "reports": self.reports_days,

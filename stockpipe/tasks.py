@@ -508,7 +508,8 @@ class CleanupOldFiles(StockpipeTask):
     def run(self):
         settings = config.cleanup()
         cleanup_service.clean(self.store(), data_dir=config.store_dir(), replica_path=config.replica_path(),
-                              log_dir=Path(settings.log_dir), days=settings.days(), marker=self.run_marker())
+                              log_dir=Path(settings.log_dir), days=settings.days(), marker=self.run_marker(),
+                              changes_days=settings.changes_days)
 
 
 class RedisTask(StockpipeTask):

@@ -193,8 +193,12 @@ def plan_cleanup(store: Store, *, data_dir: Path, replica_path: Path, log_dir: P
 
 
 def clean(store: Store, *, data_dir: Path, replica_path: Path, log_dir: Path, days: Mapping[str, int],
-          dry_run: bool = False, now: float | None = None, marker: Marker | None = None) -> dict[str, Any]:
-    """Delete what `plan_cleanup` lists (nothing with `dry_run`); returns what went and the bytes freed."""
+          dry_run: bool = False, now: float | None = None, marker: Marker | None = None,
+          changes_days: int = 0) -> dict[str, Any]:
+    """Delete what `plan_cleanup` lists (nothing with `dry_run`), and change-log rows older than
+    `changes_days` (0: kept for ever); returns what went and the bytes freed."""
+    if changes_days < 0:
+        raise ValueError(f"[cleanup] changes_days = {changes_days}: days cannot be negative (0 keeps for ever)")
     remove, keep = plan_cleanup(store, data_dir=data_dir, replica_path=replica_path, log_dir=log_dir, days=days, now=now)
     removed: list[Item] = []
     errors: list[str] = []
@@ -220,6 +224,12 @@ def clean(store: Store, *, data_dir: Path, replica_path: Path, log_dir: Path, da
              "paths": [i.path for i in removed][:200]}
     log.info("cleanup%s: %d removed, %.1f MB freed, %d kept", " (dry run)" if dry_run else "", len(removed),
              stats["bytes_freed"] / 1e6, len(keep))
+    stats["changes_pruned"] = 0
+    if changes_days and not dry_run:
+        cutoff = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.timezone.utc).replace(tzinfo=None)
+        stats["changes_pruned"] = store.prune_changes(cutoff - dt.timedelta(days=changes_days))
+        if stats["changes_pruned"]:
+            log.info("cleanup forgot %d change-log rows older than %d days", stats["changes_pruned"], changes_days)
     if errors:
         raise OSError(f"cleanup could not remove {len(errors)} path(s): {'; '.join(errors[:3])}")
     if marker is not None and not dry_run:

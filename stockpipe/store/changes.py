@@ -49,6 +49,20 @@ def record(session, table: str, symbols: Sequence[str] | None, date_from: dt.dat
     )
 
 
+def prune(session, before: dt.datetime) -> int:
+    """Forget the changes logged before `before`, always keeping the newest (numbering goes on
+    from it). A replica whose mark is gone is then exported whole: the log stays bounded (a
+    Daily and a rebuild add a few rows a day) at the cost of one full export for a replica left
+    behind that long."""
+    session.lock(LOCK)
+    doomed = session.fetch("SELECT count(*) FROM store_changes WHERE changed_at < :b AND "
+                           "change_id < (SELECT max(change_id) FROM store_changes)", {"b": before})[0][0]
+    if doomed:
+        session.execute("DELETE FROM store_changes WHERE changed_at < :b AND "
+                        "change_id < (SELECT max(change_id) FROM store_changes)", {"b": before})
+    return int(doomed)
+
+
 @dataclass(frozen=True)
 class Change:
     change_id: int

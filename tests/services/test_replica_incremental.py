@@ -181,3 +181,36 @@ def test_the_outgoing_previous_replica_is_caught_up_instead_of_a_copy_unless_a_r
     finally:
         reader.kill()
     assert_same_tables(path, tmp_path / "fresh.duckdb")
+
+
+def test_cleanup_bounds_the_change_log_and_a_replica_left_behind_is_exported_whole(pipeline, tmp_path):
+    from stockpipe.services.cleanup import clean
+
+    store = pipeline.store
+    assert pipeline.build(tasks.Daily(date=DAY_BEFORE))
+    path = config.replica_path()
+    behind = tmp_path / "behind.duckdb"
+    behind.write_bytes(path.read_bytes())  # a replica last refreshed now, by another machine say
+    assert pipeline.build(tasks.Daily(date=DAY))
+    logged = store.query("SELECT change_id, changed_at FROM store_changes ORDER BY change_id").to_pylist()
+    assert len(logged) > 2
+    days = dict(config.cleanup().days())
+    # 40 days later, with 30 days of log kept: everything but the newest row goes.
+    later = max(r["changed_at"] for r in logged).replace(tzinfo=dt.timezone.utc).timestamp() + 40 * 86400
+    result = clean(store, data_dir=tmp_path / "none", replica_path=path, log_dir=tmp_path / "none", days=days,
+                   now=later, changes_days=30)
+    assert result["changes_pruned"] == len(logged) - 1
+    kept = store.query("SELECT change_id FROM store_changes").column("change_id").to_pylist()
+    assert kept == [logged[-1]["change_id"]]
+    # The replica holding the newest change still catches up; the one left behind is exported whole.
+    assert publish_replica(store, path)["mode"] == "incremental"
+    stats = publish_replica(store, behind)
+    assert stats["mode"] == "full" and "does not hold the previous replica's newest change" in stats["full_because"]
+    fresh_export(store, tmp_path / "fresh.duckdb")
+    assert_same_tables(behind, tmp_path / "fresh.duckdb")
+    # Numbering goes on after the newest row: the next write is logged after it.
+    store.write_bars(store.read_bars(symbols=store.active_symbols()[:1], start=DAY))
+    assert store.query("SELECT max(change_id) AS m FROM store_changes").column("m")[0].as_py() == kept[0] + 1
+    # Nothing younger than the kept days goes.
+    assert clean(store, data_dir=tmp_path / "none", replica_path=path, log_dir=tmp_path / "none", days=days,
+                 changes_days=30)["changes_pruned"] == 0
