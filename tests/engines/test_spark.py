@@ -242,6 +242,12 @@ def test_every_conf_setting_reaches_the_session(local_engine):
     assert local_engine.session().conf.get("spark.sql.shuffle.partitions") == "2"
 
 
+def test_a_local_driver_jvm_runs_without_the_optimising_compiler(local_engine):
+    jvm = local_engine.session().sparkContext._jvm
+    arguments = list(jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
+    assert "-XX:TieredStopAtLevel=1" in arguments  # reached the JVM itself, not only the session's conf
+
+
 def _python_workers() -> list[int]:
     """Spark's Python workers under this process: forks of a `pyspark.daemon` (they carry its name)."""
     parents, names = {}, {}
