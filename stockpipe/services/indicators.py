@@ -109,6 +109,7 @@ def compute_chunk(
         return stats
     if chunk is not None:
         engine.release(chunk)
+    store.reclaim_during_run("indicators")
     _log_batches(rows, symbols, label, progress)
     stats["seconds"] = round(time.monotonic() - started, 3)
     return stats

@@ -15,6 +15,7 @@ import json
 import logging
 import re
 from abc import ABC, abstractmethod
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -90,7 +91,8 @@ class Session(ABC):
     """One connection inside one transaction."""
 
     @abstractmethod
-    def execute(self, sql: str, params: dict[str, Any] | None = None) -> None: ...
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> int | None:
+        """Run a statement; the rows it changed where the database says (else None)."""
 
     @abstractmethod
     def fetch(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]: ...
@@ -127,6 +129,10 @@ class Store(ABC):
     # by a language's rules (en_US puts 'BFAM' before 'BF-B') would otherwise drop symbols from a
     # range whose ends Python chose.
     codepoint_collation: str = ""
+    # Whether a symbol range beside a list of symbols lets the store skip blocks (DuckDB's min/max
+    # per row group). PostgreSQL gains nothing from it and multiplies the two filters' selectivity:
+    # a chunk's 120,000 bars were estimated at 1,000 rows, which chose a worse plan.
+    symbol_ranges_prune: bool = True
     # One process at a time may write the database (DuckDB's file lock): worker processes of one
     # run would only take turns at it, so a run's tasks are better run in one process (execution.py).
     single_writer_process: bool = False
@@ -137,6 +143,8 @@ class Store(ABC):
     def __init__(self, url: str):
         self.url = url
         self._schema_checked = False
+        # Rows this process deleted to replace them, per table, since it last reclaimed their space.
+        self.replaced_since_vacuum: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.redacted_url()!r})"
@@ -546,14 +554,14 @@ class Store(ABC):
         Python rows: the snapshot an engine computing elsewhere (Spark) reads. Returns the row count."""
         import pyarrow.parquet as pq
 
-        sql, params = _bar_export_query(symbols, start, warmup_bars, collate=self.codepoint_collation)
+        sql, params = _bar_export_query(symbols, start, warmup_bars, collate=self.codepoint_collation, ranged=self.symbol_ranges_prune)
         with self.session(write=False) as session:
             rows = session.fetch_arrow(sql, params, schema=BAR_SNAPSHOT)
         pq.write_table(rows, path, compression="lz4")
         return rows.num_rows
 
     def _read_bar_range(self, symbols: Sequence[str] | None, start: dt.date | None, end: dt.date | None) -> pa.Table:
-        where, params = range_filter(symbols, start, end, collate=self.codepoint_collation)
+        where, params = range_filter(symbols, start, end, collate=self.codepoint_collation, ranged=self.symbol_ranges_prune)
         sql = f"SELECT symbol, date, open, high, low, close, volume FROM bars{where} ORDER BY symbol, date"
         with self.session(write=False) as session:
             return session.fetch_arrow(sql, params, schema=BARS.schema)
@@ -561,7 +569,7 @@ class Store(ABC):
     # -- indicators -----------------------------------------------------------------------------
     def latest_indicator_dates(self, symbols: Sequence[str], before: dt.date) -> dict[str, dt.date]:
         params: dict[str, Any] = {"d": before}
-        where = symbol_filter("symbol", symbols, params, collate=self.codepoint_collation)
+        where = symbol_filter("symbol", symbols, params, collate=self.codepoint_collation, ranged=self.symbol_ranges_prune)
         with self.session(write=False) as session:
             rows = session.fetch(f"SELECT symbol, max(date) FROM indicators WHERE {where} AND date < :d GROUP BY symbol", params)
         return {r[0]: r[1] for r in rows}
@@ -582,12 +590,12 @@ class Store(ABC):
             session.lock_symbols("indicators", sorted(set(symbols) | set(whole_symbols)))
             bound: dict[str, Any] = {} if end is None else {"e": end}
             params: dict[str, Any] = {"d": start, **bound}
-            where = symbol_filter("symbol", symbols, params, collate=self.codepoint_collation)
-            session.execute(f"DELETE FROM indicators WHERE {where} AND date >= :d{until}", params)
+            where = symbol_filter("symbol", symbols, params, collate=self.codepoint_collation, ranged=self.symbol_ranges_prune)
+            deleted = [session.execute(f"DELETE FROM indicators WHERE {where} AND date >= :d{until}", params)]
             if whole_symbols:
                 whole: dict[str, Any] = dict(bound)
-                where = symbol_filter("symbol", whole_symbols, whole, "w", collate=self.codepoint_collation)
-                session.execute(f"DELETE FROM indicators WHERE {where}{until}", whole)
+                where = symbol_filter("symbol", whole_symbols, whole, "w", collate=self.codepoint_collation, ranged=self.symbol_ranges_prune)
+                deleted.append(session.execute(f"DELETE FROM indicators WHERE {where}{until}", whole))
             if rows.num_rows:
                 session.insert(INDICATORS, rows)
                 latest = _latest_per_symbol(rows, "avg_volume_30")
@@ -606,12 +614,13 @@ class Store(ABC):
             if whole_symbols:
                 changes.record(session, "indicators", whole_symbols, None, end, utcnow())
             self._touch(session, marker)
+        self.replaced_since_vacuum["indicators"] += sum(n for n in deleted if n and n > 0)
         return True
 
     def read_indicators(
         self, symbols: Sequence[str] | None = None, start: dt.date | None = None, end: dt.date | None = None
     ) -> pa.Table:
-        where, params = range_filter(symbols, start, end, collate=self.codepoint_collation)
+        where, params = range_filter(symbols, start, end, collate=self.codepoint_collation, ranged=self.symbol_ranges_prune)
         with self.session(write=False) as session:
             return session.fetch_arrow(
                 f"SELECT * FROM indicators{where} ORDER BY symbol, date", params, schema=INDICATORS.schema
@@ -640,7 +649,7 @@ class Store(ABC):
             try:
                 for first in range(0, len(ordered), batch_symbols):
                     where, params = range_filter(ordered[first:first + batch_symbols], start, end,
-                                                 collate=self.codepoint_collation)
+                                                 collate=self.codepoint_collation, ranged=self.symbol_ranges_prune)
                     for batch in session.fetch_batches(f"SELECT * FROM indicators{where} ORDER BY symbol, date", params,
                                                        schema=INDICATORS.schema):
                         writer.write_batch(batch)
@@ -840,6 +849,11 @@ class Store(ABC):
         finally:
             target.close()
         return counts
+
+    def reclaim_during_run(self, table: str) -> None:
+        """Between a run's writes: make the space of rows replaced so far reusable once they are a
+        good part of `table`, so a rebuild replacing most of it does not grow it by all of them (a
+        no-op where the store needs none)."""
 
     def prune_changes(self, before: dt.datetime) -> int:
         """Drop change-log rows logged before `before` (the newest always stays); how many went."""
@@ -1093,16 +1107,17 @@ def _warmup_window_start(start: dt.date, warmup: int) -> dt.date:
     return start - dt.timedelta(days=warmup * 7 // 5 + 45)
 
 
-def _bar_export_query(symbols: Sequence[str], start: dt.date | None, warmup: int, collate: str = "") -> tuple[str, dict[str, Any]]:
+def _bar_export_query(symbols: Sequence[str], start: dt.date | None, warmup: int, collate: str = "",
+                      ranged: bool = True) -> tuple[str, dict[str, Any]]:
     """SQL selecting exactly what `read_bars(symbols, start, warmup_bars=warmup)` returns (see there
     and `_trim_warmup`): each symbol's last `warmup` bars before `start` and every bar from it, or
     the whole history of a symbol with fewer than `warmup` bars in the look-back window."""
     columns = "symbol, date, close, volume"
     if start is None or warmup <= 0:
-        where, params = range_filter(symbols, start, None, collate=collate)
+        where, params = range_filter(symbols, start, None, collate=collate, ranged=ranged)
         return f"SELECT {columns} FROM bars{where}", params
     params: dict[str, Any] = {"d": start, "w": _warmup_window_start(start, warmup), "n": warmup}
-    where = symbol_filter("symbol", symbols, params, collate=collate)
+    where = symbol_filter("symbol", symbols, params, collate=collate, ranged=ranged)
     # The window functions run over the look-back window only (~1.1 x warmup bars a symbol), not
     # the whole history; a symbol with fewer than `warmup` bars before `start` there is read in full.
     sql = (
@@ -1183,13 +1198,13 @@ def pc_unique_symbols(rows: pa.Table) -> list[str]:
 
 def range_filter(
     symbols: Sequence[str] | None, start: dt.date | None, end: dt.date | None, date_column: str = "date",
-    collate: str = "",
+    collate: str = "", ranged: bool = True,
 ) -> tuple[str, dict[str, Any]]:
     """` WHERE ...` (or "") and its parameters for optional symbols and an inclusive date range."""
     filters: list[str] = []
     params: dict[str, Any] = {}
     if symbols is not None:
-        filters.append(symbol_filter("symbol", symbols, params, collate=collate))
+        filters.append(symbol_filter("symbol", symbols, params, collate=collate, ranged=ranged))
     if start is not None:
         filters.append(f"{date_column} >= :start")
         params["start"] = start
@@ -1199,15 +1214,18 @@ def range_filter(
     return (" WHERE " + " AND ".join(filters)) if filters else "", params
 
 
-def symbol_filter(column: str, symbols: Sequence[str], params: dict[str, Any], name: str = "s", collate: str = "") -> str:
-    """`column = ANY(list)`, plus the list's range so a store can skip blocks of other symbols
-    (chunks are ranges of sorted symbols, and bulk tables are written in symbol order). The range's
-    ends are Python's code-point order: `collate` makes the store compare the same way (see
+def symbol_filter(column: str, symbols: Sequence[str], params: dict[str, Any], name: str = "s", collate: str = "",
+                  ranged: bool = True) -> str:
+    """`column = ANY(list)`, plus (`ranged`) the list's range so a store can skip blocks of other
+    symbols (chunks are ranges of sorted symbols, and bulk tables are written in symbol order). The
+    range's ends are Python's code-point order: `collate` makes the store compare the same way (see
     `Store.codepoint_collation`)."""
     ordered = sorted(symbols)
     if not ordered:
         return "FALSE"
     params[name] = ordered
+    if not ranged:
+        return f"{column} = ANY(:{name})"
     params[f"{name}_lo"], params[f"{name}_hi"] = ordered[0], ordered[-1]
     return f"{column}{collate} BETWEEN :{name}_lo AND :{name}_hi AND {column} = ANY(:{name})"
 

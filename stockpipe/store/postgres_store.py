@@ -27,6 +27,7 @@ _POOL_RECYCLE_SECONDS = 1800
 _FEW_SYMBOLS = 64
 # Share of a table's rows replaced (or changed) since the last VACUUM (ANALYZE) that calls for one.
 _RECLAIM_FRACTION = 0.1
+_RECLAIM_MIN_DEAD = 10_000  # below this many dead rows a VACUUM mid-run is not worth its scan of the key index
 
 
 def _connect_args(url: str) -> dict[str, Any]:
@@ -58,8 +59,9 @@ class _PostgresSession(Session):
     def _sql(self, sql: str, params: dict[str, Any] | None) -> str:
         return self._cur.mogrify(translate_placeholders(sql, "pyformat"), params or {}).decode()
 
-    def execute(self, sql: str, params: dict[str, Any] | None = None) -> None:
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> int:
         self._cur.execute(translate_placeholders(sql, "pyformat"), params or {})
+        return self._cur.rowcount
 
     def fetch(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
         self._cur.execute(translate_placeholders(sql, "pyformat"), params or {})
@@ -99,8 +101,9 @@ class _PostgresSession(Session):
     def _copy_in(self, name: str, columns: list[str], data: pa.Table) -> None:
         if data.num_rows == 0:
             return
-        payload = pg_binary.encode(data.select(columns))
-        self._cur.copy_expert(f"COPY {name} ({', '.join(columns)}) FROM STDIN WITH (FORMAT binary)", io.BytesIO(payload))
+        # Streamed: the server stores a piece while the next one is encoded.
+        pieces = pg_binary.iter_encoded(data.select(columns))
+        self._cur.copy_expert(f"COPY {name} ({', '.join(columns)}) FROM STDIN WITH (FORMAT binary)", pg_binary.Reader(pieces))
 
     def lock(self, key: str) -> None:
         self._cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%(k)s, 0))", {"k": key})
@@ -134,6 +137,7 @@ class _PostgresSession(Session):
 class PostgresStore(Store):
     dialect = "postgresql"
     codepoint_collation = ' COLLATE "C"'
+    symbol_ranges_prune = False
 
     def __init__(self, url: str):
         super().__init__(url)
@@ -249,6 +253,41 @@ class PostgresStore(Store):
             except psycopg2.Error:
                 pass  # closed meanwhile: nothing to stop
 
+    def reclaim_during_run(self, table):
+        # A rebuild replacing most of a table leaves each chunk's old rows dead until a VACUUM: done
+        # only at the end, the table grew by all of them (1.5x after a second full rebuild). Once
+        # a tenth of the table is dead, a VACUUM makes their space reusable by the chunks still to
+        # come. SKIP_LOCKED: a VACUUM another worker is running does the same; never wait for it.
+        with self._autocommit_cursor() as cursor:
+            cursor.execute(
+                "SELECT c.reltuples, coalesce(s.n_dead_tup, 0) FROM pg_class c "
+                "LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.oid = to_regclass(%(t)s)", {"t": table})
+            found = cursor.fetchone()
+            # The server counts dead rows with a delay (its statistics are sent about once a second):
+            # what this process replaced since its last VACUUM is a floor.
+            dead = max(found[1], self.replaced_since_vacuum[table]) if found is not None else 0
+            if found is not None and dead > max(_RECLAIM_FRACTION * found[0], _RECLAIM_MIN_DEAD):
+                cursor.execute(f"VACUUM (SKIP_LOCKED) {table}")
+                self.replaced_since_vacuum[table] = 0
+
+    @contextmanager
+    def _autocommit_cursor(self):
+        # VACUUM cannot run inside a transaction: a pooled connection in autocommit, restored after.
+        connection = self.engine().raw_connection()
+        self._busy.add(connection.dbapi_connection)
+        done = False
+        try:
+            connection.dbapi_connection.autocommit = True
+            yield connection.cursor()
+            done = True
+        finally:
+            self._busy.discard(connection.dbapi_connection)
+            if done:
+                connection.dbapi_connection.autocommit = False
+                connection.close()
+            else:
+                connection.invalidate()
+
     def reclaim(self, table, replaced_rows):
         # VACUUM makes the replaced rows' space (and their index entries) reusable, so the next
         # rebuild writes into it instead of growing the files; ANALYZE keeps the plans of the
@@ -257,13 +296,8 @@ class PostgresStore(Store):
         # autovacuum, only once a good part of the table is dead (a full rebuild: all of it; a
         # 13-session rebuild or a Daily: ~0.5%, left to add up, since each VACUUM scans the whole
         # key index). The server's dead-row count may not include this run's last chunks yet:
-        # the run's own count is a floor. VACUUM cannot run inside a transaction: a connection of
-        # its own, in autocommit.
-        connection = self.engine().raw_connection()
-        self._busy.add(connection.dbapi_connection)
-        try:
-            connection.dbapi_connection.autocommit = True
-            cursor = connection.cursor()
+        # the run's own count is a floor.
+        with self._autocommit_cursor() as cursor:
             cursor.execute(
                 "SELECT c.reltuples, coalesce(s.n_dead_tup, 0), coalesce(s.n_mod_since_analyze, 0) FROM pg_class c "
                 "LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.oid = to_regclass(%(t)s)", {"t": table})
@@ -274,11 +308,9 @@ class PostgresStore(Store):
             live = max(estimated_rows, 0)
             if max(dead, replaced_rows) > _RECLAIM_FRACTION * live:
                 cursor.execute(f"VACUUM (ANALYZE) {table}")
+                self.replaced_since_vacuum[table] = 0
             elif estimated_rows < 0 or changed > _RECLAIM_FRACTION * live:  # never analyzed, or much changed
                 cursor.execute(f"ANALYZE {table}")
-        finally:
-            self._busy.discard(connection.dbapi_connection)
-            connection.invalidate()  # not back to the pool in autocommit mode
 
     def latest_indicator_dates(self, symbols, before):
         if not symbols:
