@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 
-from stockpipe.engines import ChunkRef, EngineError, open_engine
+from stockpipe.engines import ChunkRef, EngineError, open_engine, spark_job
 from stockpipe.indicators import FIRST_VALID, INDICATOR_COLUMNS, indicator_rows
 from stockpipe.services import indicators as indicator_service
 from stockpipe.store import Marker, open_store
@@ -152,7 +151,7 @@ def test_spark_stores_what_numpy_stores(local_engine, tmp_path):
     assert spark_stats[0]["healed_symbols"] == ["GAP"] and spark_stats[1]["full_history_symbols"] == ["SPLIT"]
     assert [s["rows_saved"] for s in spark_stats] == [s["rows_saved"] for s in numpy_stats]
     _assert_close(_stored(with_spark), _stored(with_numpy), rtol=1e-12)
-    assert not list((tmp_path / "staged").glob("*.parquet"))  # each chunk dropped its staged rows once stored
+    assert not list((tmp_path / "staged").glob("*.arrow"))  # each chunk dropped its staged rows once stored
 
 
 def test_a_plan_is_computed_in_jobs_of_whole_chunks(local_engine, tmp_path, monkeypatch):
@@ -170,7 +169,7 @@ def test_a_plan_is_computed_in_jobs_of_whole_chunks(local_engine, tmp_path, monk
     stats = indicator_service.prepare_chunks(store, local_engine, CHUNKS, [0, 1], START, warmup_bars=WARMUP,
                                              staging=staging, full_history=FULL_HISTORY)
     assert stats["jobs"] == 2 and stats["staged_chunks"] == 2
-    assert sorted(p.name for p in staging.iterdir()) == ["chunk-0.parquet", "chunk-1.parquet"]  # no snapshot left
+    assert sorted(p.name for p in staging.iterdir()) == ["chunk-0.arrow", "chunk-1.arrow"]  # no snapshot left
     expected = _market(f"duckdb:///{tmp_path / 'numpy.duckdb'}")
     _run_chunks(expected, open_engine("numpy"), tmp_path / "numpy-staged")
     chunks = [indicator_service.compute_chunk(store, symbols, START, engine=local_engine, warmup_bars=WARMUP, marker=None,
@@ -243,6 +242,12 @@ def test_every_conf_setting_reaches_the_session(local_engine):
     assert local_engine.session().conf.get("spark.sql.shuffle.partitions") == "2"
 
 
+def test_a_local_driver_jvm_runs_without_the_optimising_compiler(local_engine):
+    jvm = local_engine.session().sparkContext._jvm
+    arguments = list(jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
+    assert "-XX:TieredStopAtLevel=1" in arguments  # reached the JVM itself, not only the session's conf
+
+
 def _python_workers() -> list[int]:
     """Spark's Python workers under this process: forks of a `pyspark.daemon` (they carry its name)."""
     parents, names = {}, {}
@@ -303,8 +308,8 @@ def test_a_worker_killed_mid_job_fails_the_job_clearly_and_a_rerun_completes(loc
     message = str(outcome["error"])
     assert message.startswith("spark job on local[2] failed: ") and len(message) > len("spark job on local[2] failed: ") + 10
     assert "Traceback" not in message and "\tat " not in message  # Spark's reason, not its stack
-    for staged in staging.glob("chunk-*.parquet"):  # whatever is staged is whole (written, then renamed)
-        assert pq.read_metadata(staged).num_rows == len(symbols) * count
+    for staged in staging.glob("chunk-*.arrow"):  # whatever is staged is whole (written, then renamed)
+        assert spark_job.read_staged(staging, int(staged.stem.split("-")[1]))[0].num_rows == len(symbols) * count
 
     # The same step again (what a rerun does) completes, and the chunk stores Spark's rows.
     indicator_service.prepare_chunks(store, local_engine, [symbols], [0], CALENDAR[1400], warmup_bars=WARMUP, staging=staging)
@@ -448,7 +453,7 @@ def test_a_standalone_cluster_whose_executors_cannot_see_the_run_directory_compu
     assert [s["computed_by"] for s in stats] == ["spark", "spark"]  # the staged rows reached the chunk tasks
     assert len(executors) >= 2  # the driver and at least one executor of the worker
     _assert_close(_stored(on_cluster), _stored(with_numpy), rtol=1e-12)
-    assert not list(staging.glob("*.parquet"))
+    assert not list(staging.glob("*.arrow"))
 
 
 # -- the luigi command: failure, SIGKILL mid-Spark, resume -----------------------------------------------
