@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from stockpipe import markers
 from tests.conftest import free_port, service_missing
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -131,11 +133,16 @@ class Stack:
         with urllib.request.urlopen(url, timeout=10) as response:
             return json.loads(response.read())["response"]
 
-    def sql(self, query: str, *params):
+    def connect(self):
         import psycopg2
 
         connection = psycopg2.connect(host="127.0.0.1", port=self.ports["POSTGRES_HOST_PORT"], user="stockpipe",
                                       password=self.password, dbname="stockpipe", connect_timeout=10)
+        connection.autocommit = True
+        return connection
+
+    def sql(self, query: str, *params):
+        connection = self.connect()
         try:
             with connection.cursor() as cursor:
                 cursor.execute(query, params)
@@ -268,9 +275,23 @@ def test_assist_containers_take_chunks_of_a_rebuild(stack, daily):
     assert len(assistants) == 2
 
     chunk_size = 5
-    rebuild = stack.compose("run", "--rm", "stockpipe", "luigi", "--module", "stockpipe", "RebuildFrom",
-                            "--start-date", "2025-09-29", "--stockpipe-chunk-size", str(chunk_size), "--workers", "1",
-                            timeout=900, check=False)
+    # With `--workers 1` the rebuilding worker runs its chunks in its own process, ~50 ms each: it
+    # can finish all 20 before an idle assistant next asks luigid for work. As a slow chunk would,
+    # chunk 0 is held (its run lock, taken here) for a while: whichever worker takes it waits, and
+    # the others share the rest.
+    held = stack.connect()
+    with held.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))",
+                       ("stockpipe-run:" + markers.indicator_chunk("rebuild-2025-09-29", 0),))
+    release = threading.Timer(20, held.close)
+    release.start()
+    try:
+        rebuild = stack.compose("run", "--rm", "stockpipe", "luigi", "--module", "stockpipe", "RebuildFrom",
+                                "--start-date", "2025-09-29", "--stockpipe-chunk-size", str(chunk_size),
+                                "--workers", "1", timeout=900, check=False)
+    finally:
+        release.cancel()
+        held.close()
     # 10/25: an assistant ran the last tasks ("run by another worker"); the job is complete either way.
     assert rebuild.returncode in (0, 10, 25), rebuild.stdout[-5000:]
     chunks = DEMO_TICKERS // chunk_size
