@@ -209,12 +209,7 @@ class PostgresStore(Store):
         import logging
         import time
 
-        connection = self.engine().raw_connection()
-        self._busy.add(connection.dbapi_connection)
-        released = False
-        try:
-            connection.dbapi_connection.autocommit = True
-            cursor = connection.cursor()
+        with self._autocommit_cursor() as cursor:
             lock_key = {"k": f"stockpipe-run:{key}"}
             cursor.execute("SELECT pg_try_advisory_lock(hashtextextended(%(k)s, 0))", lock_key)
             if not cursor.fetchone()[0]:
@@ -227,19 +222,14 @@ class PostgresStore(Store):
             try:
                 yield
             finally:
+                released = False
                 try:
                     cursor.execute("SELECT pg_advisory_unlock(hashtextextended(%(k)s, 0))", lock_key)
                     released = bool(cursor.fetchone()[0])
                 except Exception:  # noqa: BLE001 - a dropped connection released it; keep the task's error
                     pass
-        finally:
-            self._busy.discard(connection.dbapi_connection)
-            if released:
-                # Back to the pool for the next task's sessions (a connection per task cost ~20 ms).
-                connection.dbapi_connection.autocommit = False
-                connection.close()
-            else:
-                connection.invalidate()  # it may still hold the lock: the server releases it with the session
+                if not released:
+                    cursor.connection.close()  # it may still hold the lock: the server lets go with the session
 
     def interrupt(self):
         # A statement waiting in libpq (a lock, a long COPY) returns only when the server answers,
@@ -259,34 +249,33 @@ class PostgresStore(Store):
         # a tenth of the table is dead, a VACUUM makes their space reusable by the chunks still to
         # come. SKIP_LOCKED: a VACUUM another worker is running does the same; never wait for it.
         with self._autocommit_cursor() as cursor:
-            cursor.execute(
-                "SELECT c.reltuples, coalesce(s.n_dead_tup, 0) FROM pg_class c "
-                "LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.oid = to_regclass(%(t)s)", {"t": table})
-            found = cursor.fetchone()
+            found = _table_stats(cursor, table)
+            if found is None:
+                return
+            estimated_rows, dead, _ = found
             # The server counts dead rows with a delay (its statistics are sent about once a second):
             # what this process replaced since its last VACUUM is a floor.
-            dead = max(found[1], self.replaced_since_vacuum[table]) if found is not None else 0
-            if found is not None and dead > max(_RECLAIM_FRACTION * found[0], _RECLAIM_MIN_DEAD):
+            if max(dead, self.replaced_since_vacuum[table]) > max(_RECLAIM_FRACTION * estimated_rows, _RECLAIM_MIN_DEAD):
                 cursor.execute(f"VACUUM (SKIP_LOCKED) {table}")
                 self.replaced_since_vacuum[table] = 0
 
     @contextmanager
     def _autocommit_cursor(self):
-        # VACUUM cannot run inside a transaction: a pooled connection in autocommit, restored after.
+        # Outside any transaction (VACUUM cannot run inside one; a run lock is held for a whole
+        # task): a pooled connection in autocommit, which `interrupt` can cancel, back to the pool
+        # after in transaction mode (a connection per use cost ~20 ms), unless it was closed.
         connection = self.engine().raw_connection()
         self._busy.add(connection.dbapi_connection)
-        done = False
         try:
             connection.dbapi_connection.autocommit = True
             yield connection.cursor()
-            done = True
         finally:
             self._busy.discard(connection.dbapi_connection)
-            if done:
+            if connection.dbapi_connection.closed:
+                connection.invalidate()
+            else:
                 connection.dbapi_connection.autocommit = False
                 connection.close()
-            else:
-                connection.invalidate()
 
     def reclaim(self, table, replaced_rows):
         # VACUUM makes the replaced rows' space (and their index entries) reusable, so the next
@@ -298,10 +287,7 @@ class PostgresStore(Store):
         # key index). The server's dead-row count may not include this run's last chunks yet:
         # the run's own count is a floor.
         with self._autocommit_cursor() as cursor:
-            cursor.execute(
-                "SELECT c.reltuples, coalesce(s.n_dead_tup, 0), coalesce(s.n_mod_since_analyze, 0) FROM pg_class c "
-                "LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.oid = to_regclass(%(t)s)", {"t": table})
-            found = cursor.fetchone()
+            found = _table_stats(cursor, table)
             if found is None:
                 return
             estimated_rows, dead, changed = found
@@ -349,6 +335,15 @@ class PostgresStore(Store):
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+
+
+def _table_stats(cursor, table: str) -> tuple[float, int, int] | None:
+    """`table`'s estimated rows (-1: never analyzed), dead rows and rows changed since its last
+    ANALYZE, as the server counts them; None if there is no such table."""
+    cursor.execute(
+        "SELECT c.reltuples, coalesce(s.n_dead_tup, 0), coalesce(s.n_mod_since_analyze, 0) FROM pg_class c "
+        "LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.oid = to_regclass(%(t)s)", {"t": table})
+    return cursor.fetchone()
 
 
 def _key_symbols(table: str) -> str:
