@@ -54,7 +54,9 @@ def runs_in_worker_process(worker: luigi.worker.Worker, task: luigi.Task) -> boo
 
 
 # What the store's tasks import on first use (a chunk's group_by loads Arrow's query engine): imported
-# once by the worker, not again in each task's child process (~30 ms of a 13-session chunk's 0.2 s).
+# once by a worker that forks a child per task, not again in each child (~30 ms of a 13-session
+# chunk's 0.2 s). A worker running its tasks itself imports them when first used, or never (a run
+# finding everything done; pandas alone is 0.3 s).
 _TASK_MODULES = ("pyarrow.acero", "pyarrow.pandas_compat", "stockpipe.engines.numpy_engine",
                  "stockpipe.services.indicators", "stockpipe.services.rebuild")
 
@@ -64,12 +66,13 @@ def _worker_init(self, *args, **kwargs):
 
     _luigi_worker_init(self, *args, **kwargs)
     self._stockpipe_single_writer = _single_writer_store()
-    for name in _TASK_MODULES:
-        importlib.import_module(name)
     if self.worker_processes > 1 and self._stockpipe_single_writer:
         log.info("the store takes one writing process at a time: --workers %d runs its tasks in this process "
                  "(README: what --workers does per store)", self.worker_processes)
         self.worker_processes = 1
+    if self.worker_processes > 1 or self._config.force_multiprocessing:
+        for name in _TASK_MODULES:
+            importlib.import_module(name)
 
 
 def _set_worker_processes(self, n):
@@ -94,6 +97,7 @@ def _create_task_process(self, task):
         return _luigi_create_task_process(self, task)
     seconds = task.worker_timeout
     task.in_worker_process = True  # its worker_timeout is now None: Luigi runs it here, no fork
+    task.runs_in_worker = True
     try:
         process = _luigi_create_task_process(self, task)
     finally:

@@ -77,6 +77,7 @@ class StockpipeTask(luigi.Task):
     # where the in-process timeout of the other tasks acts (stockpipe/execution.py).
     isolated = False
     in_worker_process = False  # set while the worker creates this task's process to run it itself
+    runs_in_worker = False  # set when the worker runs this task in its own process (not a forked child)
 
     @property
     def worker_timeout(self) -> int | None:
@@ -253,6 +254,9 @@ class IndicatorChunk(StockpipeTask):
             progress=self.progress(),
             full_history=plan.full_history,
             chunk=ChunkRef(rebuild_service.staging_dir(self.run_dir()), self.chunk_id),
+            # Read ahead only where the next chunks will run: a forked child's reads die with it.
+            upcoming=[(markers.indicator_chunk(self.plan_id, i), plan.chunks[i])
+                      for i in range(self.chunk_id + 1, len(plan.chunks))] if self.runs_in_worker else (),
         )
         self.skipped = bool(stats.get("skipped"))
         self.output().record_done()

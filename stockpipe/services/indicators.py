@@ -66,10 +66,12 @@ def compute_chunk(
     progress: Progress = silent,
     full_history: Sequence[str] = (),
     chunk: ChunkRef | None = None,
+    upcoming: Sequence[tuple[str, Sequence[str]]] = (),
 ) -> dict[str, Any]:
     """Indicators of `symbols` from `start` to their latest bar (see `plan_read`), computed by
     `engine` (which may use what it prepared for `chunk`), replacing the stored rows and touching
-    `marker` in one transaction.
+    `marker` in one transaction. `upcoming` (marker id, symbols) are the plan's later chunks, whose
+    inputs this one may read along with its own (see `_read_inputs`).
     """
     check_warmup(warmup_bars)
     started = time.monotonic()
@@ -79,10 +81,8 @@ def compute_chunk(
         log.info("%s already completed by another worker: nothing to do", label)
         return {"symbols": len(symbols), "skipped": True}
     progress(5, f"{label} reading bars of {len(symbols)} symbols")
-    latest = store.latest_indicator_dates(symbols, before=start)
-    read = plan_read(symbols, start, warmup_bars, latest, full_history)
+    read, bars, read_ahead = _read_inputs(store, symbols, start, warmup_bars, full_history, upcoming)
     from_dates, rescaled = read.from_dates, read.rescaled
-    bars = store.read_bars(symbols, start=read.read_start, warmup_bars=0 if read.read_start is None else warmup_bars)
     read_seconds = time.monotonic() - started
     progress(30, f"{label} computing {bars.num_rows} bars")
     rows = engine.compute(bars, from_dates, chunk=chunk)
@@ -95,6 +95,7 @@ def compute_chunk(
         "healed_symbols": sorted(s for s in symbols if from_dates[s] < start and s not in rescaled)[:50],
         "full_history_symbols": sorted(rescaled),
         "read_seconds": round(read_seconds, 3),
+        "read_ahead": read_ahead,  # its inputs came with an earlier chunk's read
         "computed_by": computed_by(rows),
     }
     if marker is not None:
@@ -113,6 +114,118 @@ def compute_chunk(
     _log_batches(rows, symbols, label, progress)
     stats["seconds"] = round(time.monotonic() - started, 3)
     return stats
+
+
+# Bars a chunk reads at once for itself and the plan's next unfinished chunks. A short rebuild's or
+# a Daily's chunk needs ~500 bars a symbol (the warmup) to write a few rows, and paid a query for its
+# latest rows and one for its bars, each costing more than reading ten chunks' worth at once; a full
+# history's chunk (~125k bars) fills this alone, so memory stays bounded by a few chunks.
+READ_AHEAD_BARS = 500_000
+
+
+@dataclass
+class _ReadAhead:
+    """Inputs read for chunks that have not run yet, with the change log's newest entry before they
+    were read: a chunk uses its inputs only if no write logged since touched its symbols."""
+
+    key: tuple
+    mark: Any  # changes.Change | None
+    inputs: dict[tuple[str, ...], tuple[ChunkRead, pa.Table]]
+
+
+_read_ahead: _ReadAhead | None = None  # this process's; one plan's chunks run one after another
+
+
+def _read_inputs(
+    store: Store, symbols: Sequence[str], start: dt.date, warmup_bars: int, full_history: Sequence[str],
+    upcoming: Sequence[tuple[str, Sequence[str]]],
+) -> tuple[ChunkRead, pa.Table, bool]:
+    """What the chunk of `symbols` reads (`plan_read`, then its bars), as if read now: from what an
+    earlier chunk of the plan read ahead for it when no logged write has touched its symbols since,
+    else from the store (then also reading ahead for the next unfinished chunks of `upcoming`).
+    True when the inputs were read ahead."""
+    global _read_ahead
+    key = (store.url, start, warmup_bars, tuple(sorted(full_history)))
+    ahead, _read_ahead = _read_ahead, None
+    if ahead is not None and ahead.key == key and tuple(symbols) in ahead.inputs:
+        read, bars = ahead.inputs.pop(tuple(symbols))
+        if _untouched_since(store, ahead.mark, symbols):
+            if ahead.inputs:
+                _read_ahead = ahead
+            return read, bars, True
+        log.info("%s..%s changed since their bars were read ahead: reading them again", symbols[0], symbols[-1])
+    mark = store.change_mark()
+    read, bars = _read_chunks(store, [symbols], start, warmup_bars, full_history)[tuple(symbols)]
+    per_symbol = max(bars.num_rows / max(len(symbols), 1), 1.0)
+    room = int(READ_AHEAD_BARS / per_symbol) - len(symbols)
+    candidates: list[tuple[str, Sequence[str]]] = []
+    for marker_id, others in upcoming:
+        if room < len(others):
+            break
+        candidates.append((marker_id, others))
+        room -= len(others)
+    if candidates:
+        done = store.completed([m for m, _ in candidates])
+        pending = [sorted(others) for m, others in candidates if m not in done]
+        if pending:
+            inputs = _read_chunks(store, pending, start, warmup_bars, full_history, like=read.read_start)
+            if inputs:
+                _read_ahead = _ReadAhead(key, mark, inputs)
+    return read, bars, False
+
+
+def _read_chunks(
+    store: Store, chunks: Sequence[Sequence[str]], start: dt.date, warmup_bars: int, full_history: Sequence[str],
+    like: Any = ...,
+) -> dict[tuple[str, ...], tuple[ChunkRead, pa.Table]]:
+    """Each chunk's `plan_read` and bars, from one query of the latest rows and one of bars per
+    distinct read start. With `like`, only chunks whose read starts there (a chunk that must read
+    every bar, healing or rescaled, reads for itself when its turn comes)."""
+    wanted = sorted({s for c in chunks for s in c})
+    latest = store.latest_indicator_dates(wanted, before=start)
+    reads = {tuple(c): plan_read(c, start, warmup_bars, latest, full_history) for c in chunks}
+    if like is not ...:
+        reads = {c: r for c, r in reads.items() if r.read_start == like and like is not None}
+    found: dict[tuple[str, ...], tuple[ChunkRead, pa.Table]] = {}
+    for read_start in {r.read_start for r in reads.values()}:
+        group = [c for c, r in reads.items() if r.read_start == read_start]
+        bars = store.read_bars([s for c in group for s in c], start=read_start,
+                               warmup_bars=0 if read_start is None else warmup_bars)
+        for c, part in zip(group, _split_by_symbols(bars, group)):
+            found[c] = (reads[c], part)
+    return found
+
+
+def _split_by_symbols(bars: pa.Table, groups: Sequence[Sequence[str]]) -> list[pa.Table]:
+    """`bars` (sorted by symbol) cut into the rows of each group of symbols, each still sorted."""
+    import numpy as np
+
+    if len(groups) == 1:
+        return [bars]
+    runs = pc.run_end_encode(bars.column("symbol").combine_chunks()) if bars.num_rows else None
+    ends = runs.run_ends.to_numpy().astype(np.int64) if runs is not None else np.zeros(0, np.int64)
+    names = runs.values.to_pylist() if runs is not None else []
+    position = {name: i for i, name in enumerate(names)}
+    starts = np.r_[0, ends[:-1]] if len(ends) else ends
+    parts = []
+    for group in groups:
+        runs_of = sorted(position[s] for s in group if s in position)
+        if not runs_of:
+            parts.append(bars.slice(0, 0))
+        elif runs_of[-1] - runs_of[0] + 1 == len(runs_of):  # the usual case: a contiguous range
+            parts.append(bars.slice(int(starts[runs_of[0]]), int(ends[runs_of[-1]] - starts[runs_of[0]])))
+        else:
+            parts.append(pa.concat_tables([bars.slice(int(starts[i]), int(ends[i] - starts[i])) for i in runs_of]))
+    return parts
+
+
+def _untouched_since(store: Store, mark: Any, symbols: Sequence[str]) -> bool:
+    """No write logged after `mark` touched `symbols`' rows (by their code-point range)."""
+    since = store.changes_since(mark)
+    if since is None:
+        return False
+    low, high = min(symbols), max(symbols)
+    return all(c.symbol_from is not None and (c.symbol_to < low or c.symbol_from > high) for c in since)
 
 
 def _log_batches(rows, symbols: Sequence[str], label: str, progress: Progress) -> None:

@@ -603,10 +603,13 @@ class Store(ABC):
                     # symbols.avg_volume_30 mirrors each symbol's latest average volume.
                     session.stage("latest_volume", latest, INDICATORS)
                     # ... unless a newer row (another run's) has the say.
+                    # Rows between a symbol's latest new row and `end` were all just deleted: only
+                    # rows after `end` can be newer, and saying so lets the store skip the rest.
                     session.execute(
                         "UPDATE symbols SET avg_volume_30 = l.avg_volume_30 FROM latest_volume l "
                         "WHERE symbols.symbol = l.symbol AND NOT EXISTS "
-                        "(SELECT 1 FROM indicators n WHERE n.symbol = l.symbol AND n.date > l.date)"
+                        f"(SELECT 1 FROM indicators n WHERE n.symbol = l.symbol AND n.date > l.date{' AND n.date > :e' if end is not None else ''})",
+                        bound,
                     )
             # Whole-history symbols' rows reach back years: logged on their own, not widening the rest.
             self._record_indicator_change(session, symbols, start, end,
@@ -616,6 +619,20 @@ class Store(ABC):
             self._touch(session, marker)
         self.replaced_since_vacuum["indicators"] += sum(n for n in deleted if n and n > 0)
         return True
+
+    def change_mark(self) -> changes.Change | None:
+        """The change log's newest entry (None: an empty log): what `changes_since` counts from."""
+        with self.session(write=False) as session:
+            return changes.newest_change(session)
+
+    def changes_since(self, mark: changes.Change | None) -> list[changes.Change] | None:
+        """The writes logged after `mark` (every logged one for None), or None when the store no
+        longer holds `mark` as it was (restored or replaced meanwhile)."""
+        with self.session(write=False) as session:
+            if mark is None:
+                return [changes.Change.of(r) for r in session.fetch(
+                    f"SELECT {changes.COLUMNS} FROM store_changes ORDER BY change_id")]
+            return changes.changes_since(session, mark)
 
     def read_indicators(
         self, symbols: Sequence[str] | None = None, start: dt.date | None = None, end: dt.date | None = None

@@ -1,0 +1,100 @@
+"""Chunks of a plan run one after another in the worker's process read the next chunks' inputs along
+with their own (services/indicators.py `_read_inputs`): the rows stored must be exactly those of
+chunks reading alone, and a chunk whose bars were written after they were read ahead reads again."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pyarrow as pa
+import pytest
+
+from stockpipe import markers
+from stockpipe.engines import open_engine
+from stockpipe.indicators.table import indicator_rows
+from stockpipe.services import indicators
+from stockpipe.services.indicators import compute_chunk
+from stockpipe.services.ingest import ingest_date
+from stockpipe.services.symbols import collect_symbols
+from stockpipe.sources.demo import DemoSource
+from stockpipe.store import Marker
+
+pytestmark = pytest.mark.both_stores
+
+DAY = dt.date(2025, 10, 10)
+START = dt.date(2025, 9, 29)
+WARMUP = 500
+PLAN = "rebuild-readahead"
+
+
+@pytest.fixture
+def loaded(store):
+    """12 demo symbols with 600 sessions of bars and their indicators, in 3 chunks of 4."""
+    source = DemoSource(tickers=12, seed=5)
+    collect_symbols(store, source, DAY, 5, None)
+    ingest_date(store, source, DAY, days_back=5, backfill_sessions=600, marker=None)
+    compute_chunk(store, store.active_symbols(), dt.date.min, engine=open_engine("numpy"), warmup_bars=WARMUP, marker=None)
+    indicators._read_ahead = None
+    yield store, [store.active_symbols()[i:i + 4] for i in (0, 4, 8)]
+    indicators._read_ahead = None
+
+
+def run_chunk(store, chunks, i, *, ahead=True):
+    upcoming = [(markers.indicator_chunk(PLAN, j), chunks[j]) for j in range(i + 1, len(chunks))] if ahead else ()
+    return compute_chunk(store, chunks[i], START, engine=open_engine("numpy"), warmup_bars=WARMUP,
+                         marker=Marker(markers.indicator_chunk(PLAN, i), "IndicatorChunk"), upcoming=upcoming)
+
+
+def stored(store, symbols=None):
+    rows = store.read_indicators(symbols, start=START)
+    return rows.drop_columns([c for c in rows.column_names if c == "created_at"])
+
+
+def expected(store, symbols):
+    """The chunk's rows computed now from the store's bars, by the kernels directly."""
+    bars = store.read_bars(symbols, start=START, warmup_bars=WARMUP)
+    rows = indicator_rows(bars, {s: START for s in symbols})
+    return rows.select([c for c in stored(store).column_names if c in rows.column_names])
+
+
+def test_chunks_reading_ahead_store_exactly_what_chunks_reading_alone_store(loaded):
+    store, chunks = loaded
+    assert [run_chunk(store, chunks, i, ahead=False)["read_ahead"] for i in range(3)] == [False] * 3
+    alone = stored(store)
+    with store.session() as session:  # forget that round's markers
+        session.execute("DELETE FROM task_markers WHERE marker_id LIKE :m", {"m": f"%{PLAN}%"})
+    stats = [run_chunk(store, chunks, i) for i in range(3)]
+    assert [s["read_ahead"] for s in stats] == [False, True, True]
+    assert [s["rows_saved"] for s in stats] == [4 * 10] * 3
+    assert stored(store).equals(alone)
+
+
+def test_a_chunk_whose_bars_changed_after_being_read_ahead_reads_them_again(loaded):
+    store, chunks = loaded
+    assert run_chunk(store, chunks, 0)["read_ahead"] is False
+    # A late correction of one of chunk 2's bars lands before chunk 1 and 2 run.
+    symbol = chunks[2][1]
+    bar = store.read_bars([symbol], start=dt.date(2025, 10, 1), end=dt.date(2025, 10, 1))
+    corrected = bar.set_column(bar.schema.get_field_index("close"), "close",
+                               pa.array([bar.column("close")[0].as_py() * 1.5], pa.float64()))
+    store.write_bars(corrected)
+
+    assert run_chunk(store, chunks, 1)["read_ahead"] is True, "chunk 1's symbols were not touched"
+    assert run_chunk(store, chunks, 2)["read_ahead"] is False, "chunk 2 used bars read before the correction"
+    for chunk in chunks[1:]:
+        assert stored(store, chunk).select(expected(store, chunk).column_names).equals(expected(store, chunk))
+
+
+def test_a_forked_chunk_or_a_chunk_alone_reads_nothing_ahead(loaded):
+    store, chunks = loaded
+    run_chunk(store, chunks, 0, ahead=False)
+    assert indicators._read_ahead is None
+    assert run_chunk(store, chunks, 1)["read_ahead"] is False
+
+
+def test_chunks_already_done_elsewhere_are_not_read_ahead(loaded):
+    store, chunks = loaded
+    with store.session() as session:
+        store._touch(session, Marker(markers.indicator_chunk(PLAN, 1), "IndicatorChunk"))
+    run_chunk(store, chunks, 0)
+    assert set(indicators._read_ahead.inputs) == {tuple(chunks[2])}
