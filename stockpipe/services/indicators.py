@@ -76,10 +76,9 @@ def compute_chunk(
     check_warmup(warmup_bars)
     started = time.monotonic()
     symbols = sorted(symbols)
-    if marker is not None and store.completed([marker.marker_id]):
-        # Scheduled again on a briefly stale "missing" (see targets.py): the work is already stored.
-        log.info("%s already completed by another worker: nothing to do", label)
-        return {"symbols": len(symbols), "skipped": True}
+    # A chunk done meanwhile by another worker (scheduled again on a briefly stale "missing", see
+    # targets.py) is found by the task before it calls this, under the marker's run lock, and by the
+    # write's own claim below: asking here too cost a query per chunk.
     progress(5, f"{label} reading bars of {len(symbols)} symbols")
     read, bars, read_ahead = _read_inputs(store, symbols, start, warmup_bars, full_history, upcoming)
     from_dates, rescaled = read.from_dates, read.rescaled
@@ -117,10 +116,10 @@ def compute_chunk(
 
 
 # Bars a chunk reads at once for itself and the plan's next unfinished chunks. A short rebuild's or
-# a Daily's chunk needs ~500 bars a symbol (the warmup) to write a few rows, and paid a query for its
-# latest rows and one for its bars, each costing more than reading ten chunks' worth at once; a full
-# history's chunk (~125k bars) fills this alone, so memory stays bounded by a few chunks.
-READ_AHEAD_BARS = 500_000
+# a Daily's chunk reads ~500 bars a symbol (the warmup) to write a few rows, in two queries of its
+# own (its latest rows, its bars) whose fixed costs added up over 50 chunks; ten chunks' inputs come
+# in two. A full history's chunk (~125k bars) fills half of this, so memory stays a few chunks'.
+READ_AHEAD_BARS = 250_000
 
 
 @dataclass

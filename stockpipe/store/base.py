@@ -40,6 +40,10 @@ from stockpipe.store.schema import (
 )
 
 log = logging.getLogger("stockpipe.store")
+# How stockpipe writes Parquet (backups, bar snapshots): dictionary-encoding only the symbol column.
+# Arrow's default tries a dictionary for every column and gives up on the doubles, which made writing
+# a full rebuild's 6M-row backup 4.3 s of its 6.7 s; this way it is ~4x faster and the file smaller.
+PARQUET_OPTIONS: dict[str, Any] = {"compression": "lz4", "use_dictionary": ["symbol"]}
 
 # A quoted literal or identifier is matched first and kept as it is: a value inlined into SQL (a
 # backup's symbol list, a file path) may itself contain ':name'.
@@ -557,7 +561,7 @@ class Store(ABC):
         sql, params = _bar_export_query(symbols, start, warmup_bars, collate=self.codepoint_collation, ranged=self.symbol_ranges_prune)
         with self.session(write=False) as session:
             rows = session.fetch_arrow(sql, params, schema=BAR_SNAPSHOT)
-        pq.write_table(rows, path, compression="lz4")
+        pq.write_table(rows, path, **PARQUET_OPTIONS)
         return rows.num_rows
 
     def _read_bar_range(self, symbols: Sequence[str] | None, start: dt.date | None, end: dt.date | None) -> pa.Table:
@@ -662,7 +666,7 @@ class Store(ABC):
         count, checksum = 0, 0
         with self.session(write=False) as session, open(path, "wb") as sink:
             self._snapshot(session)
-            writer = pq.ParquetWriter(sink, INDICATORS.schema, compression="lz4")
+            writer = pq.ParquetWriter(sink, INDICATORS.schema, **PARQUET_OPTIONS)
             try:
                 for first in range(0, len(ordered), batch_symbols):
                     where, params = range_filter(ordered[first:first + batch_symbols], start, end,
