@@ -63,6 +63,10 @@ class stockpipe(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg s
         default=500,
         description="bars of history read before a rebuild's first date; 0 reads the whole history",
     )
+    duckdb_memory_limit = luigi.Parameter(
+        default="1GB",
+        description="most memory a DuckDB store's connection uses (e.g. 512MB, 4GB; empty = DuckDB's own, 80% of RAM)",
+    )
     engine = luigi.ChoiceParameter(
         choices=["numpy", "spark"], default="numpy",
         description="indicator engine: numpy (in each chunk task) or spark (one Spark job per plan, see [spark])",
@@ -146,6 +150,10 @@ def source_name() -> str:
 
 
 SOURCES = ("demo", "csv", "yahoo")
+def duckdb_memory_limit() -> str:
+    return _setting(stockpipe, "duckdb_memory_limit").strip()
+
+
 def engine_name() -> str:
     return _setting(stockpipe, "engine")
 

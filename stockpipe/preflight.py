@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import os
+import re
 import sys
 
 import luigi
@@ -79,6 +80,10 @@ def config_problems(*, calendar: bool = True) -> list[str]:
         value = getattr(settings, name)
         if value < least:
             problems.append(f"[stockpipe] {name} = {value} is refused: it must be at least {least}")
+    limit = config.duckdb_memory_limit()
+    if limit and not re.fullmatch(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", limit, re.IGNORECASE):
+        problems.append(f"[stockpipe] duckdb_memory_limit = {limit!r} is not a size: write e.g. 512MB or 4GB "
+                        "(empty: DuckDB's own limit, 80% of RAM)")
     source = config.source_name()
     if source not in config.SOURCES:
         origin = config.ENV_SOURCE if os.environ.get(config.ENV_SOURCE) else "[stockpipe] source"

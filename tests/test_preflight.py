@@ -52,6 +52,7 @@ def assert_one_line_refusal(code: int, stdout: str, stderr: str, *fragments: str
         ("stockpipe", "chunk_size", "ten", ("[stockpipe] chunk_size = 'ten' is not valid",)),
         ("stockpipe", "source", "yahooo", ("[stockpipe] source = 'yahooo' is not a source", "did you mean 'yahoo'?")),
         ("stockpipe", "calendar", "XNYSS", ("[stockpipe] calendar = 'XNYSS' is not an exchange-calendars code",)),
+        ("stockpipe", "duckdb_memory_limit", "lots", ("[stockpipe] duckdb_memory_limit = 'lots' is not a size", "512MB")),
         ("watchlist", "rules", "[{", ("[watchlist] rules is not valid JSON",)),
     ],
 )

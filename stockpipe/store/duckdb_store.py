@@ -48,6 +48,15 @@ _LIVE_STORES: "weakref.WeakSet[DuckDBStore]" = weakref.WeakSet()
 REPLICA_MEMORY_LIMIT = "300MB"
 
 
+def _connection_memory_limit() -> str:
+    """`[stockpipe] duckdb_memory_limit` (empty: DuckDB's default, 80% of RAM). DuckDB keeps every
+    block it reads cached up to its limit: with its default, a worker that had rebuilt 20,000
+    symbols held 4.6 GB, growing with the store; bounded, only the chunk's own work needs memory."""
+    from stockpipe import config
+
+    return config.duckdb_memory_limit()
+
+
 @contextmanager
 def _memory_limit(session, limit: str) -> Iterator[None]:
     session.execute(f"SET memory_limit = '{limit}'")
@@ -55,7 +64,8 @@ def _memory_limit(session, limit: str) -> Iterator[None]:
         yield
     finally:
         try:
-            session.execute("RESET memory_limit")
+            usual = _connection_memory_limit()
+            session.execute(f"SET memory_limit = '{usual}'" if usual else "RESET memory_limit")
         except Exception:  # noqa: BLE001 - a failed copy's error is the one to report
             pass
 
@@ -194,8 +204,10 @@ class DuckDBStore(Store):
             with open(self._wait_path, "a+") as waiting:
                 fcntl.flock(waiting, fcntl.LOCK_SH)  # tells the holder someone waits
                 fcntl.flock(lock_file, mode)
+        limit = _connection_memory_limit()
         try:
-            connection = duckdb.connect(str(self.path), read_only=not write)
+            connection = duckdb.connect(str(self.path), read_only=not write,
+                                        config={"memory_limit": limit} if limit else {})
         except duckdb.Error as exc:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
             lock_file.close()
