@@ -83,8 +83,14 @@ def test_store_and_demo_source_tasks_run_in_the_worker_process(seed, tmp_path, w
         assert f"--workers {workers} runs its tasks in this process" in output
     assert not (tmp_path / "run" / "store.duckdb.wal").exists(), "the run ended with un-checkpointed changes"
     scan_every_table(url)
-    assert open_store(url).read_marker(f"Daily/{DAY}") is not None
-    open_store(url).close()
+    store = open_store(url)
+    assert store.read_marker(f"Daily/{DAY}") is not None
+    # The chunks after the first of each read batch take their inputs from it; with a spare worker
+    # their rows were computed on the second thread (same rows: tests/services/test_indicators.py).
+    chunks = [m["stats"] for m in store.markers(prefix="IndicatorChunk/")]
+    assert chunks and any(c["read_ahead"] for c in chunks), chunks
+    assert any(c["computed_ahead"] for c in chunks) is (workers > 1), chunks
+    store.close()
 
 
 def run_luigi_workers(directory: Path, workers: int, *args: str) -> tuple[int, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -66,12 +67,14 @@ def compute_chunk(
     progress: Progress = silent,
     full_history: Sequence[str] = (),
     chunk: ChunkRef | None = None,
-    upcoming: Sequence[tuple[str, Sequence[str]]] = (),
+    upcoming: Sequence[Upcoming] = (),
+    compute_ahead: bool = False,
 ) -> dict[str, Any]:
     """Indicators of `symbols` from `start` to their latest bar (see `plan_read`), computed by
     `engine` (which may use what it prepared for `chunk`), replacing the stored rows and touching
-    `marker` in one transaction. `upcoming` (marker id, symbols) are the plan's later chunks, whose
-    inputs this one may read along with its own (see `_read_inputs`).
+    `marker` in one transaction. `upcoming` are the plan's later chunks, whose inputs this one may
+    read along with its own (see `_read_inputs`); with `compute_ahead`, their indicators are then
+    computed on a second thread while this chunk computes and writes (a spare core's work).
     """
     check_warmup(warmup_bars)
     started = time.monotonic()
@@ -80,11 +83,12 @@ def compute_chunk(
     # targets.py) is found by the task before it calls this, under the marker's run lock, and by the
     # write's own claim below: asking here too cost a query per chunk.
     progress(5, f"{label} reading bars of {len(symbols)} symbols")
-    read, bars, read_ahead = _read_inputs(store, symbols, start, warmup_bars, full_history, upcoming)
+    read, bars, read_ahead, computed = _read_inputs(store, symbols, start, warmup_bars, full_history, upcoming,
+                                                    engine if compute_ahead else None)
     from_dates, rescaled = read.from_dates, read.rescaled
     read_seconds = time.monotonic() - started
     progress(30, f"{label} computing {bars.num_rows} bars")
-    rows = engine.compute(bars, from_dates, chunk=chunk)
+    rows = computed.result() if computed is not None else engine.compute(bars, from_dates, chunk=chunk)
     progress(60, f"{label} writing {rows.num_rows} rows")
     stats = {
         "symbols": len(symbols),
@@ -95,6 +99,7 @@ def compute_chunk(
         "full_history_symbols": sorted(rescaled),
         "read_seconds": round(read_seconds, 3),
         "read_ahead": read_ahead,  # its inputs came with an earlier chunk's read
+        "computed_ahead": computed is not None,  # and its rows on the second thread
         "computed_by": computed_by(rows),
     }
     if marker is not None:
@@ -122,6 +127,15 @@ def compute_chunk(
 READ_AHEAD_BARS = 250_000
 
 
+@dataclass(frozen=True)
+class Upcoming:
+    """A later chunk of the plan: its marker, its symbols and its ref (for the engine)."""
+
+    marker_id: str
+    symbols: Sequence[str]
+    chunk: ChunkRef | None = None
+
+
 @dataclass
 class _ReadAhead:
     """Inputs read for chunks that have not run yet, with the change log's newest entry before they
@@ -129,48 +143,86 @@ class _ReadAhead:
 
     key: tuple
     mark: Any  # changes.Change | None
-    inputs: dict[tuple[str, ...], tuple[ChunkRead, pa.Table]]
+    inputs: dict[tuple[str, ...], tuple[ChunkRead, pa.Table, Future | None]]  # rows being computed, if asked
+
+    def drop(self) -> None:
+        for _, _, rows in self.inputs.values():
+            if rows is not None:
+                rows.cancel()
+        self.inputs.clear()
 
 
 _read_ahead: _ReadAhead | None = None  # this process's; one plan's chunks run one after another
+_executor: ThreadPoolExecutor | None = None
+
+
+def _computing():
+    """The second thread, computing read-ahead chunks' indicators while the current chunk writes:
+    numpy and the store's writes release the GIL, so the two overlap on two cores."""
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stockpipe-compute")
+    return _executor
+
+
+def settle() -> None:
+    """Forget what was read ahead and let the second thread finish: before this process forks (a
+    child must not start while that thread is mid-computation) and when a run ends."""
+    global _read_ahead, _executor
+    ahead, _read_ahead = _read_ahead, None
+    if ahead is not None:
+        ahead.drop()
+    executor, _executor = _executor, None
+    if executor is not None:
+        executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _read_inputs(
     store: Store, symbols: Sequence[str], start: dt.date, warmup_bars: int, full_history: Sequence[str],
-    upcoming: Sequence[tuple[str, Sequence[str]]],
-) -> tuple[ChunkRead, pa.Table, bool]:
+    upcoming: Sequence[Upcoming], engine: IndicatorEngine | None = None,
+) -> tuple[ChunkRead, pa.Table, bool, Future | None]:
     """What the chunk of `symbols` reads (`plan_read`, then its bars), as if read now: from what an
     earlier chunk of the plan read ahead for it when no logged write has touched its symbols since,
-    else from the store (then also reading ahead for the next unfinished chunks of `upcoming`).
-    True when the inputs were read ahead."""
+    else from the store (then also reading ahead for the next unfinished chunks of `upcoming`, and,
+    given an `engine`, computing their rows on the second thread). Also whether the inputs were read
+    ahead, and their rows' future if they are being computed ahead."""
     global _read_ahead
     key = (store.url, start, warmup_bars, tuple(sorted(full_history)))
     ahead, _read_ahead = _read_ahead, None
     if ahead is not None and ahead.key == key and tuple(symbols) in ahead.inputs:
-        read, bars = ahead.inputs.pop(tuple(symbols))
+        read, bars, rows = ahead.inputs.pop(tuple(symbols))
         if _untouched_since(store, ahead.mark, symbols):
             if ahead.inputs:
                 _read_ahead = ahead
-            return read, bars, True
+            return read, bars, True, rows
+        if rows is not None:
+            rows.cancel()
         log.info("%s..%s changed since their bars were read ahead: reading them again", symbols[0], symbols[-1])
+    if ahead is not None:
+        ahead.drop()
     mark = store.change_mark()
     read, bars = _read_chunks(store, [symbols], start, warmup_bars, full_history)[tuple(symbols)]
     per_symbol = max(bars.num_rows / max(len(symbols), 1), 1.0)
     room = int(READ_AHEAD_BARS / per_symbol) - len(symbols)
-    candidates: list[tuple[str, Sequence[str]]] = []
-    for marker_id, others in upcoming:
-        if room < len(others):
+    candidates: list[Upcoming] = []
+    for later in upcoming:
+        # Computing ahead needs the next chunk even when it alone passes the budget (a full history's).
+        if room < len(later.symbols) and not (engine is not None and not candidates):
             break
-        candidates.append((marker_id, others))
-        room -= len(others)
+        candidates.append(later)
+        room -= len(later.symbols)
     if candidates:
-        done = store.completed([m for m, _ in candidates])
-        pending = [sorted(others) for m, others in candidates if m not in done]
+        done = store.completed([c.marker_id for c in candidates])
+        pending = [c for c in candidates if c.marker_id not in done]
         if pending:
-            inputs = _read_chunks(store, pending, start, warmup_bars, full_history, like=read.read_start)
+            inputs = _read_chunks(store, [sorted(c.symbols) for c in pending], start, warmup_bars, full_history,
+                                  like=read.read_start)
+            refs = {tuple(sorted(c.symbols)): c.chunk for c in pending}
             if inputs:
-                _read_ahead = _ReadAhead(key, mark, inputs)
-    return read, bars, False
+                _read_ahead = _ReadAhead(key, mark, {
+                    c: (r, b, None if engine is None else _computing().submit(engine.compute, b, r.from_dates, chunk=refs[c]))
+                    for c, (r, b) in inputs.items()})
+    return read, bars, False, None
 
 
 def _read_chunks(
