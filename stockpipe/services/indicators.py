@@ -183,9 +183,10 @@ def _read_inputs(
 ) -> tuple[ChunkRead, pa.Table, bool, Future | None]:
     """What the chunk of `symbols` reads (`plan_read`, then its bars), as if read now: from what an
     earlier chunk of the plan read ahead for it when no logged write has touched its symbols since,
-    else from the store (then also reading ahead for the next unfinished chunks of `upcoming`, and,
-    given an `engine`, computing their rows on the second thread). Also whether the inputs were read
-    ahead, and their rows' future if they are being computed ahead."""
+    else from the store. When nothing is left read ahead, also reads ahead for the next unfinished
+    chunks of `upcoming` and, given an `engine`, computes their rows on the second thread (so, with
+    one chunk ahead, each chunk writes while the next one's rows are computed). Also whether the
+    inputs were read ahead, and their rows' future if they are being computed ahead."""
     global _read_ahead
     key = (store.url, start, warmup_bars, tuple(sorted(full_history)))
     ahead, _read_ahead = _read_ahead, None
@@ -194,6 +195,8 @@ def _read_inputs(
         if _untouched_since(store, ahead.mark, symbols):
             if ahead.inputs:
                 _read_ahead = ahead
+            else:
+                _read_ahead = _read_next(store, key, read, bars, symbols, upcoming, engine)
             return read, bars, True, rows
         if rows is not None:
             rows.cancel()
@@ -202,6 +205,18 @@ def _read_inputs(
         ahead.drop()
     mark = store.change_mark()
     read, bars = _read_chunks(store, [symbols], start, warmup_bars, full_history)[tuple(symbols)]
+    _read_ahead = _read_next(store, key, read, bars, symbols, upcoming, engine, mark=mark)
+    return read, bars, False, None
+
+
+def _read_next(store: Store, key: tuple, read: ChunkRead, bars: pa.Table, symbols: Sequence[str],
+               upcoming: Sequence[Upcoming], engine: IndicatorEngine | None, mark: Any = ...) -> _ReadAhead | None:
+    """The inputs of the unfinished chunks of `upcoming` that fit in READ_AHEAD_BARS (judged by the
+    bars a symbol of this chunk took) and read from the same start as this one, with their rows
+    submitted to the second thread given an `engine`."""
+    if not upcoming:
+        return None
+    _, start, warmup_bars, full_history = key
     per_symbol = max(bars.num_rows / max(len(symbols), 1), 1.0)
     room = int(READ_AHEAD_BARS / per_symbol) - len(symbols)
     candidates: list[Upcoming] = []
@@ -211,18 +226,20 @@ def _read_inputs(
             break
         candidates.append(later)
         room -= len(later.symbols)
-    if candidates:
-        done = store.completed([c.marker_id for c in candidates])
-        pending = [c for c in candidates if c.marker_id not in done]
-        if pending:
-            inputs = _read_chunks(store, [sorted(c.symbols) for c in pending], start, warmup_bars, full_history,
-                                  like=read.read_start)
-            refs = {tuple(sorted(c.symbols)): c.chunk for c in pending}
-            if inputs:
-                _read_ahead = _ReadAhead(key, mark, {
-                    c: (r, b, None if engine is None else _computing().submit(engine.compute, b, r.from_dates, chunk=refs[c]))
-                    for c, (r, b) in inputs.items()})
-    return read, bars, False, None
+    done = store.completed([c.marker_id for c in candidates]) if candidates else set()
+    pending = [c for c in candidates if c.marker_id not in done]
+    if not pending:
+        return None
+    if mark is ...:
+        mark = store.change_mark()
+    inputs = _read_chunks(store, [sorted(c.symbols) for c in pending], start, warmup_bars, full_history,
+                          like=read.read_start)
+    if not inputs:
+        return None
+    refs = {tuple(sorted(c.symbols)): c.chunk for c in pending}
+    return _ReadAhead(key, mark, {
+        c: (r, b, None if engine is None else _computing().submit(engine.compute, b, r.from_dates, chunk=refs[c]))
+        for c, (r, b) in inputs.items()})
 
 
 def _read_chunks(
