@@ -126,6 +126,14 @@ class Session(ABC):
         """A query's result in record batches (stores that can stream do, so memory stays bounded)."""
         yield from self.fetch_arrow(sql, params, schema).to_batches(rows)
 
+    def fetch_each(self, queries: Iterable[tuple[str, dict[str, Any]]], schema: pa.Schema | None = None,
+                   rows: int = 262_144) -> Iterator[pa.RecordBatch]:
+        """The results of (sql, params) `queries`, one after the other, in record batches. A store
+        may run the next query while the caller handles these rows: the caller does not use the
+        session until the iteration ends."""
+        for sql, params in queries:
+            yield from self.fetch_batches(sql, params, schema, rows)
+
 
 class Store(ABC):
     dialect: str = ""
@@ -664,18 +672,19 @@ class Store(ABC):
 
         ordered = sorted(set(symbols))
         count, checksum = 0, 0
+        queries = []
+        for first in range(0, len(ordered), batch_symbols):
+            where, params = range_filter(ordered[first:first + batch_symbols], start, end,
+                                         collate=self.codepoint_collation, ranged=self.symbol_ranges_prune)
+            queries.append((f"SELECT * FROM indicators{where} ORDER BY symbol, date", params))
         with self.session(write=False) as session, open(path, "wb") as sink:
             self._snapshot(session)
             writer = pq.ParquetWriter(sink, INDICATORS.schema, **PARQUET_OPTIONS)
             try:
-                for first in range(0, len(ordered), batch_symbols):
-                    where, params = range_filter(ordered[first:first + batch_symbols], start, end,
-                                                 collate=self.codepoint_collation, ranged=self.symbol_ranges_prune)
-                    for batch in session.fetch_batches(f"SELECT * FROM indicators{where} ORDER BY symbol, date", params,
-                                                       schema=INDICATORS.schema):
-                        writer.write_batch(batch)
-                        count += batch.num_rows
-                        checksum = (checksum + batch_checksum(batch)) % (1 << 64)
+                for batch in session.fetch_each(queries, schema=INDICATORS.schema):
+                    writer.write_batch(batch)
+                    count += batch.num_rows
+                    checksum = (checksum + batch_checksum(batch)) % (1 << 64)
                 writer.add_key_value_metadata({**metadata, "stockpipe.rows": str(count),
                                                "stockpipe.checksum": format(checksum, "016x")})
             finally:
@@ -687,12 +696,15 @@ class Store(ABC):
     def indicator_summary(self, symbols: Sequence[str], start: dt.date) -> dict[str, Any]:
         """What a rebuild from `start` would replace: symbols, rows and date range."""
         with self.session(write=False) as session:
+            # Per symbol first: count(DISTINCT) sorted all 6M rows of a full rebuild on PostgreSQL (2 s,
+            # against 0.7 s for the grouping).
             row = session.fetch(
-                "SELECT count(DISTINCT symbol), count(*), min(date), max(date) FROM indicators "
-                "WHERE symbol = ANY(:s) AND date >= :d",
+                "SELECT count(*), sum(n), min(lo), max(hi) FROM (SELECT symbol, count(*) AS n, "
+                "min(date) AS lo, max(date) AS hi FROM indicators WHERE symbol = ANY(:s) AND date >= :d "
+                "GROUP BY symbol) per_symbol",
                 {"s": list(symbols), "d": start},
             )[0]
-        return {"symbols": int(row[0]), "rows": int(row[1]), "first_date": row[2], "last_date": row[3]}
+        return {"symbols": int(row[0]), "rows": int(row[1] or 0), "first_date": row[2], "last_date": row[3]}
 
     def restore_indicators(
         self, rows: pa.Table | Iterable[pa.RecordBatch], symbols: Sequence[str], start: dt.date,

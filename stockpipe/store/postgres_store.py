@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import os
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -68,27 +68,41 @@ class _PostgresSession(Session):
         return self._cur.fetchall()
 
     def fetch_arrow(self, sql: str, params: dict[str, Any] | None = None, schema: pa.Schema | None = None) -> pa.Table:
+        return _parse_csv(*self._copy_out(sql, params), schema)
+
+    def fetch_each(self, queries: Iterable[tuple[str, dict[str, Any]]], schema: pa.Schema | None = None,
+                   rows: int = 262_144) -> Iterator[pa.RecordBatch]:
+        # The server formats the next query's rows as text (most of a backup's time) while this
+        # thread parses and stores the current one's: the two cores work at once. One query ahead
+        # at most, so memory stays bounded by two results. The pool's exit waits for a COPY under
+        # way (a deadline's interrupt cancels it), so the connection is idle when this returns.
+        from concurrent.futures import ThreadPoolExecutor
+
+        remaining = iter(queries)
+        with ThreadPoolExecutor(1, thread_name_prefix="stockpipe-copy-out") as pool:
+            def submit():
+                query = next(remaining, None)
+                return None if query is None else pool.submit(self._copy_out, *query)
+
+            pending = submit()
+            try:
+                while pending is not None:
+                    result = pending.result()
+                    pending = submit()
+                    yield from _parse_csv(*result, schema).to_batches(rows)
+            finally:
+                if pending is not None:
+                    pending.cancel()
+
+    def _copy_out(self, sql: str, params: dict[str, Any] | None) -> tuple[io.BytesIO, list[str] | None]:
+        """A query's rows as CSV text, and its column names where the driver gives them."""
         buffer = io.BytesIO()
         # NULL as \N: with CSV's default empty NULL, a one-column NULL row is a blank line and vanishes.
         self._cur.copy_expert(
             f"COPY ({self._sql(sql, params)}) TO STDOUT WITH (FORMAT csv, HEADER true, NULL '\\N')", buffer
         )
         buffer.seek(0)
-        names = [d.name for d in self._cur.description] if self._cur.description else None
-        if buffer.getbuffer().nbytes == 0:
-            return schema.empty_table() if schema is not None else pa.table({})
-        convert = pacsv.ConvertOptions(
-            column_types={f.name: f.type for f in schema} if schema is not None else None,
-            null_values=["\\N"],
-            strings_can_be_null=True,
-            quoted_strings_can_be_null=False,
-            true_values=["t", "true"],
-            false_values=["f", "false"],
-        )
-        table = pacsv.read_csv(buffer, convert_options=convert, read_options=pacsv.ReadOptions(column_names=names, skip_rows=1 if names else 0))
-        if schema is not None:
-            table = table.select(schema.names).cast(schema)
-        return table
+        return buffer, [d.name for d in self._cur.description] if self._cur.description else None
 
     def stage(self, name: str, data: pa.Table, like: Table) -> None:
         self._cur.execute(f"CREATE TEMPORARY TABLE {name} (LIKE {like.name}) ON COMMIT DROP")
@@ -335,6 +349,24 @@ class PostgresStore(Store):
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+
+
+def _parse_csv(buffer: io.BytesIO, names: list[str] | None, schema: pa.Schema | None) -> pa.Table:
+    """Rows that `COPY ... TO STDOUT` wrote as CSV (see `_copy_out`) as an Arrow table of `schema`."""
+    if buffer.getbuffer().nbytes == 0:
+        return schema.empty_table() if schema is not None else pa.table({})
+    convert = pacsv.ConvertOptions(
+        column_types={f.name: f.type for f in schema} if schema is not None else None,
+        null_values=["\\N"],
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=False,
+        true_values=["t", "true"],
+        false_values=["f", "false"],
+    )
+    table = pacsv.read_csv(buffer, convert_options=convert, read_options=pacsv.ReadOptions(column_names=names, skip_rows=1 if names else 0))
+    if schema is not None:
+        table = table.select(schema.names).cast(schema)
+    return table
 
 
 def _table_stats(cursor, table: str) -> tuple[float, int, int] | None:

@@ -161,6 +161,18 @@ def test_replace_indicators_swaps_rows_and_marker_together(store):
     assert store.indicator_summary(["AAA"], dt.date(2024, 3, 1))["rows"] == 20
 
 
+def test_indicator_summary_counts_symbols_rows_and_dates(store):
+    for name, days in (("AAA", 80), ("BBB", 70)):
+        store.write_bars(bars_rows(name, dt.date(2024, 1, 1), days))
+    store.replace_indicators(["AAA", "BBB"], dt.date(2024, 1, 1), indicator_rows(store.read_bars()))
+    expected = store.read_indicators(["AAA", "BBB", "CCC"], start=dt.date(2024, 3, 1))
+    dates = expected.column("date").to_pylist()
+    assert store.indicator_summary(["AAA", "BBB", "CCC"], dt.date(2024, 3, 1)) == {
+        "symbols": 2, "rows": expected.num_rows, "first_date": min(dates), "last_date": max(dates)}
+    assert store.indicator_summary(["CCC"], dt.date(2024, 1, 1)) == {
+        "symbols": 0, "rows": 0, "first_date": None, "last_date": None}
+
+
 def test_restore_puts_rows_back_and_forgets_markers(store):
     store.write_bars(bars_rows("AAA", dt.date(2024, 1, 1), 60))
     rows = indicator_rows(store.read_bars())

@@ -124,3 +124,26 @@ def test_a_rebuild_replacing_every_row_reuses_the_space_of_the_rows_it_replaced(
         rebuild()
     assert store.read_indicators().drop(["created_at"]).equals(before)
     assert size() <= 1.35 * first, f"indicators grew from {first} to {size()} bytes over two more rebuilds"
+
+
+def test_fetch_each_keeps_the_queries_order_and_raises_the_failing_ones_error(postgres_url):
+    """The next query runs while the caller handles the current one's rows (a thread): the rows
+    still come query by query, in order, and an error in a later query reaches the caller, whose
+    session is then rolled back and the connection usable."""
+    import pytest
+
+    store = open_store(postgres_url)
+    queries = [(f"SELECT g AS n FROM generate_series(:lo, :hi) g ORDER BY g", {"lo": lo, "hi": lo + 99_999})
+               for lo in range(0, 500_000, 100_000)]
+    schema = pa.schema([("n", pa.int64())])
+    with store.session(write=False) as session:
+        batches = list(session.fetch_each(queries, schema=schema, rows=30_000))
+    assert pa.Table.from_batches(batches).column("n").to_pylist() == list(range(500_000))
+    failing = queries[:2] + [("SELECT 1 / (g - g) AS n FROM generate_series(1, 3) g", {})] + queries[2:]
+    seen = []
+    with pytest.raises(psycopg2.errors.DivisionByZero):
+        with store.session(write=False) as session:
+            for batch in session.fetch_each(failing, schema=schema):
+                seen.append(batch.num_rows)
+    assert sum(seen) == 200_000  # the rows of the queries before it, nothing after
+    assert store.query("SELECT 1 AS one").column("one").to_pylist() == [1]
