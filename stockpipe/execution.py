@@ -66,7 +66,6 @@ def _worker_init(self, *args, **kwargs):
 
     _luigi_worker_init(self, *args, **kwargs)
     self._stockpipe_single_writer = _single_writer_store()
-    self._stockpipe_workers = self.worker_processes
     if self.worker_processes > 1 and self._stockpipe_single_writer:
         log.info("the store takes one writing process at a time: --workers %d runs its tasks in this process "
                  "(README: what --workers does per store)", self.worker_processes)
@@ -78,7 +77,6 @@ def _worker_init(self, *args, **kwargs):
 
 def _set_worker_processes(self, n):
     # luigid's "set workers" message asks the same of a running worker.
-    self._stockpipe_workers = n
     _luigi_set_worker_processes(self, 1 if getattr(self, "_stockpipe_single_writer", False) else n)
 
 
@@ -93,16 +91,13 @@ def _single_writer_store() -> bool:
 
 
 def _create_task_process(self, task):
-    from stockpipe.services.indicators import settle
     from stockpipe.store import interrupt_all
 
     if not runs_in_worker_process(self, task):
-        settle()  # no thread of this process is mid-computation when the child is forked
         return _luigi_create_task_process(self, task)
     seconds = task.worker_timeout
     task.in_worker_process = True  # its worker_timeout is now None: Luigi runs it here, no fork
     task.runs_in_worker = True
-    task.spare_workers = max(getattr(self, "_stockpipe_workers", 1) - 1, 0)
     try:
         process = _luigi_create_task_process(self, task)
     finally:
@@ -131,13 +126,13 @@ def _get_work(self):
 
 
 def _worker_run(self):
-    from stockpipe.services.indicators import settle
+    from stockpipe.services.indicators import forget_read_ahead
 
     try:
         with _connections_kept_by(self):
             return _luigi_worker_run(self)
     finally:
-        settle()  # the run's read-ahead and its second thread go with it
+        forget_read_ahead()
 
 
 def _worker_enter(self):

@@ -78,7 +78,6 @@ class StockpipeTask(luigi.Task):
     isolated = False
     in_worker_process = False  # set while the worker creates this task's process to run it itself
     runs_in_worker = False  # set when the worker runs this task in its own process (not a forked child)
-    spare_workers = 0  # then: the --workers asked for beyond the one running it (cores it may also use)
 
     @property
     def worker_timeout(self) -> int | None:
@@ -256,10 +255,8 @@ class IndicatorChunk(StockpipeTask):
             full_history=plan.full_history,
             chunk=ChunkRef(rebuild_service.staging_dir(self.run_dir()), self.chunk_id),
             # Read ahead only where the next chunks will run: a forked child's reads die with it.
-            upcoming=[indicator_service.Upcoming(markers.indicator_chunk(self.plan_id, i), plan.chunks[i],
-                                                 ChunkRef(rebuild_service.staging_dir(self.run_dir()), i))
+            upcoming=[indicator_service.Upcoming(markers.indicator_chunk(self.plan_id, i), plan.chunks[i])
                       for i in range(self.chunk_id + 1, len(plan.chunks))] if self.runs_in_worker else (),
-            compute_ahead=self.runs_in_worker and self.spare_workers > 0,
         )
         self.skipped = bool(stats.get("skipped"))
         self.output().record_done()

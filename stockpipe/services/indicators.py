@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -68,13 +67,11 @@ def compute_chunk(
     full_history: Sequence[str] = (),
     chunk: ChunkRef | None = None,
     upcoming: Sequence[Upcoming] = (),
-    compute_ahead: bool = False,
 ) -> dict[str, Any]:
     """Indicators of `symbols` from `start` to their latest bar (see `plan_read`), computed by
     `engine` (which may use what it prepared for `chunk`), replacing the stored rows and touching
     `marker` in one transaction. `upcoming` are the plan's later chunks, whose inputs this one may
-    read along with its own (see `_read_inputs`); with `compute_ahead`, their indicators are then
-    computed on a second thread while this chunk computes and writes (a spare core's work).
+    read along with its own (see `_read_inputs`).
     """
     check_warmup(warmup_bars)
     started = time.monotonic()
@@ -83,12 +80,11 @@ def compute_chunk(
     # targets.py) is found by the task before it calls this, under the marker's run lock, and by the
     # write's own claim below: asking here too cost a query per chunk.
     progress(5, f"{label} reading bars of {len(symbols)} symbols")
-    read, bars, read_ahead, computed = _read_inputs(store, symbols, start, warmup_bars, full_history, upcoming,
-                                                    engine if compute_ahead else None)
+    read, bars, read_ahead = _read_inputs(store, symbols, start, warmup_bars, full_history, upcoming)
     from_dates, rescaled = read.from_dates, read.rescaled
     read_seconds = time.monotonic() - started
     progress(30, f"{label} computing {bars.num_rows} bars")
-    rows = computed.result() if computed is not None else engine.compute(bars, from_dates, chunk=chunk)
+    rows = engine.compute(bars, from_dates, chunk=chunk)
     progress(60, f"{label} writing {rows.num_rows} rows")
     stats = {
         "symbols": len(symbols),
@@ -99,7 +95,6 @@ def compute_chunk(
         "full_history_symbols": sorted(rescaled),
         "read_seconds": round(read_seconds, 3),
         "read_ahead": read_ahead,  # its inputs came with an earlier chunk's read
-        "computed_ahead": computed is not None,  # and its rows on the second thread
         "computed_by": computed_by(rows),
     }
     if marker is not None:
@@ -120,20 +115,13 @@ def compute_chunk(
     return stats
 
 
-# Bars a chunk reads at once for itself and the plan's next unfinished chunks. A short rebuild's or
-# a Daily's chunk reads ~500 bars a symbol (the warmup) to write a few rows, in two queries of its
-# own (its latest rows, its bars) whose fixed costs added up over 50 chunks; ten chunks' inputs come
-# in two. A full history's chunk (~125k bars) fills half of this, so memory stays a few chunks'.
-READ_AHEAD_BARS = 250_000
-
 
 @dataclass(frozen=True)
 class Upcoming:
-    """A later chunk of the plan: its marker, its symbols and its ref (for the engine)."""
+    """A later chunk of the plan: its marker and its symbols."""
 
     marker_id: str
     symbols: Sequence[str]
-    chunk: ChunkRef | None = None
 
 
 @dataclass
@@ -143,103 +131,62 @@ class _ReadAhead:
 
     key: tuple
     mark: Any  # changes.Change | None
-    inputs: dict[tuple[str, ...], tuple[ChunkRead, pa.Table, Future | None]]  # rows being computed, if asked
-
-    def drop(self) -> None:
-        for _, _, rows in self.inputs.values():
-            if rows is not None:
-                rows.cancel()
-        self.inputs.clear()
+    inputs: dict[tuple[str, ...], tuple[ChunkRead, pa.Table]]
 
 
 _read_ahead: _ReadAhead | None = None  # this process's; one plan's chunks run one after another
-_executor: ThreadPoolExecutor | None = None
 
 
-def _computing():
-    """The second thread, computing read-ahead chunks' indicators while the current chunk writes:
-    numpy and the store's writes release the GIL, so the two overlap on two cores."""
-    global _executor
-    if _executor is None:
-        _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stockpipe-compute")
-    return _executor
-
-
-def settle() -> None:
-    """Forget what was read ahead and let the second thread finish: before this process forks (a
-    child must not start while that thread is mid-computation) and when a run ends."""
-    global _read_ahead, _executor
-    ahead, _read_ahead = _read_ahead, None
-    if ahead is not None:
-        ahead.drop()
-    executor, _executor = _executor, None
-    if executor is not None:
-        executor.shutdown(wait=True, cancel_futures=True)
+def forget_read_ahead() -> None:
+    """Drop what was read ahead (a worker's run ended: its memory is not kept for the next)."""
+    global _read_ahead
+    _read_ahead = None
 
 
 def _read_inputs(
     store: Store, symbols: Sequence[str], start: dt.date, warmup_bars: int, full_history: Sequence[str],
-    upcoming: Sequence[Upcoming], engine: IndicatorEngine | None = None,
-) -> tuple[ChunkRead, pa.Table, bool, Future | None]:
+    upcoming: Sequence[Upcoming],
+) -> tuple[ChunkRead, pa.Table, bool]:
     """What the chunk of `symbols` reads (`plan_read`, then its bars), as if read now: from what an
     earlier chunk of the plan read ahead for it when no logged write has touched its symbols since,
     else from the store. When nothing is left read ahead, also reads ahead for the next unfinished
-    chunks of `upcoming` and, given an `engine`, computes their rows on the second thread (so, with
-    one chunk ahead, each chunk writes while the next one's rows are computed). Also whether the
-    inputs were read ahead, and their rows' future if they are being computed ahead."""
+    chunks of `upcoming`. True when the inputs were read ahead."""
     global _read_ahead
     key = (store.url, start, warmup_bars, tuple(sorted(full_history)))
     ahead, _read_ahead = _read_ahead, None
     if ahead is not None and ahead.key == key and tuple(symbols) in ahead.inputs:
-        read, bars, rows = ahead.inputs.pop(tuple(symbols))
+        read, bars = ahead.inputs.pop(tuple(symbols))
         if _untouched_since(store, ahead.mark, symbols):
-            if ahead.inputs:
-                _read_ahead = ahead
-            else:
-                _read_ahead = _read_next(store, key, read, bars, symbols, upcoming, engine)
-            return read, bars, True, rows
-        if rows is not None:
-            rows.cancel()
+            _read_ahead = ahead if ahead.inputs else _read_next(store, key, read, bars, symbols, upcoming)
+            return read, bars, True
         log.info("%s..%s changed since their bars were read ahead: reading them again", symbols[0], symbols[-1])
-    if ahead is not None:
-        ahead.drop()
     mark = store.change_mark()
     read, bars = _read_chunks(store, [symbols], start, warmup_bars, full_history)[tuple(symbols)]
-    _read_ahead = _read_next(store, key, read, bars, symbols, upcoming, engine, mark=mark)
-    return read, bars, False, None
+    _read_ahead = _read_next(store, key, read, bars, symbols, upcoming, mark=mark)
+    return read, bars, False
 
 
 def _read_next(store: Store, key: tuple, read: ChunkRead, bars: pa.Table, symbols: Sequence[str],
-               upcoming: Sequence[Upcoming], engine: IndicatorEngine | None, mark: Any = ...) -> _ReadAhead | None:
-    """The inputs of the unfinished chunks of `upcoming` that fit in READ_AHEAD_BARS (judged by the
-    bars a symbol of this chunk took) and read from the same start as this one, with their rows
-    submitted to the second thread given an `engine`."""
-    if not upcoming:
-        return None
+               upcoming: Sequence[Upcoming], mark: Any = ...) -> _ReadAhead | None:
+    """The inputs of the unfinished chunks of `upcoming` that fit in the store's `read_ahead_bars`
+    (judged by the bars a symbol of this chunk took) and read from the same start as this one."""
     _, start, warmup_bars, full_history = key
     per_symbol = max(bars.num_rows / max(len(symbols), 1), 1.0)
-    room = int(READ_AHEAD_BARS / per_symbol) - len(symbols)
+    room = int(store.read_ahead_bars / per_symbol) - len(symbols)
     candidates: list[Upcoming] = []
     for later in upcoming:
-        # Computing ahead needs the next chunk even when it alone passes the budget (a full history's).
-        if room < len(later.symbols) and not (engine is not None and not candidates):
+        if room < len(later.symbols):
             break
         candidates.append(later)
         room -= len(later.symbols)
     done = store.completed([c.marker_id for c in candidates]) if candidates else set()
-    pending = [c for c in candidates if c.marker_id not in done]
+    pending = [sorted(c.symbols) for c in candidates if c.marker_id not in done]
     if not pending:
         return None
     if mark is ...:
         mark = store.change_mark()
-    inputs = _read_chunks(store, [sorted(c.symbols) for c in pending], start, warmup_bars, full_history,
-                          like=read.read_start)
-    if not inputs:
-        return None
-    refs = {tuple(sorted(c.symbols)): c.chunk for c in pending}
-    return _ReadAhead(key, mark, {
-        c: (r, b, None if engine is None else _computing().submit(engine.compute, b, r.from_dates, chunk=refs[c]))
-        for c, (r, b) in inputs.items()})
+    inputs = _read_chunks(store, pending, start, warmup_bars, full_history, like=read.read_start)
+    return _ReadAhead(key, mark, inputs) if inputs else None
 
 
 def _read_chunks(

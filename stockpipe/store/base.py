@@ -148,6 +148,9 @@ class Store(ABC):
     # One process at a time may write the database (DuckDB's file lock): worker processes of one
     # run would only take turns at it, so a run's tasks are better run in one process (execution.py).
     single_writer_process: bool = False
+    # Bars a chunk run in the worker's process reads at once for itself and the plan's next
+    # unfinished chunks (services/indicators.py); 0 = each chunk reads its own.
+    read_ahead_bars: int = 0
     # > 0 while this process runs tasks in its own worker: stores that connect per transaction
     # keep their connection instead (see `stockpipe.store.connections_kept`).
     connections_kept: int = 0

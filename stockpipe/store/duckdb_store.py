@@ -135,6 +135,12 @@ class _Held:
 class DuckDBStore(Store):
     dialect = "duckdb"
     single_writer_process = True
+    # A short rebuild's or a Daily's chunk reads ~500 bars a symbol (the warmup) to write a few rows,
+    # in two queries of its own (its latest rows, its bars) whose fixed costs added up over 50 chunks;
+    # ten chunks' inputs come in two. A full history's chunk (~125k bars) fills half of this, so
+    # memory stays a few chunks'. (PostgreSQL reads a chunk by its key index; one query for many
+    # chunks was planned as a scan of every bar, and its 13-session rebuild got slower.)
+    read_ahead_bars = 250_000
 
     def __init__(self, url: str):
         super().__init__(url)

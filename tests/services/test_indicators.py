@@ -1,7 +1,6 @@
 """Chunks of a plan run one after another in the worker's process read the next chunks' inputs along
-with their own, and with a spare worker compute their rows on a second thread (services/indicators.py
-`_read_inputs`): the rows stored must be exactly those of chunks reading and computing alone, and a
-chunk whose bars were written after they were read ahead reads and computes again."""
+with their own (services/indicators.py `_read_inputs`): the rows stored must be exactly those of
+chunks reading alone, and a chunk whose bars were written after they were read ahead reads again."""
 
 from __future__ import annotations
 
@@ -30,21 +29,24 @@ PLAN = "rebuild-readahead"
 
 @pytest.fixture
 def loaded(store):
-    """12 demo symbols with 600 sessions of bars and their indicators, in 3 chunks of 4."""
+    """12 demo symbols with 600 sessions of bars and their indicators, in 3 chunks of 4, the store
+    reading ahead as DuckDB's does (PostgreSQL's reads each chunk alone by default: the logic that
+    decides what read-ahead input may be used is the same on both)."""
     source = DemoSource(tickers=12, seed=5)
     collect_symbols(store, source, DAY, 5, None)
     ingest_date(store, source, DAY, days_back=5, backfill_sessions=600, marker=None)
     compute_chunk(store, store.active_symbols(), dt.date.min, engine=open_engine("numpy"), warmup_bars=WARMUP, marker=None)
-    indicators.settle()
+    indicators.forget_read_ahead()
+    store.read_ahead_bars = 250_000
     yield store, [store.active_symbols()[i:i + 4] for i in (0, 4, 8)]
-    indicators.settle()
+    indicators.forget_read_ahead()
 
 
-def run_chunk(store, chunks, i, *, ahead=True, compute_ahead=False):
+def run_chunk(store, chunks, i, *, ahead=True):
     upcoming = [indicators.Upcoming(markers.indicator_chunk(PLAN, j), chunks[j]) for j in range(i + 1, len(chunks))]
     return compute_chunk(store, chunks[i], START, engine=open_engine("numpy"), warmup_bars=WARMUP,
                          marker=Marker(markers.indicator_chunk(PLAN, i), "IndicatorChunk"),
-                         upcoming=upcoming if ahead else (), compute_ahead=compute_ahead)
+                         upcoming=upcoming if ahead else ())
 
 
 def stored(store, symbols=None):
@@ -70,20 +72,10 @@ def test_chunks_reading_ahead_store_exactly_what_chunks_reading_alone_store(load
     assert [s["rows_saved"] for s in stats] == [4 * 10] * 3
     assert stored(store).equals(alone)
 
-    # With a spare worker the next chunks' rows are computed on the second thread: the same rows.
-    with store.session() as session:
-        session.execute("DELETE FROM task_markers WHERE marker_id LIKE :m", {"m": f"%{PLAN}%"})
-    stats = [run_chunk(store, chunks, i, compute_ahead=True) for i in range(3)]
-    assert [(s["read_ahead"], s["computed_ahead"]) for s in stats] == [(False, False), (True, True), (True, True)]
-    assert stored(store).equals(alone)
-    indicators.settle()
-    assert indicators._executor is None and indicators._read_ahead is None
 
-
-@pytest.mark.parametrize("compute_ahead", [False, True], ids=["read-ahead", "computed-ahead"])
-def test_a_chunk_whose_bars_changed_after_being_read_ahead_reads_them_again(loaded, compute_ahead):
+def test_a_chunk_whose_bars_changed_after_being_read_ahead_reads_them_again(loaded):
     store, chunks = loaded
-    assert run_chunk(store, chunks, 0, compute_ahead=compute_ahead)["read_ahead"] is False
+    assert run_chunk(store, chunks, 0)["read_ahead"] is False
     # A late correction of one of chunk 2's bars lands before chunk 1 and 2 run.
     symbol = chunks[2][1]
     bar = store.read_bars([symbol], start=dt.date(2025, 10, 1), end=dt.date(2025, 10, 1))
@@ -91,9 +83,8 @@ def test_a_chunk_whose_bars_changed_after_being_read_ahead_reads_them_again(load
                                pa.array([bar.column("close")[0].as_py() * 1.5], pa.float64()))
     store.write_bars(corrected)
 
-    assert run_chunk(store, chunks, 1, compute_ahead=compute_ahead)["read_ahead"] is True, "chunk 1 was not touched"
-    second = run_chunk(store, chunks, 2, compute_ahead=compute_ahead)
-    assert (second["read_ahead"], second["computed_ahead"]) == (False, False), "chunk 2 used bars read before the correction"
+    assert run_chunk(store, chunks, 1)["read_ahead"] is True, "chunk 1 was not touched"
+    assert run_chunk(store, chunks, 2)["read_ahead"] is False, "chunk 2 used bars read before the correction"
     for chunk in chunks[1:]:
         assert stored(store, chunk).select(expected(store, chunk).column_names).equals(expected(store, chunk))
 
