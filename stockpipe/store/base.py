@@ -169,6 +169,21 @@ class Store(ABC):
 
         return redact_url(self.url)
 
+    # -- selecting symbols the store's way ---------------------------------------------------------
+    def _symbol_filter(self, column: str, symbols: Sequence[str], params: dict[str, Any], name: str = "s") -> str:
+        """`symbol_filter` with this store's collation and symbol-range choice."""
+        return symbol_filter(column, symbols, params, name, collate=self.codepoint_collation,
+                             ranged=self.symbol_ranges_prune)
+
+    def _range_filter(self, symbols: Sequence[str] | None, start: dt.date | None,
+                      end: dt.date | None) -> tuple[str, dict[str, Any]]:
+        """`range_filter` with this store's collation and symbol-range choice."""
+        return range_filter(symbols, start, end, collate=self.codepoint_collation, ranged=self.symbol_ranges_prune)
+
+    def _bar_export_query(self, symbols: Sequence[str], start: dt.date | None, warmup: int) -> tuple[str, dict[str, Any]]:
+        """`_bar_export_query` with this store's collation and symbol-range choice."""
+        return _bar_export_query(symbols, start, warmup, collate=self.codepoint_collation, ranged=self.symbol_ranges_prune)
+
     # -- dialect primitives -------------------------------------------------------------------
     @abstractmethod
     def _open_session(self, write: bool) -> Any:
@@ -569,14 +584,14 @@ class Store(ABC):
         Python rows: the snapshot an engine computing elsewhere (Spark) reads. Returns the row count."""
         import pyarrow.parquet as pq
 
-        sql, params = _bar_export_query(symbols, start, warmup_bars, collate=self.codepoint_collation, ranged=self.symbol_ranges_prune)
+        sql, params = self._bar_export_query(symbols, start, warmup_bars)
         with self.session(write=False) as session:
             rows = session.fetch_arrow(sql, params, schema=BAR_SNAPSHOT)
         pq.write_table(rows, path, **PARQUET_OPTIONS)
         return rows.num_rows
 
     def _read_bar_range(self, symbols: Sequence[str] | None, start: dt.date | None, end: dt.date | None) -> pa.Table:
-        where, params = range_filter(symbols, start, end, collate=self.codepoint_collation, ranged=self.symbol_ranges_prune)
+        where, params = self._range_filter(symbols, start, end)
         sql = f"SELECT symbol, date, open, high, low, close, volume FROM bars{where} ORDER BY symbol, date"
         with self.session(write=False) as session:
             return session.fetch_arrow(sql, params, schema=BARS.schema)
@@ -584,7 +599,7 @@ class Store(ABC):
     # -- indicators -----------------------------------------------------------------------------
     def latest_indicator_dates(self, symbols: Sequence[str], before: dt.date) -> dict[str, dt.date]:
         params: dict[str, Any] = {"d": before}
-        where = symbol_filter("symbol", symbols, params, collate=self.codepoint_collation, ranged=self.symbol_ranges_prune)
+        where = self._symbol_filter("symbol", symbols, params)
         with self.session(write=False) as session:
             rows = session.fetch(f"SELECT symbol, max(date) FROM indicators WHERE {where} AND date < :d GROUP BY symbol", params)
         return {r[0]: r[1] for r in rows}
@@ -605,11 +620,11 @@ class Store(ABC):
             session.lock_symbols("indicators", sorted(set(symbols) | set(whole_symbols)))
             bound: dict[str, Any] = {} if end is None else {"e": end}
             params: dict[str, Any] = {"d": start, **bound}
-            where = symbol_filter("symbol", symbols, params, collate=self.codepoint_collation, ranged=self.symbol_ranges_prune)
+            where = self._symbol_filter("symbol", symbols, params)
             deleted = [session.execute(f"DELETE FROM indicators WHERE {where} AND date >= :d{until}", params)]
             if whole_symbols:
                 whole: dict[str, Any] = dict(bound)
-                where = symbol_filter("symbol", whole_symbols, whole, "w", collate=self.codepoint_collation, ranged=self.symbol_ranges_prune)
+                where = self._symbol_filter("symbol", whole_symbols, whole, "w")
                 deleted.append(session.execute(f"DELETE FROM indicators WHERE {where}{until}", whole))
             if rows.num_rows:
                 session.insert(INDICATORS, rows)
@@ -652,7 +667,7 @@ class Store(ABC):
     def read_indicators(
         self, symbols: Sequence[str] | None = None, start: dt.date | None = None, end: dt.date | None = None
     ) -> pa.Table:
-        where, params = range_filter(symbols, start, end, collate=self.codepoint_collation, ranged=self.symbol_ranges_prune)
+        where, params = self._range_filter(symbols, start, end)
         with self.session(write=False) as session:
             return session.fetch_arrow(
                 f"SELECT * FROM indicators{where} ORDER BY symbol, date", params, schema=INDICATORS.schema
@@ -677,8 +692,7 @@ class Store(ABC):
         count, checksum = 0, 0
         queries = []
         for first in range(0, len(ordered), batch_symbols):
-            where, params = range_filter(ordered[first:first + batch_symbols], start, end,
-                                         collate=self.codepoint_collation, ranged=self.symbol_ranges_prune)
+            where, params = self._range_filter(ordered[first:first + batch_symbols], start, end)
             queries.append((f"SELECT * FROM indicators{where} ORDER BY symbol, date", params))
         with self.session(write=False) as session, open(path, "wb") as sink:
             self._snapshot(session)

@@ -38,7 +38,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 
 from stockpipe.deadline import uninterruptible
-from stockpipe.store.base import Session, Store, StoreError, _bar_export_query, translate_placeholders
+from stockpipe.store.base import Session, Store, StoreError, translate_placeholders
 from stockpipe.store.schema import BULK_TABLES, Table
 
 _LIVE_STORES: "weakref.WeakSet[DuckDBStore]" = weakref.WeakSet()
@@ -293,7 +293,7 @@ class DuckDBStore(Store):
 
     def export_bars(self, path, symbols, start, warmup_bars=0) -> int:
         # DuckDB writes the Parquet snapshot itself: no Arrow copy of the bars in this process.
-        sql, params = _bar_export_query(symbols, start, warmup_bars, collate=self.codepoint_collation)
+        sql, params = self._bar_export_query(symbols, start, warmup_bars)
         target = str(path).replace("'", "''")
         with self.session(write=False) as session:
             return int(session.fetch(f"COPY ({sql}) TO '{target}' (FORMAT parquet, COMPRESSION lz4_raw)", params)[0][0])
