@@ -150,6 +150,8 @@ def source_name() -> str:
 
 
 SOURCES = ("demo", "csv", "yahoo")
+
+
 def duckdb_memory_limit() -> str:
     return _setting(stockpipe, "duckdb_memory_limit").strip()
 

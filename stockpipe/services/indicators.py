@@ -115,7 +115,6 @@ def compute_chunk(
     return stats
 
 
-
 @dataclass(frozen=True)
 class Upcoming:
     """A later chunk of the plan: its marker and its symbols."""
@@ -160,16 +159,18 @@ def _read_inputs(
             _read_ahead = ahead if ahead.inputs else _read_next(store, key, read, bars, symbols, upcoming)
             return read, bars, True
         log.info("%s..%s changed since their bars were read ahead: reading them again", symbols[0], symbols[-1])
-    mark = store.change_mark()
     read, bars = _read_chunks(store, [symbols], start, warmup_bars, full_history)[tuple(symbols)]
-    _read_ahead = _read_next(store, key, read, bars, symbols, upcoming, mark=mark)
+    _read_ahead = _read_next(store, key, read, bars, symbols, upcoming)
     return read, bars, False
 
 
 def _read_next(store: Store, key: tuple, read: ChunkRead, bars: pa.Table, symbols: Sequence[str],
-               upcoming: Sequence[Upcoming], mark: Any = ...) -> _ReadAhead | None:
+               upcoming: Sequence[Upcoming]) -> _ReadAhead | None:
     """The inputs of the unfinished chunks of `upcoming` that fit in the store's `read_ahead_bars`
-    (judged by the bars a symbol of this chunk took) and read from the same start as this one."""
+    (judged by the bars a symbol of this chunk took) and read from the same start as this one (a
+    chunk that had to read every bar, healing or rescaled, reads nothing ahead)."""
+    if read.read_start is None:
+        return None
     _, start, warmup_bars, full_history = key
     per_symbol = max(bars.num_rows / max(len(symbols), 1), 1.0)
     room = int(store.read_ahead_bars / per_symbol) - len(symbols)
@@ -183,15 +184,15 @@ def _read_next(store: Store, key: tuple, read: ChunkRead, bars: pa.Table, symbol
     pending = [sorted(c.symbols) for c in candidates if c.marker_id not in done]
     if not pending:
         return None
-    if mark is ...:
-        mark = store.change_mark()
+    # Taken before these reads: a write committed after it shows in the log as later than the mark.
+    mark = store.change_mark()
     inputs = _read_chunks(store, pending, start, warmup_bars, full_history, like=read.read_start)
     return _ReadAhead(key, mark, inputs) if inputs else None
 
 
 def _read_chunks(
     store: Store, chunks: Sequence[Sequence[str]], start: dt.date, warmup_bars: int, full_history: Sequence[str],
-    like: Any = ...,
+    like: dt.date | None = None,
 ) -> dict[tuple[str, ...], tuple[ChunkRead, pa.Table]]:
     """Each chunk's `plan_read` and bars, from one query of the latest rows and one of bars per
     distinct read start. With `like`, only chunks whose read starts there (a chunk that must read
@@ -199,8 +200,8 @@ def _read_chunks(
     wanted = sorted({s for c in chunks for s in c})
     latest = store.latest_indicator_dates(wanted, before=start)
     reads = {tuple(c): plan_read(c, start, warmup_bars, latest, full_history) for c in chunks}
-    if like is not ...:
-        reads = {c: r for c, r in reads.items() if r.read_start == like and like is not None}
+    if like is not None:
+        reads = {c: r for c, r in reads.items() if r.read_start == like}
     found: dict[tuple[str, ...], tuple[ChunkRead, pa.Table]] = {}
     for read_start in {r.read_start for r in reads.values()}:
         group = [c for c, r in reads.items() if r.read_start == read_start]
