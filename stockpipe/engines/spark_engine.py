@@ -302,6 +302,11 @@ class SparkEngine(IndicatorEngine):
         for key, value in {**defaults, **self.settings.conf}.items():
             builder = builder.config(key, value)
         environment = {"JAVA_HOME": str(Path(java).resolve().parent.parent)} if not os.environ.get("JAVA_HOME") else {}
+        if not os.environ.get("PYSPARK_PYTHON"):
+            # PySpark starts local workers with PYSPARK_PYTHON (else `python3` on PATH), not the conf:
+            # a venv's `luigi` run by its path (cron) had workers on the system Python, refused as
+            # another minor version.
+            environment["PYSPARK_PYTHON"] = str({**defaults, **self.settings.conf}["spark.pyspark.python"])
         started = time.monotonic()
         saved = {k: os.environ.get(k) for k in environment}
         os.environ.update(environment)
