@@ -45,12 +45,21 @@ log = logging.getLogger("stockpipe.execution")
 
 
 def runs_in_worker_process(worker: luigi.worker.Worker, task: luigi.Task) -> bool:
-    """Whether `worker` runs `task` in its own process (under an in-process timeout)."""
+    """Whether `worker` runs `task` in its own process (under an in-process timeout).
+
+    With several processes, only tasks that run side by side (a plan's chunks) go to children, and
+    only while fewer than N - 1 children run: the worker's own process runs the Nth at the same time.
+    Every other task runs one after another in the worker, as with one process.
+    """
     from stockpipe.tasks import StockpipeTask
 
-    return (isinstance(task, StockpipeTask) and not task.isolated and worker.worker_processes == 1
-            and not worker._config.force_multiprocessing
-            and threading.current_thread() is threading.main_thread())  # signals reach the main thread only
+    if not (isinstance(task, StockpipeTask) and not task.isolated and not worker._config.force_multiprocessing
+            and threading.current_thread() is threading.main_thread()):  # signals reach the main thread only
+        return False
+    if worker.worker_processes == 1 or not task.side_by_side:
+        return True
+    children = sum(1 for p in worker._running_tasks.values() if p.use_multiprocessing and p.is_alive())
+    return children >= worker.worker_processes - 1
 
 
 # What the store's tasks import on first use (a chunk's group_by loads Arrow's query engine): imported
@@ -94,6 +103,7 @@ def _create_task_process(self, task):
     from stockpipe.store import interrupt_all
 
     if not runs_in_worker_process(self, task):
+        task.runs_in_worker = False
         return _luigi_create_task_process(self, task)
     seconds = task.worker_timeout
     task.in_worker_process = True  # its worker_timeout is now None: Luigi runs it here, no fork
@@ -102,6 +112,7 @@ def _create_task_process(self, task):
         process = _luigi_create_task_process(self, task)
     finally:
         task.in_worker_process = False
+    process.use_multiprocessing = False  # Luigi forks every task of a worker of several processes
     run_steps = process._run_get_new_deps
 
     def run_steps_in_time():

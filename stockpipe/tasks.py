@@ -78,6 +78,9 @@ class StockpipeTask(luigi.Task):
     isolated = False
     in_worker_process = False  # set while the worker creates this task's process to run it itself
     runs_in_worker = False  # set when the worker runs this task in its own process (not a forked child)
+    # Under --workers N on a store that takes several writers, tasks of a family whose instances run
+    # side by side (a plan's chunks) may go to child processes; every other task runs in the worker's.
+    side_by_side = False
 
     @property
     def worker_timeout(self) -> int | None:
@@ -223,6 +226,7 @@ class IndicatorChunk(StockpipeTask):
 
     uses_calendar = False
     timeout_setting = "chunk"
+    side_by_side = True
 
     date = luigi.DateParameter(description="first date whose indicator rows are replaced")
     plan_id = luigi.Parameter(description="run whose stored plan lists the chunk's symbols")

@@ -173,6 +173,33 @@ def test_on_postgresql_a_chunk_stuck_in_a_statement_is_cancelled_at_its_timeout_
     assert_whole_and_exact(postgres_url, expected)
 
 
+@pytest.mark.postgres
+def test_on_postgresql_workers_2_runs_chunks_in_the_worker_and_a_child_side_by_side(seed, postgres_url, tmp_path):
+    """`--workers 2` on PostgreSQL: the tasks that run one after another (symbols, bars, the plan, the
+    watchlist, the replica...) run in the worker's process as with one worker; a plan's chunks run
+    side by side in the worker's process and one child at a time. The rows are those of one worker."""
+    clean_url = clone(seed, tmp_path / "clean")
+    run_ok(tmp_path / "clean", *REBUILD)
+    expected = contents(clean_url)
+    open_store(clean_url).close()
+
+    (tmp_path / "run").mkdir()
+    configure(tmp_path / "run", postgres_url)
+    code, output = run_luigi_workers(tmp_path / "run", 2, "Daily", "--date", DAY0)
+    assert code == 0, output
+    ran = where_tasks_ran(output)
+    for family in ("CollectSymbols", "IngestDate", "DailyIndicators", "ScanWatchlist", "Replicate", "Report", "Daily"):
+        assert ran[family] == {"worker"}, (family, ran)
+    assert ran["IndicatorChunk"] == {"worker", "child"}, ran
+
+    code, output = run_luigi_workers(tmp_path / "run", 2, *REBUILD)
+    assert code == 0, output
+    ran = where_tasks_ran(output)
+    assert ran["PlanRebuild"] == ran["RebuildFrom"] == {"worker"}, ran
+    assert ran["IndicatorChunk"] == {"worker", "child"}, ran
+    assert_whole_and_exact(postgres_url, expected)
+
+
 def test_two_runs_keeping_their_connections_hand_the_file_over(seed, tmp_path):
     """A rebuild and a Daily of the next date on one file, started together: each keeps its
     connection across its tasks, so each must let go when the other waits; both finish, the store
