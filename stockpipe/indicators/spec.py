@@ -32,10 +32,11 @@ class Indicator:
     params: tuple[tuple[str, float], ...]  # keyword arguments of the kernel
     output: str | None  # field of a kernel returning several lines (MACD, Bollinger)
     first_valid: int  # index of the first non-NULL bar (TA-Lib's lookback)
+    window: int | None = None  # bars each value is computed from; None: all history (recursive)
 
 
 def _bands(output: str) -> Indicator:
-    return Indicator(f"bb_{output}", "bollinger", "close", (("period", 20), ("width", 2.0)), output, 19)
+    return Indicator(f"bb_{output}", "bollinger", "close", (("period", 20), ("width", 2.0)), output, 19, window=20)
 
 
 def _macd(column: str, output: str) -> Indicator:
@@ -43,8 +44,8 @@ def _macd(column: str, output: str) -> Indicator:
 
 
 INDICATORS: tuple[Indicator, ...] = (
-    Indicator("sma_20", "sma", "close", (("period", 20),), None, 19),
-    Indicator("sma_50", "sma", "close", (("period", 50),), None, 49),
+    Indicator("sma_20", "sma", "close", (("period", 20),), None, 19, window=20),
+    Indicator("sma_50", "sma", "close", (("period", 50),), None, 49, window=50),
     Indicator("rsi_14", "rsi", "close", (("period", 14),), None, 14),
     _macd("macd", "macd"),
     _macd("macd_signal", "signal"),
@@ -53,25 +54,44 @@ INDICATORS: tuple[Indicator, ...] = (
     _bands("middle"),
     _bands("lower"),
     _bands("position"),
-    Indicator("avg_volume_30", "sma", "volume", (("period", 30),), None, 29),
+    Indicator("avg_volume_30", "sma", "volume", (("period", 30),), None, 29, window=30),
 )
 
 INDICATOR_COLUMNS: tuple[str, ...] = tuple(i.column for i in INDICATORS)
 FIRST_VALID: Mapping[str, int] = {i.column: i.first_valid for i in INDICATORS}
 
 
-def evaluate(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def evaluate(inputs: Mapping[str, np.ndarray], from_row: int = 0) -> dict[str, np.ndarray]:
     """Every indicator column for input series laid out along axis 0 (1-D series, or a position x
-    symbol matrix). A kernel returning several lines runs once for all of its columns."""
+    symbol matrix). A kernel returning several lines runs once for all of its columns.
+
+    Rows before `from_row` are wanted only as history: a windowed indicator is computed from the
+    first row its windows ending at `from_row` or later reach (the same values: each depends on
+    its window alone) and is NaN above; a recursive one over every row. A 13-session rebuild reads
+    500 bars of history a symbol, of which the windows need 49.
+    """
     results: dict[tuple, object] = {}
     columns: dict[str, np.ndarray] = {}
     for indicator in INDICATORS:
         key = (indicator.kernel, indicator.source, indicator.params)
         if key not in results:
-            results[key] = KERNELS[indicator.kernel](inputs[indicator.source], **dict(indicator.params))
+            series = inputs[indicator.source]
+            skip = max(from_row - indicator.window + 1, 0) if indicator.window else 0
+            results[key] = KERNELS[indicator.kernel](series[skip:], **dict(indicator.params))
+            if skip:
+                results[key] = _padded(results[key], skip)
         value = results[key]
         columns[indicator.column] = getattr(value, indicator.output) if indicator.output else value
     return columns
+
+
+def _padded(value, rows: int):
+    """`value` (an array, or a kernel's named tuple of them) with `rows` NaN rows put on top."""
+    if isinstance(value, tuple):
+        return type(value)(*(_padded(v, rows) for v in value))
+    out = np.full((rows + value.shape[0],) + value.shape[1:], np.nan)
+    out[rows:] = value
+    return out
 
 
 __all__ = ["FIRST_VALID", "INDICATORS", "INDICATOR_COLUMNS", "Indicator", "KERNELS", "WARMUP_BARS", "evaluate"]

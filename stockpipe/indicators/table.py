@@ -55,20 +55,29 @@ def indicator_rows(bars: pa.Table, from_dates: Mapping[str, dt.date] | None = No
     flat_index, column, names, depth = _layout(symbol_column)
     width = len(names)
 
+    dates = bars.column("date")
+    if from_dates:
+        keep_from = pa.array([from_dates.get(s, dt.date.min) for s in names], pa.date32())
+        keep = pc.greater_equal(dates, pc.take(keep_from, pa.array(column))).to_numpy(zero_copy_only=False)
+    else:
+        keep = np.ones(len(column), dtype=bool)
+    # The first matrix row any symbol keeps: rows above it are history only (see `evaluate`).
+    kept_positions = flat_index[keep] // max(width, 1)
+    from_row = int(kept_positions.min()) if len(kept_positions) else depth
+
     close_matrix = np.full(depth * width, np.nan)
     volume_matrix = np.full(depth * width, np.nan)
     close_matrix[flat_index] = close
     volume_matrix[flat_index] = volume
-    values = evaluate({"close": close_matrix.reshape(depth, width), "volume": volume_matrix.reshape(depth, width)})
+    values = evaluate({"close": close_matrix.reshape(depth, width), "volume": volume_matrix.reshape(depth, width)},
+                      from_row=from_row)
 
-    arrays = {"symbol": symbol_column, "date": bars.column("date")}
+    everything = bool(keep.all())
+    kept_index = flat_index if everything else flat_index[keep]
+    mask = None if everything else pa.array(keep)
+    arrays = {"symbol": symbol_column if everything else symbol_column.filter(mask),
+              "date": dates if everything else dates.filter(mask)}
     for name in INDICATOR_COLUMNS:
-        gathered = np.take(values[name].reshape(-1), flat_index)
+        gathered = np.take(values[name].reshape(-1), kept_index)
         arrays[name] = pa.array(gathered, type=pa.float64(), from_pandas=True)
-    table = pa.table(arrays)
-
-    if from_dates:
-        keep_from = pa.array([from_dates.get(s, dt.date.min) for s in names], pa.date32())
-        per_row = pc.take(keep_from, pa.array(column))
-        table = table.filter(pc.greater_equal(table.column("date"), per_row))
-    return table
+    return pa.table(arrays)

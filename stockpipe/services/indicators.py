@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from stockpipe.engines import ChunkRef, IndicatorEngine, computed_by
 from stockpipe.indicators.spec import WARMUP_BARS
 from stockpipe.progress import Progress, silent
-from stockpipe.store import Marker, Store
+from stockpipe.store import BAR_SNAPSHOT, Marker, Store
 
 log = logging.getLogger("stockpipe.indicators")
 
@@ -206,7 +206,7 @@ def _read_chunks(
     for read_start in {r.read_start for r in reads.values()}:
         group = [c for c, r in reads.items() if r.read_start == read_start]
         bars = store.read_bars([s for c in group for s in c], start=read_start,
-                               warmup_bars=0 if read_start is None else warmup_bars)
+                               warmup_bars=0 if read_start is None else warmup_bars, schema=BAR_SNAPSHOT)
         for c, part in zip(group, _split_by_symbols(bars, group)):
             found[c] = (reads[c], part)
     return found

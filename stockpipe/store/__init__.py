@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
-from stockpipe.store.base import Marker, SchemaVersionError, Session, Store, StoreError
+from stockpipe.store.base import BAR_SNAPSHOT, Marker, SchemaVersionError, Session, Store, StoreError
 from stockpipe.store.schema import SCHEMA_VERSION
 
 _OPEN: dict[tuple[str, int], Store] = {}
@@ -96,5 +96,5 @@ def read_foreign(url: str) -> Iterator[Session]:
             yield session
 
 
-__all__ = ["Marker", "SCHEMA_VERSION", "SchemaVersionError", "Session", "Store", "StoreError", "close_all", "connections_kept",
+__all__ = ["BAR_SNAPSHOT", "Marker", "SCHEMA_VERSION", "SchemaVersionError", "Session", "Store", "StoreError", "close_all", "connections_kept",
            "interrupt_all", "open_store", "read_foreign", "release_waited_for"]

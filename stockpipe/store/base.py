@@ -566,15 +566,17 @@ class Store(ABC):
         start: dt.date | None = None,
         end: dt.date | None = None,
         warmup_bars: int = 0,
+        schema: pa.Schema = BARS.schema,
     ) -> pa.Table:
-        """Bars sorted by symbol and date. With `warmup_bars`, each symbol's window also reaches back
-        exactly that many of its own bars before `start` (history the recursive indicators need)."""
+        """Bars sorted by symbol and date, with the columns of `schema` (`BAR_SNAPSHOT`: what the
+        indicators read). With `warmup_bars`, each symbol's window also reaches back exactly that
+        many of its own bars before `start` (history the recursive indicators need)."""
         if start is None or warmup_bars <= 0:
-            return self._read_bar_range(symbols, start, end)
-        window = self._read_bar_range(symbols, _warmup_window_start(start, warmup_bars), end)
+            return self._read_bar_range(symbols, start, end, schema)
+        window = self._read_bar_range(symbols, _warmup_window_start(start, warmup_bars), end, schema)
         trimmed, short = _trim_warmup(window, start, warmup_bars)
         if short:
-            trimmed = pa.concat_tables([_drop_symbols(trimmed, short), self._read_bar_range(short, None, end)])
+            trimmed = pa.concat_tables([_drop_symbols(trimmed, short), self._read_bar_range(short, None, end, schema)])
             trimmed = trimmed.sort_by([("symbol", "ascending"), ("date", "ascending")])
         return trimmed
 
@@ -590,11 +592,12 @@ class Store(ABC):
         pq.write_table(rows, path, **PARQUET_OPTIONS)
         return rows.num_rows
 
-    def _read_bar_range(self, symbols: Sequence[str] | None, start: dt.date | None, end: dt.date | None) -> pa.Table:
+    def _read_bar_range(self, symbols: Sequence[str] | None, start: dt.date | None, end: dt.date | None,
+                        schema: pa.Schema) -> pa.Table:
         where, params = self._range_filter(symbols, start, end)
-        sql = f"SELECT symbol, date, open, high, low, close, volume FROM bars{where} ORDER BY symbol, date"
+        sql = f"SELECT {', '.join(schema.names)} FROM bars{where} ORDER BY symbol, date"
         with self.session(write=False) as session:
-            return session.fetch_arrow(sql, params, schema=BARS.schema)
+            return session.fetch_arrow(sql, params, schema=schema)
 
     # -- indicators -----------------------------------------------------------------------------
     def latest_indicator_dates(self, symbols: Sequence[str], before: dt.date) -> dict[str, dt.date]:

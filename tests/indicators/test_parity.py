@@ -166,3 +166,40 @@ def test_unknown_engine_is_named():
 
     with pytest.raises(EngineError, match="unknown indicator engine 'pandas'"):
         open_engine("pandas")
+
+
+def test_rows_kept_from_a_date_are_those_of_the_whole_computation_to_the_bit():
+    """`indicator_rows` with `from_dates` computes windowed indicators only over the rows their
+    windows reach (see `spec.evaluate`) and gathers only the kept rows: every kept value must be
+    the one computing everything gives, bit for bit, whatever mix of histories a chunk holds."""
+    lengths = {"AAA": 700, "BBB": 520, "CCC": 60, "DDD": 300, "EEE": 700, "FFF": 45}
+    day0 = dt.date(2020, 1, 1)
+    symbols, dates, close, volume = [], [], [], []
+    for i, (symbol, n) in enumerate(lengths.items()):
+        symbols += [symbol] * n
+        dates += [day0 + dt.timedelta(days=700 - n + k) for k in range(n)]
+        close.append(random_walk(n, seed=10 + i))
+        volume.append(np.random.default_rng(20 + i).uniform(1e5, 1e6, n).round())
+    bars = pa.table({"symbol": symbols, "date": pa.array(dates, pa.date32()), "close": np.concatenate(close),
+                     "volume": np.concatenate(volume)})
+    whole = indicator_rows(bars)
+    last = day0 + dt.timedelta(days=699)
+    cases = {
+        "the same late date": {s: last - dt.timedelta(days=12) for s in lengths},
+        "one symbol healed from its start": {**{s: last - dt.timedelta(days=12) for s in lengths}, "DDD": dt.date.min},
+        "one symbol missing (keeps all)": {s: last - dt.timedelta(days=5) for s in lengths if s != "EEE"},
+        "dates spread, one after the last bar": {"AAA": last - dt.timedelta(days=300), "BBB": last - dt.timedelta(days=30),
+                                                 "CCC": last - dt.timedelta(days=50), "DDD": last,
+                                                 "EEE": last + dt.timedelta(days=3), "FFF": last - dt.timedelta(days=44)},
+    }
+    for name, from_dates in cases.items():
+        keep_from = pa.array([from_dates.get(s, dt.date.min) for s in whole.column("symbol").to_pylist()], pa.date32())
+        expected = whole.filter(pa.compute.greater_equal(whole.column("date"), keep_from))
+        actual = indicator_rows(bars, from_dates)
+        assert actual.num_rows == expected.num_rows > 0, name
+        assert actual.column("symbol").equals(expected.column("symbol")), name
+        assert actual.column("date").equals(expected.column("date")), name
+        for column in INDICATOR_COLUMNS:
+            a = actual.column(column).to_numpy(zero_copy_only=False)
+            e = expected.column(column).to_numpy(zero_copy_only=False)
+            np.testing.assert_array_equal(a, e, err_msg=f"{name}: {column}")

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pytest
 
 from stockpipe.indicators import INDICATOR_COLUMNS, indicator_rows
-from stockpipe.store import Marker, SchemaVersionError, StoreError, open_store
+from stockpipe.store import BAR_SNAPSHOT, Marker, SchemaVersionError, StoreError, open_store
 from stockpipe.store.schema import DAILY_WATCHLIST, INDICATORS, RUN_TABLES, SCHEMA_VERSION, SCHEMA_VERSION_TABLE, TABLES
 
 pytestmark = pytest.mark.both_stores
@@ -243,6 +243,8 @@ def test_bar_export_holds_exactly_what_read_bars_returns(store, tmp_path):
         expected = store.read_bars(symbols, start=read_start, warmup_bars=warmup).select(columns)
         assert count == expected.num_rows > 0
         assert exported.cast(expected.schema).equals(expected), (read_start, warmup)
+        # What a chunk reads: only the columns the indicators use, the same rows.
+        assert store.read_bars(symbols, start=read_start, warmup_bars=warmup, schema=BAR_SNAPSHOT).equals(expected)
     trimmed = store.read_bars(["LONG"], start=start, warmup_bars=500)
     assert pc.sum(pc.less(trimmed.column("date"), pa.scalar(start, pa.date32()))).as_py() == 500
 
