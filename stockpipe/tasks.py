@@ -78,6 +78,7 @@ class StockpipeTask(luigi.Task):
     isolated = False
     in_worker_process = False  # set while the worker creates this task's process to run it itself
     runs_in_worker = False  # set when the worker runs this task in its own process (not a forked child)
+    later_chunks_here = False  # ... and every later task of its kind too (a worker of one process)
     # Under --workers N on a store that takes several writers, tasks of a family whose instances run
     # side by side (a plan's chunks) may go to child processes; every other task runs in the worker's.
     side_by_side = False
@@ -258,9 +259,11 @@ class IndicatorChunk(StockpipeTask):
             progress=self.progress(),
             full_history=plan.full_history,
             chunk=ChunkRef(rebuild_service.staging_dir(self.run_dir()), self.chunk_id),
-            # Read ahead only where the next chunks will run: a forked child's reads die with it.
-            upcoming=[indicator_service.Upcoming(markers.indicator_chunk(self.plan_id, i), plan.chunks[i])
-                      for i in range(self.chunk_id + 1, len(plan.chunks))] if self.runs_in_worker else (),
+            # Read and compute ahead only where the next chunks will run: a forked child's work dies
+            # with it, and a worker that forks some chunks would hand them work done for nothing.
+            upcoming=[indicator_service.Upcoming(markers.indicator_chunk(self.plan_id, i), plan.chunks[i],
+                                                 ChunkRef(rebuild_service.staging_dir(self.run_dir()), i))
+                      for i in range(self.chunk_id + 1, len(plan.chunks))] if self.later_chunks_here else (),
         )
         self.skipped = bool(stats.get("skipped"))
         self.output().record_done()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -80,11 +83,21 @@ def compute_chunk(
     # targets.py) is found by the task before it calls this, under the marker's run lock, and by the
     # write's own claim below: asking here too cost a query per chunk.
     progress(5, f"{label} reading bars of {len(symbols)} symbols")
-    read, bars, read_ahead = _read_inputs(store, symbols, start, warmup_bars, full_history, upcoming)
+    key = (store.url, start, warmup_bars, tuple(sorted(full_history)))
+    prepared = _prepared_ahead(store, key, symbols)
+    if prepared is None:
+        read, bars, read_ahead = _read_inputs(store, symbols, start, warmup_bars, full_history, upcoming)
+        rows = None
+    else:
+        read, bars, read_ahead, rows = prepared
+    if upcoming:
+        _prepare_next(store, engine, key, upcoming)  # while this chunk computes and writes
     from_dates, rescaled = read.from_dates, read.rescaled
     read_seconds = time.monotonic() - started
-    progress(30, f"{label} computing {bars.num_rows} bars")
-    rows = engine.compute(bars, from_dates, chunk=chunk)
+    computed_ahead = rows is not None
+    if rows is None:
+        progress(30, f"{label} computing {bars.num_rows} bars")
+        rows = engine.compute(bars, from_dates, chunk=chunk)
     progress(60, f"{label} writing {rows.num_rows} rows")
     stats = {
         "symbols": len(symbols),
@@ -95,6 +108,7 @@ def compute_chunk(
         "full_history_symbols": sorted(rescaled),
         "read_seconds": round(read_seconds, 3),
         "read_ahead": read_ahead,  # its inputs came with an earlier chunk's read
+        "computed_ahead": computed_ahead,  # its rows were computed while the chunk before it wrote
         "computed_by": computed_by(rows),
     }
     if marker is not None:
@@ -117,10 +131,103 @@ def compute_chunk(
 
 @dataclass(frozen=True)
 class Upcoming:
-    """A later chunk of the plan: its marker and its symbols."""
+    """A later chunk of the plan: its marker, its symbols, and its ref for the engine."""
 
     marker_id: str
     symbols: Sequence[str]
+    chunk: ChunkRef | None = None
+
+
+# -- the next chunk, computed on a thread while this one writes -------------------------------------
+# A chunk's work is read, compute, write: numpy computes while the store waits, then the store
+# writes (DuckDB inserts and commits, PostgreSQL's server) while numpy waits. Chunks run one after
+# another in the worker's process, so a chunk reads the inputs of the plan's next unfinished chunk
+# and a thread computes its rows while this chunk writes. The next chunk uses those rows only if no
+# write logged since their read touched its symbols (as for read-ahead inputs), else it reads and
+# computes again. Only the main thread uses the store. A fork waits for the thread first: a child
+# must not inherit a lock it holds.
+
+
+@dataclass
+class _Job:
+    key: tuple
+    future: Future  # -> (symbols, mark, ChunkRead, bars, read_ahead, rows) | None
+
+
+_job: _Job | None = None
+_job_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(1, thread_name_prefix="stockpipe-next-chunk")
+    return _pool
+
+
+def _prepare_next(store: Store, engine: IndicatorEngine, key: tuple, upcoming: Sequence[Upcoming]) -> None:
+    """Read the inputs of the plan's next unfinished chunk here, and compute its rows on the thread.
+    Only this thread uses the store: the thread computes (numpy, a staged file), nothing else."""
+    global _job
+    candidates = list(upcoming[:16])
+    done = store.completed([u.marker_id for u in candidates])
+    pending = [i for i, u in enumerate(candidates) if u.marker_id not in done]
+    if not pending:
+        return
+    target = candidates[pending[0]]
+    symbols = sorted(target.symbols)
+    _, start, warmup_bars, full_history = key
+    # Taken before the read: a write committed after it shows in the log as later than the mark.
+    mark = store.change_mark()
+    read, bars, read_ahead = _read_inputs(store, symbols, start, warmup_bars, full_history,
+                                          list(upcoming[pending[0] + 1:]))
+
+    def compute():
+        try:
+            return tuple(symbols), mark, read, bars, read_ahead, engine.compute(bars, read.from_dates, chunk=target.chunk)
+        except Exception as exc:  # noqa: BLE001 - the chunk then computes for itself
+            log.info("computing %s..%s ahead failed (%s): the chunk computes them itself", symbols[0], symbols[-1], exc)
+            return None
+
+    with _job_lock:
+        _job = _Job(key, _executor().submit(compute))
+
+
+def _prepared_ahead(store: Store, key: tuple, symbols: Sequence[str]):
+    """What the thread prepared for the chunk of `symbols` (read, bars, read_ahead, rows), if it was
+    for this chunk and no logged write touched its symbols since; None otherwise. Waits for the
+    thread: it also holds the read-ahead inputs."""
+    job = _wait_for_job()
+    if job is None or job[0] is None or job[1] != key:
+        return None
+    found_symbols, mark, read, bars, read_ahead, rows = job[0]
+    if found_symbols != tuple(symbols):
+        return None
+    if not _untouched_since(store, mark, symbols):
+        log.info("%s..%s changed since they were computed ahead: computing them again", symbols[0], symbols[-1])
+        return None
+    return read, bars, read_ahead, rows
+
+
+def _wait_for_job():
+    """The finished job's (result, key), or None; no job is under way when this returns (a wait cut
+    short by the task's timeout leaves it registered, for the fork hook and the run's end)."""
+    global _job
+    with _job_lock:
+        job = _job
+    if job is None:
+        return None
+    try:
+        result = job.future.result()
+    except BaseException:  # noqa: BLE001 - the job's own errors are caught in it; this is the wait's
+        if not job.future.done():
+            raise
+        result = None
+    with _job_lock:
+        if _job is job:
+            _job = None
+    return result, job.key
 
 
 @dataclass
@@ -137,9 +244,27 @@ _read_ahead: _ReadAhead | None = None  # this process's; one plan's chunks run o
 
 
 def forget_read_ahead() -> None:
-    """Drop what was read ahead (a worker's run ended: its memory is not kept for the next)."""
+    """Drop what was read or computed ahead (a worker's run ended: its memory is not kept for the
+    next), after the thread computing ahead has finished."""
     global _read_ahead
+    _wait_for_job()
     _read_ahead = None
+
+
+# A child forked while the thread reads or computes could inherit a lock it holds (the store's,
+# the allocator's): the fork waits for it. Registered after the stores' own fork hooks, so it runs
+# before them (a DuckDB store lets go of its file before a fork: the thread is done with it first).
+os.register_at_fork(before=lambda: _wait_for_job_quietly())  # noqa: PLW0108 - defined below
+
+
+def _wait_for_job_quietly() -> None:
+    with _job_lock:
+        job = _job
+    if job is not None:
+        try:
+            job.future.result()
+        except BaseException:  # noqa: BLE001 - its outcome is looked at by the chunk that wanted it
+            pass
 
 
 def _read_inputs(

@@ -1,10 +1,13 @@
 """Chunks of a plan run one after another in the worker's process read the next chunks' inputs along
-with their own (services/indicators.py `_read_inputs`): the rows stored must be exactly those of
-chunks reading alone, and a chunk whose bars were written after they were read ahead reads again."""
+with their own (services/indicators.py `_read_inputs`), and a thread computes the next chunk's rows
+while one writes (`_prepare_next`): the rows stored must be exactly those of chunks reading and
+computing alone, and a chunk whose bars were written after they were read or computed ahead reads
+and computes again."""
 
 from __future__ import annotations
 
 import datetime as dt
+import threading
 
 import pyarrow as pa
 import pytest
@@ -96,9 +99,60 @@ def test_a_forked_chunk_or_a_chunk_alone_reads_nothing_ahead(loaded):
     assert run_chunk(store, chunks, 1)["read_ahead"] is False
 
 
-def test_chunks_already_done_elsewhere_are_not_read_ahead(loaded):
+def test_chunks_already_done_elsewhere_are_not_read_or_computed_ahead(loaded):
     store, chunks = loaded
     with store.session() as session:
         store._touch(session, Marker(markers.indicator_chunk(PLAN, 1), "IndicatorChunk"))
     run_chunk(store, chunks, 0)
-    assert set(indicators._read_ahead.inputs) == {tuple(chunks[2])}
+    prepared, _ = indicators._wait_for_job()
+    assert prepared[0] == tuple(chunks[2]), "the thread computed a chunk done elsewhere"
+    assert indicators._read_ahead is None, "chunk 2's read-ahead inputs were not the ones it computed from"
+
+
+def test_chunks_computed_ahead_store_exactly_what_chunks_computing_alone_store(loaded):
+    store, chunks = loaded
+    for i in range(3):
+        run_chunk(store, chunks, i, ahead=False)
+    alone = stored(store)
+    with store.session() as session:
+        session.execute("DELETE FROM task_markers WHERE marker_id LIKE :m", {"m": f"%{PLAN}%"})
+    stats = [run_chunk(store, chunks, i) for i in range(3)]
+    assert [s["computed_ahead"] for s in stats] == [False, True, True]
+    assert stored(store).equals(alone)
+
+
+def test_a_chunk_whose_bars_changed_after_being_computed_ahead_computes_again(loaded):
+    store, chunks = loaded
+    assert run_chunk(store, chunks, 0)["computed_ahead"] is False
+    indicators._wait_for_job_quietly()  # chunk 1's rows are computed: the correction comes after
+    symbol = chunks[1][2]
+    bar = store.read_bars([symbol], start=dt.date(2025, 10, 2), end=dt.date(2025, 10, 2))
+    corrected = bar.set_column(bar.schema.get_field_index("close"), "close",
+                               pa.array([bar.column("close")[0].as_py() * 0.7], pa.float64()))
+    store.write_bars(corrected)
+
+    stats = run_chunk(store, chunks, 1)
+    assert stats["computed_ahead"] is False, "chunk 1 stored rows computed from bars since corrected"
+    assert stored(store, chunks[1]).select(expected(store, chunks[1]).column_names).equals(expected(store, chunks[1]))
+    assert run_chunk(store, chunks, 2)["computed_ahead"] is True, "chunk 2 was not touched"
+
+
+def test_a_fork_waits_for_the_chunk_being_computed_ahead(loaded):
+    """A child forked while the thread works could inherit a lock it holds: the fork waits."""
+    import os
+    import time
+
+    store, chunks = loaded
+    release = threading.Event()
+    slow = indicators._executor().submit(release.wait)
+    run_chunk(store, chunks, 0)  # queues chunk 1 behind `slow` on the one thread
+    job = indicators._job
+    assert job is not None and not job.future.done()
+    threading.Timer(0.5, release.set).start()
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if job.future.done() else 1)  # what the child saw: the job had finished
+    _, status = os.waitpid(pid, 0)
+    assert time.monotonic() - started >= 0.4 and os.waitstatus_to_exitcode(status) == 0
+    assert slow.done()
