@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stockpipe import cli, tasks
+from stockpipe import cli, tasks, trading_calendar
 from stockpipe.services import cleanup
 from stockpipe.store import Marker
 
@@ -184,8 +184,11 @@ def test_cli_dry_run_lists_what_would_go_and_the_space(duckdb_pipeline, tmp_path
         assert str(path) in text
     freed = sum(cleanup._size(p) for p in tree["gone"])
     assert f"{len(tree['gone'])} path(s), would free" in text and f"({freed:,} bytes)" in text
-    # The real thing through the task that Daily runs.
-    assert pipeline.build(tasks.CleanupOldFiles(date=dt.date.today()))
+    # The real thing through the task that Daily runs, for the last session that has closed (the
+    # machine's date may still be ahead in New York, or its session still trading: refused). Ages
+    # count from now, whatever the date.
+    day = trading_calendar.last_closed_session("XNYS")
+    assert pipeline.build(tasks.CleanupOldFiles(date=day))
     assert all(not p.exists() for p in tree["gone"]) and all(p.exists() for p in tree["kept"])
-    marker = pipeline.store.read_marker(f"CleanupOldFiles/{dt.date.today()}")
+    marker = pipeline.store.read_marker(f"CleanupOldFiles/{day}")
     assert marker["stats"]["removed"] == len(tree["gone"]) and marker["stats"]["bytes_freed"] == freed
