@@ -21,10 +21,12 @@ So on a store that one process at a time may write (`Store.single_writer_process
   never come back to Python, where an in-process timeout acts. (The demo source waits on nothing:
   its tasks run in the worker's process.)
 
-On PostgreSQL, several processes write at once: `--workers N` (N > 1) runs N tasks at a time, each in
-a child process that its timeout terminates, as Luigi does. With `--workers 1` the worker runs the
-store's tasks in its own process as on DuckDB, with its pooled connections: a child per task cost a
-13-session rebuild's 50 chunks more than their work (a fork, a new connection, cold caches). A statement
+On PostgreSQL, several processes write at once. With `--workers 1` the worker runs the store's tasks
+in its own process as on DuckDB, with its pooled connections: a child per task cost a 13-session
+rebuild's 50 chunks more than their work (a fork, a new connection, cold caches). With `--workers N`
+(N > 1) a plan's chunks run N at a time, N - 1 in child processes that their timeout terminates (as
+Luigi does) and one in the worker's own process; every other task runs in the worker's process one
+after another, as with one worker (forking each made a Daily slower with 2 workers than with 1). A statement
 waiting inside libpq does not return to Python for the signal, so when the timeout expires a watchdog
 thread also cancels this process's running statements (`Store.interrupt`); the task then fails as timed
 out and its transaction rolls back.
