@@ -167,25 +167,36 @@ def _executor() -> ThreadPoolExecutor:
 
 
 def _prepare_next(store: Store, engine: IndicatorEngine, key: tuple, upcoming: Sequence[Upcoming]) -> None:
-    """Read the inputs of the plan's next unfinished chunk here, and compute its rows on the thread.
-    Only this thread uses the store: the thread computes (numpy, a staged file), nothing else."""
-    global _job
-    candidates = list(upcoming[:16])
-    done = store.completed([u.marker_id for u in candidates])
-    pending = [i for i, u in enumerate(candidates) if u.marker_id not in done]
-    if not pending:
-        return
-    target = candidates[pending[0]]
-    symbols = sorted(target.symbols)
-    _, start, warmup_bars, full_history = key
-    # Taken before the read: a write committed after it shows in the log as later than the mark.
-    mark = store.change_mark()
-    read, bars, read_ahead = _read_inputs(store, symbols, start, warmup_bars, full_history,
-                                          list(upcoming[pending[0] + 1:]))
+    """Take the inputs of the plan's next unfinished chunk here (read ahead, else from the store), and
+    compute its rows on the thread. Only this thread uses the store: the thread computes (numpy, a
+    staged file), nothing else."""
+    global _job, _read_ahead
+    ahead = _read_ahead
+    following = tuple(sorted(upcoming[0].symbols)) if upcoming else ()
+    if ahead is not None and ahead.key == key and following in ahead.inputs:
+        # Read ahead under `ahead.mark`: the chunk checks the change log since then when it takes
+        # the rows, one query for both.
+        target, rest, mark = upcoming[0], list(upcoming[1:]), ahead.mark
+        read, bars = ahead.inputs.pop(following)
+        read_ahead = True
+        if not ahead.inputs:
+            _read_ahead = _read_next(store, key, read, bars, list(following), rest)
+    else:
+        candidates = list(upcoming[:16])
+        done = store.completed([u.marker_id for u in candidates])
+        pending = [i for i, u in enumerate(candidates) if u.marker_id not in done]
+        if not pending:
+            return
+        target, rest = candidates[pending[0]], list(upcoming[pending[0] + 1:])
+        _, start, warmup_bars, full_history = key
+        # Taken before the read: a write committed after it shows in the log as later than the mark.
+        mark = store.change_mark()
+        read, bars, read_ahead = _read_inputs(store, sorted(target.symbols), start, warmup_bars, full_history, rest)
+    symbols = tuple(sorted(target.symbols))
 
     def compute():
         try:
-            return tuple(symbols), mark, read, bars, read_ahead, engine.compute(bars, read.from_dates, chunk=target.chunk)
+            return symbols, mark, read, bars, read_ahead, engine.compute(bars, read.from_dates, chunk=target.chunk)
         except Exception as exc:  # noqa: BLE001 - the chunk then computes for itself
             log.info("computing %s..%s ahead failed (%s): the chunk computes them itself", symbols[0], symbols[-1], exc)
             return None
