@@ -168,8 +168,8 @@ def _executor() -> ThreadPoolExecutor:
 
 def _prepare_next(store: Store, engine: IndicatorEngine, key: tuple, upcoming: Sequence[Upcoming]) -> None:
     """Take the inputs of the plan's next unfinished chunk here (read ahead, else from the store), and
-    compute its rows on the thread. Only this thread uses the store: the thread computes (numpy, a
-    staged file), nothing else."""
+    compute its rows on the thread. The store is used here, on the calling thread, only: the thread
+    computes (numpy, or reads a file an engine staged), nothing else."""
     global _job, _read_ahead
     ahead = _read_ahead
     following = tuple(sorted(upcoming[0].symbols)) if upcoming else ()
@@ -262,12 +262,6 @@ def forget_read_ahead() -> None:
     _read_ahead = None
 
 
-# A child forked while the thread reads or computes could inherit a lock it holds (the store's,
-# the allocator's): the fork waits for it. Registered after the stores' own fork hooks, so it runs
-# before them (a DuckDB store lets go of its file before a fork: the thread is done with it first).
-os.register_at_fork(before=lambda: _wait_for_job_quietly())  # noqa: PLW0108 - defined below
-
-
 def _wait_for_job_quietly() -> None:
     with _job_lock:
         job = _job
@@ -276,6 +270,11 @@ def _wait_for_job_quietly() -> None:
             job.future.result()
         except BaseException:  # noqa: BLE001 - its outcome is looked at by the chunk that wanted it
             pass
+
+
+# A child forked while the thread computes could inherit a lock it holds at that moment (the
+# allocator's, Arrow's, a log handler's) and block on it for ever: the fork waits for the thread.
+os.register_at_fork(before=_wait_for_job_quietly)
 
 
 def _read_inputs(
