@@ -105,11 +105,10 @@ def _create_task_process(self, task):
     from stockpipe.store import interrupt_all
 
     if not runs_in_worker_process(self, task):
-        task.runs_in_worker = task.later_chunks_here = False
+        task.later_chunks_here = False
         return _luigi_create_task_process(self, task)
     seconds = task.worker_timeout
     task.in_worker_process = True  # its worker_timeout is now None: Luigi runs it here, no fork
-    task.runs_in_worker = True
     task.later_chunks_here = self.worker_processes == 1  # no chunk of its plan goes to a child
     try:
         process = _luigi_create_task_process(self, task)

@@ -77,8 +77,9 @@ class StockpipeTask(luigi.Task):
     # where the in-process timeout of the other tasks acts (stockpipe/execution.py).
     isolated = False
     in_worker_process = False  # set while the worker creates this task's process to run it itself
-    runs_in_worker = False  # set when the worker runs this task in its own process (not a forked child)
-    later_chunks_here = False  # ... and every later task of its kind too (a worker of one process)
+    # Set when the worker runs this task in its own process and every later task of its kind too (a
+    # worker of one process): what a chunk reads or computes ahead for the next ones is used.
+    later_chunks_here = False
     # Under --workers N on a store that takes several writers, tasks of a family whose instances run
     # side by side (a plan's chunks) may go to child processes; every other task runs in the worker's.
     side_by_side = False
@@ -246,6 +247,7 @@ class IndicatorChunk(StockpipeTask):
     def run(self):
         # From the store, not the run directory: an assistant on another machine has none.
         plan = rebuild_service.load_plan(self.store(), self.plan_id)
+        staging = rebuild_service.staging_dir(self.run_dir())
         if not 0 <= self.chunk_id < len(plan.chunks):
             raise ValueError(f"{self.plan_id} has chunks 0..{len(plan.chunks) - 1}, not {self.chunk_id}")
         stats = indicator_service.compute_chunk(
@@ -258,11 +260,11 @@ class IndicatorChunk(StockpipeTask):
             label=f"[chunk {self.chunk_id + 1}/{len(plan.chunks)}]",
             progress=self.progress(),
             full_history=plan.full_history,
-            chunk=ChunkRef(rebuild_service.staging_dir(self.run_dir()), self.chunk_id),
+            chunk=ChunkRef(staging, self.chunk_id),
             # Read and compute ahead only where the next chunks will run: a forked child's work dies
             # with it, and a worker that forks some chunks would hand them work done for nothing.
             upcoming=[indicator_service.Upcoming(markers.indicator_chunk(self.plan_id, i), plan.chunks[i],
-                                                 ChunkRef(rebuild_service.staging_dir(self.run_dir()), i))
+                                                 ChunkRef(staging, i))
                       for i in range(self.chunk_id + 1, len(plan.chunks))] if self.later_chunks_here else (),
         )
         self.skipped = bool(stats.get("skipped"))

@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -86,7 +86,7 @@ def compute_chunk(
     key = (store.url, start, warmup_bars, tuple(sorted(full_history)))
     prepared = _prepared_ahead(store, key, symbols)
     if prepared is None:
-        read, bars, read_ahead = _read_inputs(store, symbols, start, warmup_bars, full_history, upcoming)
+        read, bars, read_ahead, _ = _read_inputs(store, symbols, start, warmup_bars, full_history, upcoming)
         rows = None
     else:
         read, bars, read_ahead, rows = prepared
@@ -170,29 +170,22 @@ def _prepare_next(store: Store, engine: IndicatorEngine, key: tuple, upcoming: S
     """Take the inputs of the plan's next unfinished chunk here (read ahead, else from the store), and
     compute its rows on the thread. The store is used here, on the calling thread, only: the thread
     computes (numpy, or reads a file an engine staged), nothing else."""
-    global _job, _read_ahead
+    global _job
     ahead = _read_ahead
-    following = tuple(sorted(upcoming[0].symbols)) if upcoming else ()
-    if ahead is not None and ahead.key == key and following in ahead.inputs:
-        # Read ahead under `ahead.mark`: the chunk checks the change log since then when it takes
-        # the rows, one query for both.
-        target, rest, mark = upcoming[0], list(upcoming[1:]), ahead.mark
-        read, bars = ahead.inputs.pop(following)
-        read_ahead = True
-        if not ahead.inputs:
-            _read_ahead = _read_next(store, key, read, bars, list(following), rest)
+    if ahead is not None and ahead.key == key and tuple(sorted(upcoming[0].symbols)) in ahead.inputs:
+        index = 0  # read ahead because it was unfinished: no need to ask again
     else:
         candidates = list(upcoming[:16])
         done = store.completed([u.marker_id for u in candidates])
         pending = [i for i, u in enumerate(candidates) if u.marker_id not in done]
         if not pending:
             return
-        target, rest = candidates[pending[0]], list(upcoming[pending[0] + 1:])
-        _, start, warmup_bars, full_history = key
-        # Taken before the read: a write committed after it shows in the log as later than the mark.
-        mark = store.change_mark()
-        read, bars, read_ahead = _read_inputs(store, sorted(target.symbols), start, warmup_bars, full_history, rest)
+        index = pending[0]
+    target = upcoming[index]
     symbols = tuple(sorted(target.symbols))
+    _, start, warmup_bars, full_history = key
+    read, bars, read_ahead, mark = _read_inputs(store, list(symbols), start, warmup_bars, full_history,
+                                                list(upcoming[index + 1:]), for_later=True)
 
     def compute():
         try:
@@ -263,13 +256,11 @@ def forget_read_ahead() -> None:
 
 
 def _wait_for_job_quietly() -> None:
+    """Wait for the thread's job, if any, leaving its outcome to the chunk that wants it."""
     with _job_lock:
         job = _job
     if job is not None:
-        try:
-            job.future.result()
-        except BaseException:  # noqa: BLE001 - its outcome is looked at by the chunk that wanted it
-            pass
+        wait([job.future])
 
 
 # A child forked while the thread computes could inherit a lock it holds at that moment (the
@@ -279,24 +270,31 @@ os.register_at_fork(before=_wait_for_job_quietly)
 
 def _read_inputs(
     store: Store, symbols: Sequence[str], start: dt.date, warmup_bars: int, full_history: Sequence[str],
-    upcoming: Sequence[Upcoming],
-) -> tuple[ChunkRead, pa.Table, bool]:
+    upcoming: Sequence[Upcoming], *, for_later: bool = False,
+) -> tuple[ChunkRead, pa.Table, bool, Any]:
     """What the chunk of `symbols` reads (`plan_read`, then its bars), as if read now: from what an
     earlier chunk of the plan read ahead for it when no logged write has touched its symbols since,
     else from the store. When nothing is left read ahead, also reads ahead for the next unfinished
-    chunks of `upcoming`. True when the inputs were read ahead."""
+    chunks of `upcoming`. Returns the inputs, True when they were read ahead, and the change-log mark
+    they are valid from (None unless `for_later`).
+
+    `for_later`: the inputs are used later (rows computed ahead), so the change log is not asked
+    now; they come with the mark of their read (the read-ahead's, or one taken before reading them
+    now), and whoever uses them checks `_untouched_since` then."""
     global _read_ahead
     key = (store.url, start, warmup_bars, tuple(sorted(full_history)))
     ahead, _read_ahead = _read_ahead, None
     if ahead is not None and ahead.key == key and tuple(symbols) in ahead.inputs:
         read, bars = ahead.inputs.pop(tuple(symbols))
-        if _untouched_since(store, ahead.mark, symbols):
+        if for_later or _untouched_since(store, ahead.mark, symbols):
             _read_ahead = ahead if ahead.inputs else _read_next(store, key, read, bars, symbols, upcoming)
-            return read, bars, True
+            return read, bars, True, ahead.mark if for_later else None
         log.info("%s..%s changed since their bars were read ahead: reading them again", symbols[0], symbols[-1])
+    # Taken before the read: a write committed after it shows in the log as later than the mark.
+    mark = store.change_mark() if for_later else None
     read, bars = _read_chunks(store, [symbols], start, warmup_bars, full_history)[tuple(symbols)]
     _read_ahead = _read_next(store, key, read, bars, symbols, upcoming)
-    return read, bars, False
+    return read, bars, False, mark
 
 
 def _read_next(store: Store, key: tuple, read: ChunkRead, bars: pa.Table, symbols: Sequence[str],
