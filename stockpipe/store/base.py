@@ -682,9 +682,12 @@ class Store(ABC):
         key-value `metadata` plus the row count and checksum (`stockpipe.rows`, `stockpipe.checksum`)
         a reader verifies the file against. The file is synced to disk before this returns.
 
-        Rows go over `batch_symbols` symbols at a time (sorted, so the file stays in (symbol, date)
-        order), all from one snapshot: memory is bounded by a batch, not by the rows replaced (a full
-        rebuild's backup held in memory at once took 2 GB for 6M rows)."""
+        Rows go over `batch_symbols` symbols at a time (in sorted symbol ranges), all from one
+        snapshot: memory is bounded by a batch, not by the rows replaced (a full rebuild's backup
+        held in memory at once took 2 GB for 6M rows). Within a batch they come in the order the
+        store keeps them: a restore needs no order, and sorting each batch cost PostgreSQL a fifth
+        of a full rebuild's backup (14 s -> 11 s for 6.1M rows, with one batch per 100 symbols
+        instead of one per block the CSV reader parsed)."""
         import os
 
         import pyarrow.parquet as pq
@@ -696,7 +699,7 @@ class Store(ABC):
         queries = []
         for first in range(0, len(ordered), batch_symbols):
             where, params = self._range_filter(ordered[first:first + batch_symbols], start, end)
-            queries.append((f"SELECT * FROM indicators{where} ORDER BY symbol, date", params))
+            queries.append((f"SELECT * FROM indicators{where}", params))
         with self.session(write=False) as session, open(path, "wb") as sink:
             self._snapshot(session)
             writer = pq.ParquetWriter(sink, INDICATORS.schema, **PARQUET_OPTIONS)
