@@ -689,6 +689,7 @@ class Store(ABC):
         of a full rebuild's backup (14 s -> 11 s for 6.1M rows, with one batch per 100 symbols
         instead of one per block the CSV reader parsed)."""
         import os
+        from concurrent.futures import ThreadPoolExecutor
 
         import pyarrow.parquet as pq
 
@@ -700,16 +701,24 @@ class Store(ABC):
         for first in range(0, len(ordered), batch_symbols):
             where, params = self._range_filter(ordered[first:first + batch_symbols], start, end)
             queries.append((f"SELECT * FROM indicators{where}", params))
-        with self.session(write=False) as session, open(path, "wb") as sink:
+        # A thread sums a batch's checksum while this one writes it: both release the GIL, and
+        # one after the other they were half of a DuckDB backup's time. One batch in flight at most.
+        with self.session(write=False) as session, open(path, "wb") as sink, \
+                ThreadPoolExecutor(1, thread_name_prefix="stockpipe-checksum") as pool:
             self._snapshot(session)
             writer = pq.ParquetWriter(sink, INDICATORS.schema, **PARQUET_OPTIONS)
+            summing = None
             try:
                 for batch in session.fetch_each(queries, schema=INDICATORS.schema):
+                    if summing is not None:
+                        checksum += summing.result()
+                    summing = pool.submit(batch_checksum, batch)
                     writer.write_batch(batch)
                     count += batch.num_rows
-                    checksum = (checksum + batch_checksum(batch)) % (1 << 64)
+                if summing is not None:
+                    checksum += summing.result()
                 writer.add_key_value_metadata({**metadata, "stockpipe.rows": str(count),
-                                               "stockpipe.checksum": format(checksum, "016x")})
+                                               "stockpipe.checksum": format(checksum % (1 << 64), "016x")})
             finally:
                 writer.close()
             sink.flush()
