@@ -20,6 +20,18 @@ import pyarrow.compute as pc
 from stockpipe.indicators.spec import INDICATOR_COLUMNS, evaluate
 
 
+def symbol_runs(symbols: pa.Array | pa.ChunkedArray) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The runs of equal values in a symbol column (rows sorted by symbol): each run's symbol, and
+    the row where it starts and the row after its end. One pass in Arrow, no per-row Python."""
+    if isinstance(symbols, pa.ChunkedArray):
+        symbols = symbols.combine_chunks()
+    if len(symbols) == 0:
+        return [], np.zeros(0, np.int64), np.zeros(0, np.int64)
+    runs = pc.run_end_encode(symbols)
+    ends = runs.run_ends.to_numpy().astype(np.int64)
+    return runs.values.to_pylist(), np.r_[0, ends[:-1]], ends
+
+
 def _layout(symbols: pa.Array) -> tuple[np.ndarray, np.ndarray, list[str], int]:
     """Flat (position x symbol) matrix index of each row, plus run lengths, names and depth.
 
@@ -28,13 +40,10 @@ def _layout(symbols: pa.Array) -> tuple[np.ndarray, np.ndarray, list[str], int]:
     """
     if len(symbols) == 0:
         return np.empty(0, np.int64), np.empty(0, np.int64), [], 0
-    runs = pc.run_end_encode(symbols)
-    ends = runs.run_ends.to_numpy().astype(np.int64)
-    names = runs.values.to_pylist()
+    names, starts, ends = symbol_runs(symbols)
     if len(set(names)) != len(names):
         raise ValueError("bars must be sorted by symbol then date (a symbol appears in two runs)")
-    lengths = np.diff(np.r_[0, ends])
-    starts = ends - lengths
+    lengths = ends - starts
     column = np.repeat(np.arange(len(names)), lengths)
     position = np.arange(ends[-1]) - np.repeat(starts, lengths)
     depth = int(lengths.max())

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from stockpipe.engines import ChunkRef, IndicatorEngine, computed_by
 from stockpipe.indicators.spec import WARMUP_BARS
+from stockpipe.indicators.table import symbol_runs
 from stockpipe.progress import Progress, silent
 from stockpipe.store import BAR_SNAPSHOT, Marker, Store
 
@@ -347,15 +348,10 @@ def _read_chunks(
 
 def _split_by_symbols(bars: pa.Table, groups: Sequence[Sequence[str]]) -> list[pa.Table]:
     """`bars` (sorted by symbol) cut into the rows of each group of symbols, each still sorted."""
-    import numpy as np
-
     if len(groups) == 1:
         return [bars]
-    runs = pc.run_end_encode(bars.column("symbol").combine_chunks()) if bars.num_rows else None
-    ends = runs.run_ends.to_numpy().astype(np.int64) if runs is not None else np.zeros(0, np.int64)
-    names = runs.values.to_pylist() if runs is not None else []
+    names, starts, ends = symbol_runs(bars.column("symbol"))
     position = {name: i for i, name in enumerate(names)}
-    starts = np.r_[0, ends[:-1]] if len(ends) else ends
     parts = []
     for group in groups:
         runs_of = sorted(position[s] for s in group if s in position)

@@ -1229,15 +1229,14 @@ def _trim_warmup(bars: pa.Table, start: dt.date, warmup: int) -> tuple[pa.Table,
     import numpy as np
     import pyarrow.compute as pc
 
+    from stockpipe.indicators.table import symbol_runs
+
     if bars.num_rows == 0:
         return bars, []
-    runs = pc.run_end_encode(bars.column("symbol").combine_chunks())
-    ends = runs.run_ends.to_numpy().astype(np.int64)
-    lengths = np.diff(np.r_[0, ends])
-    starts = ends - lengths
+    names, starts, ends = symbol_runs(bars.column("symbol"))
+    lengths = ends - starts
     before = pc.less(bars.column("date"), pa.scalar(start, pa.date32())).to_numpy(zero_copy_only=False)
     before_counts = np.add.reduceat(before.astype(np.int64), starts)
-    names = runs.values.to_pylist()
     short = [names[i] for i in np.flatnonzero(before_counts < warmup)]
     keep_from = starts + np.maximum(before_counts - warmup, 0)
     position = np.arange(bars.num_rows)
