@@ -41,7 +41,8 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size * _SCALE)
 
 
-def _png(image: Image.Image) -> bytes:
+def encode(image: Image.Image) -> bytes:
+    """A drawn chart as PNG bytes. Pillow releases the GIL while it quantizes and compresses."""
     buffer = io.BytesIO()
     # A chart has a few flat colours and their antialiased edges: 64 palette colours look the same,
     # and the file is half the size and quicker to encode than RGB. zlib level 3: a third of level
@@ -176,6 +177,11 @@ class SymbolChart:
         """`frame`: one row per session (DatetimeIndex) with Open, High, Low, Close, Volume and the
         indicator columns (NaN where an indicator is not yet valid). Title and legend belong to the
         page (HTML text)."""
+        return encode(self.draw(frame))
+
+    def draw(self, frame: pd.DataFrame) -> Image.Image:
+        """The chart of `frame` (see `render`) as an image, before `encode` makes it a PNG: a caller
+        may encode one chart in a thread while it draws the next."""
         image = Image.new("RGB", (self.width * _SCALE, self.height * _SCALE), "white")
         draw = ImageDraw.Draw(image)
         n = len(frame)
@@ -227,7 +233,7 @@ class SymbolChart:
 
         for panel, title in ((price, "Price"), (volume, "Volume"), (rsi, "RSI 14"), (macd, "MACD")):
             panel.frame(title)
-        return _png(image.reduce(_SCALE))
+        return image.reduce(_SCALE)
 
     @staticmethod
     def _candles(panel: _Panel, column: dict[str, np.ndarray], colours: list[str]) -> None:
@@ -272,4 +278,4 @@ def health_chart(dates: Sequence, bars: Sequence[int], symbols: Sequence[int], w
     draw.text((box[2] - 50 * s, 2 * s), "bars", fill="#1e88e5", font=_font(9), anchor="ra")
     top = int(symbol_values.max(initial=0.0))
     draw.text((box[2] + 4 * s, float(line.y(top))), f"{top:,} sym.", fill="#e65100", font=_font(9), anchor="lm")
-    return _png(image.reduce(s))
+    return encode(image.reduce(s))

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -296,13 +297,21 @@ def build_report(
     progress(5, f"read {sum(len(f) for f in frames.values())} bars of {len(frames)} watchlist symbols")
     rendered: dict[str, bytes] = {}
     chart = charts.SymbolChart()
+    # A thread encodes each chart while the next is drawn (a third of a chart's time); one at a time.
+    encoding: tuple[str, Future[bytes]] | None = None
     try:
-        for number, symbol in enumerate(symbols, 1):
-            frame = frames.get(symbol)
-            if frame is not None and len(frame):
-                rendered[symbol] = chart.render(frame)
-            if number % 10 == 0 or number == len(symbols):
-                progress(5 + 80 * number / len(symbols), f"charts {number}/{len(symbols)}")
+        with ThreadPoolExecutor(1, thread_name_prefix="stockpipe-png") as pool:
+            for number, symbol in enumerate(symbols, 1):
+                frame = frames.get(symbol)
+                if frame is not None and len(frame):
+                    image = chart.draw(frame)
+                    if encoding is not None:
+                        rendered[encoding[0]] = encoding[1].result()
+                    encoding = (symbol, pool.submit(charts.encode, image))
+                if number % 10 == 0 or number == len(symbols):
+                    progress(5 + 80 * number / len(symbols), f"charts {number}/{len(symbols)}")
+            if encoding is not None:
+                rendered[encoding[0]] = encoding[1].result()
     finally:
         chart.close()
     state = health(store, day, calendar, sessions)
