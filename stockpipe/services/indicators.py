@@ -84,7 +84,7 @@ def compute_chunk(
     # targets.py) is found by the task before it calls this, under the marker's run lock, and by the
     # write's own claim below: asking here too cost a query per chunk.
     progress(5, f"{label} reading bars of {len(symbols)} symbols")
-    key = (store.url, start, warmup_bars, tuple(sorted(full_history)))
+    key = _inputs_key(store, start, warmup_bars, full_history)
     prepared = _prepared_ahead(store, key, symbols)
     if prepared is None:
         read, bars, read_ahead, _ = _read_inputs(store, symbols, start, warmup_bars, full_history, upcoming)
@@ -128,6 +128,13 @@ def compute_chunk(
     _log_batches(rows, symbols, label, progress)
     stats["seconds"] = round(time.monotonic() - started, 3)
     return stats
+
+
+
+def _inputs_key(store: Store, start: dt.date, warmup_bars: int, full_history: Sequence[str]) -> tuple:
+    """What inputs read or computed ahead must have been read with to serve a chunk: the same store,
+    start, warm-up and whole-history symbols (`_prepare_next` unpacks it in this order)."""
+    return store.url, start, warmup_bars, tuple(sorted(full_history))
 
 
 @dataclass(frozen=True)
@@ -283,7 +290,7 @@ def _read_inputs(
     now; they come with the mark of their read (the read-ahead's, or one taken before reading them
     now), and whoever uses them checks `_untouched_since` then."""
     global _read_ahead
-    key = (store.url, start, warmup_bars, tuple(sorted(full_history)))
+    key = _inputs_key(store, start, warmup_bars, full_history)
     ahead, _read_ahead = _read_ahead, None
     if ahead is not None and ahead.key == key and tuple(symbols) in ahead.inputs:
         read, bars = ahead.inputs.pop(tuple(symbols))
