@@ -71,11 +71,12 @@ def compute_chunk(
     full_history: Sequence[str] = (),
     chunk: ChunkRef | None = None,
     upcoming: Sequence[Upcoming] = (),
+    into: str | None = None,
 ) -> dict[str, Any]:
     """Indicators of `symbols` from `start` to their latest bar (see `plan_read`), computed by
-    `engine` (which may use what it prepared for `chunk`), replacing the stored rows and touching
-    `marker` in one transaction. `upcoming` are the plan's later chunks, whose inputs this one may
-    read along with its own (see `_read_inputs`).
+    `engine` (which may use what it prepared for `chunk`), replacing the stored rows (in the run's
+    build table `into`, if it has one) and touching `marker` in one transaction. `upcoming` are the
+    plan's later chunks, whose inputs this one may read along with its own (see `_read_inputs`).
     """
     check_warmup(warmup_bars)
     started = time.monotonic()
@@ -117,14 +118,15 @@ def compute_chunk(
     # Replace only up to the last bar read: a Daily that committed a newer session meanwhile keeps
     # its rows (they were computed from bars this chunk never saw).
     end = pc.max(bars.column("date")).as_py() if bars.num_rows else None
-    wrote = store.replace_indicators(symbols, start, rows, marker, whole_symbols=sorted(rescaled), end=end)
+    wrote = store.replace_indicators(symbols, start, rows, marker, whole_symbols=sorted(rescaled), end=end, into=into)
     if not wrote:
         log.info("%s already completed by another worker: nothing written", label)
         stats["skipped"] = True
         return stats
     if chunk is not None:
         engine.release(chunk)
-    store.reclaim_during_run("indicators")
+    if into is None:
+        store.reclaim_during_run("indicators")
     _log_batches(rows, symbols, label, progress)
     stats["seconds"] = round(time.monotonic() - started, 3)
     return stats

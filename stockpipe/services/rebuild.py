@@ -58,6 +58,10 @@ class Plan:
     backup: str | None = None  # absolute path of the backup Parquet on `planned_on`
     full_history: list[str] = field(default_factory=list)  # symbols recomputed from their first bar
     planned_on: str | None = None  # the host that planned the run (and holds its backup)
+    # Whether the run began writing into a build table of its own (Store.begin_build). Its chunks
+    # write there while the table exists (a restore drops it with the chunks' markers); a run
+    # planned without one never has one.
+    built_aside: bool = False
 
     @property
     def start(self) -> dt.date:
@@ -70,7 +74,8 @@ class Plan:
     def document(self) -> str:
         """The stored plan's JSON: what the row's own columns do not hold."""
         return json.dumps({"chunk_size": self.chunk_size, "chunks": self.chunks, "replaces": self.replaces,
-                           "full_history": self.full_history}, sort_keys=True, default=str)
+                           "full_history": self.full_history, "built_aside": self.built_aside},
+                          sort_keys=True, default=str)
 
 
 def run_dir(data_dir: Path, plan_id: str) -> Path:
@@ -115,7 +120,14 @@ def _plan_from_row(row: dict[str, Any]) -> Plan:
         backup=row["backup_path"],
         full_history=list(document.get("full_history") or []),
         planned_on=row["planned_on"],
+        built_aside=document.get("built_aside") is True,
     )
+
+
+def build_target(store: Store, plan: Plan) -> str | None:
+    """The table `plan`'s chunks write into: its build table while it has one, else None (the
+    indicators table). Asked only of a run planned with one: the others never have one."""
+    return store.build_table(plan.plan_id) if plan.built_aside else None
 
 
 def read_plan(row: dict[str, Any], store: Store) -> Plan:
@@ -229,6 +241,8 @@ def _create_plan_locked(store, directory, *, plan_id, kind, start, symbols, chun
             temporary.unlink(missing_ok=True)
         log.info("%s backed up %d rows to %s", plan_id, saved, directory / BACKUP_FILE)
         backup_path = str(directory / BACKUP_FILE)
+    # After the backup: rows written from here on are carried over at the swap, not backed up.
+    built_aside = bool(backup and replaces["rows"]) and store.begin_build(plan_id, symbols, start)
     created = utcnow()
     plan = Plan(
         plan_id=plan_id,
@@ -241,6 +255,7 @@ def _create_plan_locked(store, directory, *, plan_id, kind, start, symbols, chun
         backup=backup_path,
         full_history=sorted(set(full_history)),
         planned_on=socket.gethostname(),
+        built_aside=built_aside,
     )
     if not store.add_run_plan(plan_id, kind, start, plan.document(), backup_path, plan.planned_on, created):
         return open_plan(store, plan_id)  # unreachable under the run lock; the stored plan wins
@@ -329,8 +344,10 @@ def write_final_report(store: Store, plan: Plan, attempt_start: dt.datetime | No
                        marker: Marker | None = None, marker_stats: Sequence[str] = ()) -> tuple[dict[str, Any], bool]:
     """The run's final report, stored with `marker` (its `marker_stats` keys of the report as the
     marker's stats) in one transaction; returns it and False if another worker finished the run first.
-    First the replaced rows' space is reclaimed (see `Store.reclaim`), which the report's time includes."""
-    store.reclaim("indicators", _count(plan.replaces.get("rows")))
+    First the replaced rows' space is reclaimed (see `Store.reclaim`), which the report's time includes;
+    a run that built its rows aside (`Store.begin_build`) swaps them in with the report instead."""
+    if build_target(store, plan) is None:
+        store.reclaim("indicators", _count(plan.replaces.get("rows")))
     report = progress_report(store, plan)
     created = dt.datetime.fromisoformat(plan.created_at)
     now = utcnow()

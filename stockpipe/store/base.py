@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import dataclasses
 import re
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -52,6 +53,10 @@ _PLACEHOLDER = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|(?<![:\w]):([A-Za
 
 class StoreError(RuntimeError):
     """A store could not be opened or used; the message says which and why."""
+
+
+class _CannotSwap(Exception):
+    """A run's build table cannot be swapped in (the message says why)."""
 
 
 class SchemaVersionError(StoreError):
@@ -455,10 +460,28 @@ class Store(ABC):
     def finish_run(self, plan_id: str, report: str, finished_at: dt.datetime, marker: Marker | None = None) -> bool:
         """Store the run's final report (JSON), replacing an earlier one (the attempt is over), with
         the run's completion marker in one transaction. False, and nothing written, if another
-        worker completed the run meanwhile."""
+        worker completed the run meanwhile. A run that built its rows aside (`begin_build`) swaps its
+        table in within the same transaction (`_swap_in`)."""
+        try:
+            return self._finish_run(plan_id, report, finished_at, marker)
+        except _CannotSwap as exc:
+            # Its chunks are forgotten with their table, in one transaction: run again, they redo
+            # their rows in place.
+            with self.session() as session:
+                for build in self._build_tables(session, plan_id):
+                    session.execute(f"DROP TABLE {build}")
+                prefix = markers.chunks_of(plan_id)
+                session.execute("DELETE FROM task_markers WHERE substr(marker_id, 1, :n) = :p",
+                                {"n": len(prefix), "p": prefix})
+            raise StoreError(f"run {plan_id}: {exc}, so its rows, built in a table of their own, were not swapped in; "
+                             "its chunks are forgotten: run the same command again to redo them") from None
+
+    def _finish_run(self, plan_id: str, report: str, finished_at: dt.datetime, marker: Marker | None) -> bool:
         with self.session() as session:
             if not self._claim(session, marker):
                 return False
+            if self._build_tables(session, plan_id):
+                self._swap_in(session, plan_id)
             session.lock(f"run_reports/{plan_id}")
             params = {"p": plan_id, "r": report, "t": finished_at}
             if session.fetch("SELECT 1 FROM run_reports WHERE plan_id = :p", {"p": plan_id}):
@@ -609,14 +632,19 @@ class Store(ABC):
 
     def replace_indicators(
         self, symbols: Sequence[str], start: dt.date, rows: pa.Table, marker: Marker | None = None,
-        whole_symbols: Sequence[str] = (), end: dt.date | None = None,
+        whole_symbols: Sequence[str] = (), end: dt.date | None = None, into: str | None = None,
     ) -> bool:
         """Replace the symbols' indicator rows from `start` (to `end`, the last date the caller read
         bars of) with the marker, in one transaction: readers see the old rows or the new ones,
         never neither. Rows after `end`, written meanwhile by another run from bars this caller
-        never saw, stand. False if already completed."""
+        never saw, stand. False if already completed.
+
+        `into`: the build table of a run that replaces the whole table (`begin_build`); the rows
+        go there, out of readers' sight until `finish_run` swaps it in, and the change log is
+        told nothing yet."""
         rows = INDICATORS.conform(_stamped(rows))
         until = "" if end is None else " AND date <= :e"
+        target = into or INDICATORS.name
         with self.session() as session:
             if not self._claim(session, marker):
                 return False
@@ -624,13 +652,13 @@ class Store(ABC):
             bound: dict[str, Any] = {} if end is None else {"e": end}
             params: dict[str, Any] = {"d": start, **bound}
             where = self._symbol_filter("symbol", symbols, params)
-            deleted = [session.execute(f"DELETE FROM indicators WHERE {where} AND date >= :d{until}", params)]
+            deleted = [session.execute(f"DELETE FROM {target} WHERE {where} AND date >= :d{until}", params)]
             if whole_symbols:
                 whole: dict[str, Any] = dict(bound)
                 where = self._symbol_filter("symbol", whole_symbols, whole, "w")
-                deleted.append(session.execute(f"DELETE FROM indicators WHERE {where}{until}", whole))
+                deleted.append(session.execute(f"DELETE FROM {target} WHERE {where}{until}", whole))
             if rows.num_rows:
-                session.insert(INDICATORS, rows)
+                session.insert(dataclasses.replace(INDICATORS, name=target), rows)
                 latest = _latest_per_symbol(rows, "avg_volume_30")
                 if latest.num_rows:
                     # symbols.avg_volume_30 mirrors each symbol's latest average volume.
@@ -644,14 +672,133 @@ class Store(ABC):
                         f"(SELECT 1 FROM indicators n WHERE n.symbol = l.symbol AND n.date > l.date{' AND n.date > :e' if end is not None else ''})",
                         bound,
                     )
-            # Whole-history symbols' rows reach back years: logged on their own, not widening the rest.
-            self._record_indicator_change(session, symbols, start, end,
-                                          _drop_symbols(rows, whole_symbols) if whole_symbols else rows)
-            if whole_symbols:
-                changes.record(session, "indicators", whole_symbols, None, end, utcnow())
+            if into is None:
+                # Whole-history symbols' rows reach back years: logged on their own, not widening the rest.
+                self._record_indicator_change(session, symbols, start, end,
+                                              _drop_symbols(rows, whole_symbols) if whole_symbols else rows)
+                if whole_symbols:
+                    changes.record(session, "indicators", whole_symbols, None, end, utcnow())
             self._touch(session, marker)
-        self.replaced_since_vacuum["indicators"] += sum(n for n in deleted if n and n > 0)
+        self.replaced_since_vacuum[target] += sum(n for n in deleted if n and n > 0)
         return True
+
+    # -- a whole-table rebuild, built aside -------------------------------------------------------
+    # A rebuild that replaces every indicator row deletes and re-inserts all of them in place: on
+    # PostgreSQL each chunk's inserts then meet the keys its DELETE left (uniqueness checks, index
+    # growth) and the table needs VACUUMs to stay its size. Such a run writes into an empty table
+    # of the same layout instead, which readers never see, and swaps it in when its last chunk is
+    # done, carrying over what other runs (a Daily) wrote to the live table meanwhile. The build
+    # table's name holds the change-log entry from which those writes are carried over.
+    def begin_build(self, plan_id: str, symbols: Sequence[str], start: dt.date) -> bool:
+        """An empty build table for the chunks of run `plan_id` to write into, when the run replaces
+        every stored indicator row (from on or before the first stored date, every symbol that has
+        rows). False, and the run replaces rows in place, when it replaces less, when another run
+        is building aside, or when objects outside stockpipe depend on the table (`_build_blocker`)."""
+        with self.session() as session:
+            # Every writer logs its change last, under this lock, and commits right after: while it
+            # is held here, a write this transaction does not see is logged after the mark below.
+            session.lock(changes.LOCK)
+            others = [t for t in self._build_tables(session) if not t.startswith(_build_prefix(plan_id))]
+            if others:
+                log.info("%s replaces rows in place: %s is still being built by another run", plan_id, others[0])
+                return False
+            stored, first = self._indicator_extent(session)
+            if not stored or first is None or first < start or not set(stored) <= set(symbols):
+                return False
+            blocker = self._build_blocker(session)
+            if blocker:
+                log.info("%s replaces rows in place, not in a table swapped in at the end: %s", plan_id, blocker)
+                return False
+            name = self._create_build(session, plan_id)
+        log.info("%s replaces every indicator row: its chunks write into %s, swapped in at the end", plan_id, name)
+        return True
+
+    def build_table(self, plan_id: str) -> str | None:
+        """The build table run `plan_id`'s chunks write into, if it has one (see `begin_build`): its
+        existence is what says so, and whoever drops one forgets the run's chunks with it."""
+        with self.session(write=False) as session:
+            found = self._build_tables(session, plan_id)
+        return found[-1] if found else None
+
+    def _create_build(self, session: Session, plan_id: str) -> str:
+        # Under changes.LOCK (see begin_build): the newest change is the mark to carry over from.
+        for old in self._build_tables(session, plan_id):  # an attempt that died before storing its plan
+            session.execute(f"DROP TABLE {old}")
+        newest = changes.newest_change(session)
+        name = f"{_build_prefix(plan_id)}{newest.change_id if newest is not None else 0}"
+        session.execute(dataclasses.replace(INDICATORS, name=name).ddl(declare_key=self.declares_key(INDICATORS)))
+        return name
+
+    def _swap_in(self, session: Session, plan_id: str) -> None:
+        """Make run `plan_id`'s build table the indicators table, in the caller's transaction: first
+        the rows other runs wrote to the live table after the build began are copied over (theirs
+        are newer than what the build computed from the same bars, or from bars it never saw), then
+        the tables trade names, the views are bound to the new one and the old one is dropped."""
+        build = self._build_tables(session, plan_id)[-1]
+        since = _build_mark(build)
+        self._lock_for_swap(session)
+        session.lock(changes.LOCK)
+        logged = session.fetch(f"SELECT {changes.COLUMNS} FROM store_changes WHERE change_id >= :m ORDER BY change_id",
+                               {"m": since})
+        later = [changes.Change.of(r) for r in logged if r[0] > since]
+        if since and (not logged or logged[0][0] != since):
+            raise _CannotSwap(f"the change log no longer holds entry {since}, where the run began (pruned by "
+                              "CleanupOldFiles?): what other runs wrote since cannot be told")
+        restored = [c for c in later if c.table_name == changes.EVERYTHING]
+        if restored:
+            raise _CannotSwap(f"the store was restored while the run was under way (change {restored[0].change_id})")
+        for change in later:
+            if change.table_name != INDICATORS.name:
+                continue
+            window: dict[str, Any] = {}
+            conditions = []
+            if change.symbol_from is not None:
+                conditions.append(f"symbol{self.codepoint_collation} BETWEEN :lo AND :hi")
+                window.update(lo=change.symbol_from, hi=change.symbol_to)
+            if change.date_from is not None:
+                conditions.append("date >= :df")
+                window["df"] = change.date_from
+            if change.date_to is not None:
+                conditions.append("date <= :dt")
+                window["dt"] = change.date_to
+            where = (" WHERE " + " AND ".join(conditions)) if conditions else ""
+            session.execute(f"DELETE FROM {build}{where}", window)
+            columns = ", ".join(INDICATORS.columns)
+            session.execute(f"INSERT INTO {build} ({columns}) SELECT {columns} FROM indicators{where}", window)
+        retired = f"{build}_retired"
+        session.execute(f"ALTER TABLE indicators RENAME TO {retired}")
+        session.execute(f"ALTER TABLE {build} RENAME TO indicators")
+        for view in VIEWS:
+            session.execute(view.ddl())  # bound to the new table where a view follows the old one
+        self._carry_table_settings(session, retired, build)
+        session.execute(f"DROP TABLE {retired}")
+        # Every row changed: a replica is exported whole next time.
+        changes.record(session, INDICATORS.name, None, None, None, utcnow())
+
+    def _build_tables(self, session: Session, plan_id: str | None = None) -> list[str]:
+        """The build tables in the store (of run `plan_id` only, if given), oldest mark first."""
+        prefix = _build_prefix(plan_id) if plan_id is not None else BUILD_PREFIX
+        names = [r[0] for r in session.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
+            "AND starts_with(CAST(table_name AS VARCHAR), :p)" + self._schema_filter(), {"p": prefix})]
+        return sorted(names, key=lambda name: (name.rsplit("_", 1)[0], _build_mark(name)))
+
+    def _indicator_extent(self, session: Session) -> tuple[list[str], dt.date | None]:
+        """The symbols that have indicator rows, and the first date of any."""
+        symbols = [r[0] for r in session.fetch("SELECT DISTINCT symbol FROM indicators")]
+        first = session.fetch("SELECT min(date) FROM indicators")[0][0]
+        return symbols, first
+
+    def _build_blocker(self, session: Session) -> str | None:
+        """Why the indicators table must not be swapped for another (objects of the database's
+        users that depend on it), or None."""
+        return None
+
+    def _lock_for_swap(self, session: Session) -> None:
+        """Keep readers and writers of the indicators table out until the swap commits."""
+
+    def _carry_table_settings(self, session: Session, old: str, new_name_before: str) -> None:
+        """Give the swapped-in table what the old one had beyond its rows (grants, key names)."""
 
     def change_mark(self) -> changes.Change | None:
         """The change log's newest entry (None: an empty log): what `changes_since` counts from."""
@@ -773,6 +920,8 @@ class Store(ABC):
                 session.execute("DELETE FROM task_markers WHERE marker_id = ANY(:ids)", {"ids": list(forget_markers)})
             if undone_run is not None:
                 session.execute("UPDATE run_reports SET restored_at = :t WHERE plan_id = :p", {"p": undone_run, "t": utcnow()})
+                for build in self._build_tables(session, undone_run):  # its chunks are forgotten: they redo in place
+                    session.execute(f"DROP TABLE {build}")
         return restored
 
     # -- watchlist ------------------------------------------------------------------------------
@@ -1221,6 +1370,22 @@ def _json_object(text: str | None, marker_id: str, column: str) -> dict[str, Any
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+BUILD_PREFIX = "indicators_build_"
+
+
+def _build_prefix(plan_id: str) -> str:
+    """Run `plan_id`'s build tables are named this, then the change-log mark they carry over from."""
+    import hashlib
+
+    return f"{BUILD_PREFIX}{hashlib.sha256(plan_id.encode('utf-8')).hexdigest()[:12]}_"
+
+
+def _build_mark(name: str) -> int:
+    """The change-log entry a build table carries over from (the end of its name; -1: not ours)."""
+    suffix = name.rsplit("_", 1)[-1]
+    return int(suffix) if suffix.isdigit() else -1
 
 
 def _trim_warmup(bars: pa.Table, start: dt.date, warmup: int) -> tuple[pa.Table, list[str]]:

@@ -20,7 +20,7 @@ import pyarrow.csv as pacsv
 from stockpipe.redaction import encode_userinfo, scrub
 from stockpipe.store import pg_binary
 from stockpipe.store.base import Session, Store, StoreError, translate_placeholders
-from stockpipe.store.schema import Table
+from stockpipe.store.schema import INDICATORS, VIEWS, Table
 
 _POOL_RECYCLE_SECONDS = 1800
 # Up to this many symbols a writer locks each symbol (see lock_symbols); a chunk is 50 by default.
@@ -347,6 +347,56 @@ class PostgresStore(Store):
 
     def _snapshot(self, session) -> None:
         session.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        # Before the snapshot is taken (by the first query, not by LOCK): a rebuild's swap of the
+        # indicators table (`_swap_in`) then either committed before it, or waits for this reader.
+        # Without it, a snapshot older than a swap would read the new table without the rows the
+        # swap carried over.
+        session.execute(f"LOCK TABLE {INDICATORS.name} IN ACCESS SHARE MODE")
+
+    def _indicator_extent(self, session):
+        symbols = [r[0] for r in session.fetch(_key_symbols("indicators"))]
+        first = session.fetch("SELECT min((SELECT min(i.date) FROM indicators i WHERE i.symbol = s.symbol)) "
+                              f"FROM ({_key_symbols('indicators')}) s")[0][0]
+        return symbols, first
+
+    def _build_blocker(self, session):
+        # What a swap would leave behind on the old table (dropped with it) or break: the users'
+        # own views, triggers, publications, foreign keys, policies and indexes.
+        found = session.fetch(
+            "WITH t AS (SELECT to_regclass('indicators') AS oid) "
+            "SELECT 'view ' || v.oid::regclass::text FROM t, pg_depend d JOIN pg_rewrite r ON r.oid = d.objid "
+            "JOIN pg_class v ON v.oid = r.ev_class WHERE d.classid = 'pg_rewrite'::regclass "
+            "AND d.refclassid = 'pg_class'::regclass AND d.refobjid = t.oid AND v.oid <> t.oid "
+            "AND NOT (v.relname = ANY(:ours) AND v.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = t.oid)) "
+            "UNION ALL SELECT 'trigger ' || tgname FROM t, pg_trigger WHERE tgrelid = t.oid AND NOT tgisinternal "
+            "UNION ALL SELECT 'publication ' || p.pubname FROM t, pg_publication_rel pr "
+            "JOIN pg_publication p ON p.oid = pr.prpubid WHERE pr.prrelid = t.oid "
+            "UNION ALL SELECT 'foreign key ' || conname FROM t, pg_constraint WHERE confrelid = t.oid "
+            "UNION ALL SELECT 'policy ' || polname FROM t, pg_policy WHERE polrelid = t.oid "
+            "UNION ALL SELECT 'index ' || i.indexrelid::regclass::text FROM t, pg_index i "
+            "WHERE i.indrelid = t.oid AND NOT i.indisprimary ORDER BY 1",
+            {"ours": sorted({view.name for view in VIEWS})},
+        )
+        if not found:
+            return None
+        names = ", ".join(r[0] for r in found[:5])
+        return f"the indicators table has {names}{' and more' if len(found) > 5 else ''}, which a swap would drop"
+
+    def _lock_for_swap(self, session):
+        session.execute(f"LOCK TABLE {INDICATORS.name} IN ACCESS EXCLUSIVE MODE")
+
+    def _carry_table_settings(self, session, old, build):
+        # Key names are index names, unique in the schema: the old table's goes first.
+        session.execute(f"ALTER TABLE {old} RENAME CONSTRAINT {INDICATORS.name}_pkey TO {old}_pkey")
+        session.execute(f"ALTER TABLE {INDICATORS.name} RENAME CONSTRAINT {build}_pkey TO {INDICATORS.name}_pkey")
+        # Grants made on the old table (to a dashboard's role, say), except its owner's own.
+        for grantee, privilege, grantable in session.fetch(
+                "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END, "
+                "a.privilege_type, a.is_grantable FROM pg_class c, aclexplode(c.relacl) a "
+                "WHERE c.oid = to_regclass(:t) AND a.grantee <> c.relowner ORDER BY 1, 2", {"t": old}):
+            session.execute(f"GRANT {privilege} ON {INDICATORS.name} TO {grantee}"
+                            + (" WITH GRANT OPTION" if grantable else ""))
+        session.execute(f"ANALYZE {INDICATORS.name}")  # the planner's statistics, committed with the swap
 
     def close(self) -> None:
         if self._engine is not None:

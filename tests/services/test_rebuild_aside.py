@@ -1,0 +1,197 @@
+"""A rebuild that replaces every indicator row writes into a build table of its own and swaps it in
+with its completion (Store.begin_build, Store.finish_run): readers see the old rows until then,
+rows other runs write meanwhile are carried over, and a swap that cannot tell what they wrote gives
+up cleanly. Both stores, through the services (no Luigi)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pyarrow as pa
+import pytest
+
+from stockpipe import markers
+from stockpipe.engines import open_engine
+from stockpipe.services import rebuild
+from stockpipe.services.indicators import compute_chunk
+from stockpipe.services.ingest import ingest_date
+from stockpipe.services.symbols import collect_symbols
+from stockpipe.sources.demo import DemoSource
+from stockpipe.store import Marker, StoreError
+from stockpipe.store.changes import EVERYTHING, record
+from stockpipe.store.base import utcnow
+
+DAY = dt.date(2025, 10, 10)
+NEXT_DAY = dt.date(2025, 10, 13)
+SEED = 11
+ENGINE = open_engine("numpy")
+
+
+@pytest.fixture
+def loaded(store):
+    return load(store)
+
+
+def load(store):
+    """12 demo symbols' bars (80 sessions to DAY) and their indicators, computed from the first bar."""
+    store.ensure_schema()
+    source = DemoSource(tickers=12, seed=SEED)
+    collect_symbols(store, source, DAY, 5, None)
+    ingest_date(store, source, DAY, days_back=5, backfill_sessions=80, marker=None)
+    # In the chunks the rebuilds below use (the same symbols together give the same last bits).
+    symbols = sorted(store.active_symbols())
+    for first in range(0, len(symbols), 5):
+        compute_chunk(store, symbols[first:first + 5], dt.date.min, engine=ENGINE, warmup_bars=500, marker=None)
+    return store
+
+
+def values(store) -> pa.Table:
+    return store.read_indicators().drop(["created_at"])
+
+
+def spoil(store) -> None:
+    """Make every stored value wrong, so rows a rebuild did not write are told apart."""
+    with store.session() as session:
+        session.execute("UPDATE indicators SET sma_20 = -1")
+
+
+def full_plan(store, directory, plan_id="rebuild-full"):
+    return rebuild.create_plan(store, directory, plan_id=plan_id, kind="rebuild", start=dt.date(2000, 1, 3),
+                               symbols=store.active_symbols(), chunk_size=5, backup=True)
+
+
+def run_chunk(store, plan, index):
+    compute_chunk(store, plan.chunks[index], plan.start, engine=ENGINE, warmup_bars=500,
+                  marker=Marker(markers.indicator_chunk(plan.plan_id, index), "IndicatorChunk"),
+                  into=rebuild.build_target(store, plan))
+
+
+def finish(store, plan):
+    return rebuild.write_final_report(store, plan, marker=Marker(markers.rebuild_from(plan.plan_id), "RebuildFrom"))
+
+
+def build_tables(store) -> list[str]:
+    names = store.query("SELECT CAST(table_name AS VARCHAR) AS table_name FROM information_schema.tables WHERE starts_with(CAST(table_name AS VARCHAR), 'indicators')")
+    return sorted(names.column("table_name").to_pylist())
+
+
+@pytest.mark.both_stores
+def test_a_whole_table_rebuild_is_built_aside_and_swapped_in_with_its_completion(loaded, tmp_path):
+    expected = values(loaded)
+    spoil(loaded)
+    spoiled = values(loaded)
+    plan = full_plan(loaded, tmp_path / "run")
+    assert plan.built_aside and rebuild.load_plan(loaded, plan.plan_id).built_aside
+    build = loaded.build_table(plan.plan_id)
+    assert build is not None and build_tables(loaded) == sorted(["indicators", build])
+
+    for index in range(len(plan.chunks)):
+        run_chunk(loaded, plan, index)
+        assert values(loaded).equals(spoiled)  # readers see the old rows until the swap
+    report, wrote = finish(loaded, plan)
+
+    assert wrote and report["saved_rows"] == expected.num_rows
+    assert values(loaded).equals(expected)
+    assert build_tables(loaded) == ["indicators"]
+    # The compatibility views read the new table (PostgreSQL binds a view to a table, not a name).
+    assert loaded.query("SELECT count(*) AS n FROM technical_indicators WHERE sma_20 = -1")["n"][0].as_py() == 0
+    assert loaded.query("SELECT count(*) AS n FROM technical_indicators")["n"][0].as_py() == expected.num_rows
+    # Done once: finishing again changes nothing.
+    assert finish(loaded, plan)[1] is False and values(loaded).equals(expected)
+
+
+@pytest.mark.both_stores
+def test_rows_another_run_writes_during_the_build_are_carried_over(loaded, tmp_path):
+    plan = full_plan(loaded, tmp_path / "run")
+    run_chunk(loaded, plan, 0)
+    # A Daily for the next session, after the first chunk read its bars: its rows of that chunk's
+    # symbols exist only in the live table.
+    source = DemoSource(tickers=12, seed=SEED)
+    ingest_date(loaded, source, NEXT_DAY, days_back=5, backfill_sessions=80, marker=None)
+    compute_chunk(loaded, loaded.active_symbols(), DAY, engine=ENGINE, warmup_bars=500, marker=None)
+    daily = loaded.read_indicators(start=NEXT_DAY).drop(["created_at"])
+    assert set(plan.chunks[0]) <= set(daily.column("symbol").to_pylist())
+    for index in range(1, len(plan.chunks)):
+        run_chunk(loaded, plan, index)
+    finish(loaded, plan)
+
+    assert loaded.read_indicators(start=NEXT_DAY).drop(["created_at"]).equals(daily)
+    assert values(loaded).column("date").to_pylist().count(NEXT_DAY) == 12
+
+
+@pytest.mark.both_stores
+def test_a_rebuild_of_part_of_the_table_replaces_rows_in_place(loaded, tmp_path):
+    plan = rebuild.create_plan(loaded, tmp_path / "run", plan_id="rebuild-part", kind="rebuild",
+                               start=dt.date(2025, 9, 29), symbols=loaded.active_symbols(), chunk_size=5, backup=True)
+    assert not plan.built_aside and loaded.build_table(plan.plan_id) is None
+    some = rebuild.create_plan(loaded, tmp_path / "run2", plan_id="rebuild-some", kind="rebuild",
+                               start=dt.date(2000, 1, 3), symbols=loaded.active_symbols()[:6], chunk_size=5,
+                               backup=True)
+    assert not some.built_aside and build_tables(loaded) == ["indicators"]
+
+
+@pytest.mark.both_stores
+def test_a_restore_during_the_build_makes_the_swap_give_up_and_the_run_redo_its_chunks_in_place(loaded, tmp_path):
+    expected = values(loaded)
+    spoil(loaded)
+    plan = full_plan(loaded, tmp_path / "run")
+    for index in range(len(plan.chunks)):
+        run_chunk(loaded, plan, index)
+    with loaded.session() as session:  # what a restore of another run logs
+        record(session, EVERYTHING, None, None, None, utcnow())
+
+    with pytest.raises(StoreError, match=r"rebuild-full: the store was restored .* run the same command again"):
+        finish(loaded, plan)
+    assert build_tables(loaded) == ["indicators"]
+    assert not loaded.markers(prefix=markers.chunks_of(plan.plan_id))
+    assert values(loaded).column("sma_20").to_pylist().count(-1) > 0  # nothing swapped in
+
+    for index in range(len(plan.chunks)):  # the rerun
+        run_chunk(loaded, plan, index)
+    assert finish(loaded, plan)[1] and values(loaded).equals(expected)
+
+
+@pytest.mark.both_stores
+def test_restoring_a_run_that_builds_aside_drops_its_build_with_its_chunks(loaded, tmp_path):
+    expected = values(loaded)
+    plan = full_plan(loaded, tmp_path / "run")
+    run_chunk(loaded, plan, 0)
+    rebuild.restore(loaded, plan.backup)
+    assert build_tables(loaded) == ["indicators"] and rebuild.build_target(loaded, plan) is None
+    for index in range(len(plan.chunks)):  # rerun: in place
+        run_chunk(loaded, plan, index)
+    assert finish(loaded, plan)[1] and values(loaded).equals(expected)
+
+
+def test_postgres_keeps_grants_and_leaves_a_table_its_users_depend_on_in_place(postgres_url, tmp_path):
+    from stockpipe.store import open_store
+
+    loaded = load(open_store(postgres_url))
+    role = f"stockpipe_dash_{uuid.uuid4().hex[:8]}"
+    with loaded.session() as session:
+        session.execute(f"CREATE ROLE {role}")
+        session.execute(f"GRANT SELECT ON indicators TO {role}")
+    try:
+        plan = full_plan(loaded, tmp_path / "run")
+        for index in range(len(plan.chunks)):
+            run_chunk(loaded, plan, index)
+        finish(loaded, plan)
+        granted = loaded.query(f"SELECT has_table_privilege('{role}', 'indicators', 'SELECT') AS ok")
+        assert plan.built_aside and granted["ok"][0].as_py() is True
+        assert loaded.query("SELECT conname FROM pg_constraint WHERE conrelid = 'indicators'::regclass")[
+            "conname"].to_pylist() == ["indicators_pkey"]
+
+        with loaded.session() as session:  # a dashboard's own view: a swap would drop it with the old table
+            session.execute("CREATE VIEW dash_latest AS SELECT symbol, max(date) AS latest FROM indicators GROUP BY symbol")
+        again = full_plan(loaded, tmp_path / "run2", plan_id="rebuild-again")
+        assert not again.built_aside
+        for index in range(len(again.chunks)):
+            run_chunk(loaded, again, index)
+        finish(loaded, again)
+        assert loaded.query("SELECT count(*) AS n FROM dash_latest")["n"][0].as_py() == 12
+    finally:
+        with loaded.session() as session:
+            session.execute("DROP VIEW IF EXISTS dash_latest")
+            session.execute(f"REVOKE ALL ON indicators FROM {role}")
+            session.execute(f"DROP ROLE {role}")
