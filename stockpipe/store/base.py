@@ -142,6 +142,8 @@ class Session(ABC):
 
 class Store(ABC):
     dialect: str = ""
+    # Whether a rebuild replacing every indicator row writes into a table of its own (begin_build).
+    builds_aside: bool = True
     # Appended to a text column to compare it by code point, as Python sorts: a database that sorts
     # by a language's rules (en_US puts 'BFAM' before 'BF-B') would otherwise drop symbols from a
     # range whose ends Python chose.
@@ -693,7 +695,10 @@ class Store(ABC):
         """An empty build table for the chunks of run `plan_id` to write into, when the run replaces
         every stored indicator row (from on or before the first stored date, every symbol that has
         rows). False, and the run replaces rows in place, when it replaces less, when another run
-        is building aside, or when objects outside stockpipe depend on the table (`_build_blocker`)."""
+        is building aside, when objects outside stockpipe depend on the table (`_build_blocker`), or
+        on a store that replaces in place as well (`builds_aside`)."""
+        if not self.builds_aside:
+            return False
         with self.session() as session:
             # Every writer logs its change last, under this lock, and commits right after: while it
             # is held here, a write this transaction does not see is logged after the mark below.

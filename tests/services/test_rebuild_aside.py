@@ -1,7 +1,7 @@
-"""A rebuild that replaces every indicator row writes into a build table of its own and swaps it in
-with its completion (Store.begin_build, Store.finish_run): readers see the old rows until then,
-rows other runs write meanwhile are carried over, and a swap that cannot tell what they wrote gives
-up cleanly. Both stores, through the services (no Luigi)."""
+"""On PostgreSQL a rebuild that replaces every indicator row writes into a build table of its own and
+swaps it in with its completion (Store.begin_build, Store.finish_run): readers see the old rows until
+then, rows other runs write meanwhile are carried over, and a swap that cannot tell what they wrote
+gives up cleanly. DuckDB replaces in place. Through the services (no Luigi)."""
 
 from __future__ import annotations
 
@@ -29,8 +29,10 @@ ENGINE = open_engine("numpy")
 
 
 @pytest.fixture
-def loaded(store):
-    return load(store)
+def loaded(postgres_url):
+    from stockpipe.store import open_store
+
+    return load(open_store(postgres_url))
 
 
 def load(store):
@@ -76,7 +78,6 @@ def build_tables(store) -> list[str]:
     return sorted(names.column("table_name").to_pylist())
 
 
-@pytest.mark.both_stores
 def test_a_whole_table_rebuild_is_built_aside_and_swapped_in_with_its_completion(loaded, tmp_path):
     expected = values(loaded)
     spoil(loaded)
@@ -101,7 +102,6 @@ def test_a_whole_table_rebuild_is_built_aside_and_swapped_in_with_its_completion
     assert finish(loaded, plan)[1] is False and values(loaded).equals(expected)
 
 
-@pytest.mark.both_stores
 def test_rows_another_run_writes_during_the_build_are_carried_over(loaded, tmp_path):
     plan = full_plan(loaded, tmp_path / "run")
     run_chunk(loaded, plan, 0)
@@ -120,7 +120,6 @@ def test_rows_another_run_writes_during_the_build_are_carried_over(loaded, tmp_p
     assert values(loaded).column("date").to_pylist().count(NEXT_DAY) == 12
 
 
-@pytest.mark.both_stores
 def test_a_rebuild_of_part_of_the_table_replaces_rows_in_place(loaded, tmp_path):
     plan = rebuild.create_plan(loaded, tmp_path / "run", plan_id="rebuild-part", kind="rebuild",
                                start=dt.date(2025, 9, 29), symbols=loaded.active_symbols(), chunk_size=5, backup=True)
@@ -131,7 +130,6 @@ def test_a_rebuild_of_part_of_the_table_replaces_rows_in_place(loaded, tmp_path)
     assert not some.built_aside and build_tables(loaded) == ["indicators"]
 
 
-@pytest.mark.both_stores
 def test_a_restore_during_the_build_makes_the_swap_give_up_and_the_run_redo_its_chunks_in_place(loaded, tmp_path):
     expected = values(loaded)
     spoil(loaded)
@@ -152,7 +150,6 @@ def test_a_restore_during_the_build_makes_the_swap_give_up_and_the_run_redo_its_
     assert finish(loaded, plan)[1] and values(loaded).equals(expected)
 
 
-@pytest.mark.both_stores
 def test_restoring_a_run_that_builds_aside_drops_its_build_with_its_chunks(loaded, tmp_path):
     expected = values(loaded)
     plan = full_plan(loaded, tmp_path / "run")
@@ -164,10 +161,7 @@ def test_restoring_a_run_that_builds_aside_drops_its_build_with_its_chunks(loade
     assert finish(loaded, plan)[1] and values(loaded).equals(expected)
 
 
-def test_postgres_keeps_grants_and_leaves_a_table_its_users_depend_on_in_place(postgres_url, tmp_path):
-    from stockpipe.store import open_store
-
-    loaded = load(open_store(postgres_url))
+def test_postgres_keeps_grants_and_leaves_a_table_its_users_depend_on_in_place(loaded, tmp_path):
     role = f"stockpipe_dash_{uuid.uuid4().hex[:8]}"
     with loaded.session() as session:
         session.execute(f"CREATE ROLE {role}")
@@ -195,3 +189,16 @@ def test_postgres_keeps_grants_and_leaves_a_table_its_users_depend_on_in_place(p
             session.execute("DROP VIEW IF EXISTS dash_latest")
             session.execute(f"REVOKE ALL ON indicators FROM {role}")
             session.execute(f"DROP ROLE {role}")
+
+
+def test_duckdb_replaces_every_row_in_place(duckdb_url, tmp_path):
+    from stockpipe.store import open_store
+
+    store = load(open_store(duckdb_url))
+    expected = values(store)
+    spoil(store)
+    plan = full_plan(store, tmp_path / "run")
+    assert not plan.built_aside and build_tables(store) == ["indicators"]
+    for index in range(len(plan.chunks)):
+        run_chunk(store, plan, index)
+    assert finish(store, plan)[1] and values(store).equals(expected)
