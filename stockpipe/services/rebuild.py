@@ -241,7 +241,7 @@ def _create_plan_locked(store, directory, *, plan_id, kind, start, symbols, chun
             temporary.unlink(missing_ok=True)
         log.info("%s backed up %d rows to %s", plan_id, saved, directory / BACKUP_FILE)
         backup_path = str(directory / BACKUP_FILE)
-    # After the backup: rows written from here on are carried over at the swap, not backed up.
+    # After the backup: rows written from here on are made in the build table too, not backed up.
     built_aside = bool(backup and replaces["rows"]) and store.begin_build(plan_id, symbols, start)
     created = utcnow()
     plan = Plan(
@@ -318,6 +318,7 @@ def progress_report(store: Store, plan: Plan) -> dict[str, Any]:
             {"chunk_id": i, "error": f["error"], "redone": i in set(done)} for i, f in sorted(failed.items())
         ],
         "backup": plan.backup,
+        "built_aside": plan.built_aside,  # written into a table of its own, swapped in at the end
     }
 
 
@@ -357,7 +358,8 @@ def write_final_report(store: Store, plan: Plan, attempt_start: dt.datetime | No
     report["finished_at"] = now.isoformat()
     if marker is not None:
         marker = Marker(marker.marker_id, marker.task_family, marker.params, {k: report[k] for k in marker_stats})
-    if not store.finish_run(plan.plan_id, json.dumps(report, sort_keys=True, default=str), now, marker):
+    if not store.finish_run(plan.plan_id, json.dumps(report, sort_keys=True, default=str), now, marker,
+                            built_aside=plan.built_aside):
         log.info("%s was finished by another worker meanwhile: its report stands", plan.plan_id)
         return report, False
     log.info("rebuild report %s", json.dumps(report, sort_keys=True, default=str))

@@ -459,13 +459,15 @@ class Store(ABC):
                                 {"p": plan_id, "o": owner, "t": now})
         return now
 
-    def finish_run(self, plan_id: str, report: str, finished_at: dt.datetime, marker: Marker | None = None) -> bool:
+    def finish_run(self, plan_id: str, report: str, finished_at: dt.datetime, marker: Marker | None = None,
+                   built_aside: bool = False) -> bool:
         """Store the run's final report (JSON), replacing an earlier one (the attempt is over), with
         the run's completion marker in one transaction. False, and nothing written, if another
-        worker completed the run meanwhile. A run that built its rows aside (`begin_build`) swaps its
-        table in within the same transaction (`_swap_in`)."""
+        worker completed the run meanwhile. A run planned to build its rows aside (`begin_build`)
+        swaps its table in within the same transaction (`_swap_in`), if it still has one (a restore
+        drops it with the chunks' markers, and they redo their rows in place)."""
         try:
-            return self._finish_run(plan_id, report, finished_at, marker)
+            return self._finish_run(plan_id, report, finished_at, marker, built_aside)
         except _CannotSwap as exc:
             # Its chunks are forgotten with their table, in one transaction: run again, they redo
             # their rows in place.
@@ -476,13 +478,14 @@ class Store(ABC):
                 session.execute("DELETE FROM task_markers WHERE substr(marker_id, 1, :n) = :p",
                                 {"n": len(prefix), "p": prefix})
             raise StoreError(f"run {plan_id}: {exc}, so its rows, built in a table of their own, were not swapped in; "
-                             "its chunks are forgotten: run the same command again to redo them") from None
+                             "its chunks are forgotten: run the same command again to redo them in place") from None
 
-    def _finish_run(self, plan_id: str, report: str, finished_at: dt.datetime, marker: Marker | None) -> bool:
+    def _finish_run(self, plan_id: str, report: str, finished_at: dt.datetime, marker: Marker | None,
+                    built_aside: bool) -> bool:
         with self.session() as session:
             if not self._claim(session, marker):
                 return False
-            if self._build_tables(session, plan_id):
+            if built_aside and self._build_tables(session, plan_id):
                 self._swap_in(session, plan_id)
             session.lock(f"run_reports/{plan_id}")
             params = {"p": plan_id, "r": report, "t": finished_at}
@@ -643,7 +646,7 @@ class Store(ABC):
 
         `into`: the build table of a run that replaces the whole table (`begin_build`); the rows
         go there, out of readers' sight until `finish_run` swaps it in, and the change log is
-        told nothing yet."""
+        told nothing yet. A write to the indicators table itself is made in every build table too."""
         rows = INDICATORS.conform(_stamped(rows))
         until = "" if end is None else " AND date <= :e"
         target = into or INDICATORS.name
@@ -675,6 +678,11 @@ class Store(ABC):
                         bound,
                     )
             if into is None:
+                # A run building aside swaps in its table whole: it must hold this write too.
+                for build in self._builds_to_follow(session):
+                    self._mirror(session, build, symbols, start, end)
+                    if whole_symbols:
+                        self._mirror(session, build, whole_symbols, None, end)
                 # Whole-history symbols' rows reach back years: logged on their own, not widening the rest.
                 self._record_indicator_change(session, symbols, start, end,
                                               _drop_symbols(rows, whole_symbols) if whole_symbols else rows)
@@ -689,8 +697,8 @@ class Store(ABC):
     # PostgreSQL each chunk's inserts then meet the keys its DELETE left (uniqueness checks, index
     # growth) and the table needs VACUUMs to stay its size. Such a run writes into an empty table
     # of the same layout instead, which readers never see, and swaps it in when its last chunk is
-    # done, carrying over what other runs (a Daily) wrote to the live table meanwhile. The build
-    # table's name holds the change-log entry from which those writes are carried over.
+    # done. Every other write of indicators meanwhile (a Daily, a restore) is made in that table
+    # too (`_mirror`), so the swapped-in table holds it.
     def begin_build(self, plan_id: str, symbols: Sequence[str], start: dt.date) -> bool:
         """An empty build table for the chunks of run `plan_id` to write into, when the run replaces
         every stored indicator row (from on or before the first stored date, every symbol that has
@@ -699,14 +707,20 @@ class Store(ABC):
         on a store that replaces in place as well (`builds_aside`)."""
         if not self.builds_aside:
             return False
+        name = _build_name(plan_id)
         with self.session() as session:
-            # Every writer logs its change last, under this lock, and commits right after: while it
-            # is held here, a write this transaction does not see is logged after the mark below.
+            # Writers mirror into the build tables they find under this lock, held to their commit:
+            # a write this transaction cannot see is made in the new table too.
             session.lock(changes.LOCK)
-            others = [t for t in self._build_tables(session) if not t.startswith(_build_prefix(plan_id))]
-            if others:
-                log.info("%s replaces rows in place: %s is still being built by another run", plan_id, others[0])
-                return False
+            for table in self._build_tables(session):
+                if table == name or self._abandoned_build(session, table):
+                    # This run's, left by an attempt that died before storing its plan; or of a run
+                    # that has no plan or is finished (its rows are not waited for).
+                    log.info("%s: dropping %s, of no run under way", plan_id, table)
+                    session.execute(f"DROP TABLE {table}")
+                else:
+                    log.info("%s replaces rows in place: %s is being built by another run", plan_id, table)
+                    return False
             stored, first = self._indicator_extent(session)
             if not stored or first is None or first < start or not set(stored) <= set(symbols):
                 return False
@@ -714,7 +728,7 @@ class Store(ABC):
             if blocker:
                 log.info("%s replaces rows in place, not in a table swapped in at the end: %s", plan_id, blocker)
                 return False
-            name = self._create_build(session, plan_id)
+            session.execute(dataclasses.replace(INDICATORS, name=name).ddl(declare_key=self.declares_key(INDICATORS)))
         log.info("%s replaces every indicator row: its chunks write into %s, swapped in at the end", plan_id, name)
         return True
 
@@ -723,53 +737,46 @@ class Store(ABC):
         existence is what says so, and whoever drops one forgets the run's chunks with it."""
         with self.session(write=False) as session:
             found = self._build_tables(session, plan_id)
-        return found[-1] if found else None
+        return found[0] if found else None
 
-    def _create_build(self, session: Session, plan_id: str) -> str:
-        # Under changes.LOCK (see begin_build): the newest change is the mark to carry over from.
-        for old in self._build_tables(session, plan_id):  # an attempt that died before storing its plan
-            session.execute(f"DROP TABLE {old}")
-        newest = changes.newest_change(session)
-        name = f"{_build_prefix(plan_id)}{newest.change_id if newest is not None else 0}"
-        session.execute(dataclasses.replace(INDICATORS, name=name).ddl(declare_key=self.declares_key(INDICATORS)))
-        return name
+    def _abandoned_build(self, session: Session, table: str) -> bool:
+        """Whether build table `table` belongs to no run still under way (no plan, or finished)."""
+        rows = session.fetch("SELECT p.plan_id, r.finished_at FROM run_plans p "
+                             "LEFT JOIN run_reports r ON r.plan_id = p.plan_id")
+        return not any(_build_name(plan_id) == table and finished is None for plan_id, finished in rows)
+
+    def _builds_to_follow(self, session: Session) -> list[str]:
+        """The build tables a write of the indicators table must be made in too, found under the
+        lock `begin_build` takes (held until commit)."""
+        if not self.builds_aside:
+            return []
+        session.lock(changes.LOCK)
+        return self._build_tables(session)
+
+    def _mirror(self, session: Session, build: str, symbols: Sequence[str], start: dt.date | None,
+                end: dt.date | None) -> None:
+        """Make `build` hold what the indicators table holds for `symbols` between the dates."""
+        params: dict[str, Any] = {"s": sorted(set(symbols))}
+        where = "symbol = ANY(:s)"
+        if start is not None:
+            where += " AND date >= :d"
+            params["d"] = start
+        if end is not None:
+            where += " AND date <= :e"
+            params["e"] = end
+        columns = ", ".join(INDICATORS.columns)
+        session.execute(f"DELETE FROM {build} WHERE {where}", params)
+        session.execute(f"INSERT INTO {build} ({columns}) SELECT {columns} FROM indicators WHERE {where}", params)
 
     def _swap_in(self, session: Session, plan_id: str) -> None:
-        """Make run `plan_id`'s build table the indicators table, in the caller's transaction: first
-        the rows other runs wrote to the live table after the build began are copied over (theirs
-        are newer than what the build computed from the same bars, or from bars it never saw), then
-        the tables trade names, the views are bound to the new one and the old one is dropped."""
-        build = self._build_tables(session, plan_id)[-1]
-        since = _build_mark(build)
+        """Make run `plan_id`'s build table the indicators table, in the caller's transaction: the
+        tables trade names, the views are bound to the new one, it gets the old one's settings, and
+        the old one is dropped."""
+        build = _build_name(plan_id)
         self._lock_for_swap(session)
-        session.lock(changes.LOCK)
-        logged = session.fetch(f"SELECT {changes.COLUMNS} FROM store_changes WHERE change_id >= :m ORDER BY change_id",
-                               {"m": since})
-        later = [changes.Change.of(r) for r in logged if r[0] > since]
-        if since and (not logged or logged[0][0] != since):
-            raise _CannotSwap(f"the change log no longer holds entry {since}, where the run began (pruned by "
-                              "CleanupOldFiles?): what other runs wrote since cannot be told")
-        restored = [c for c in later if c.table_name == changes.EVERYTHING]
-        if restored:
-            raise _CannotSwap(f"the store was restored while the run was under way (change {restored[0].change_id})")
-        for change in later:
-            if change.table_name != INDICATORS.name:
-                continue
-            window: dict[str, Any] = {}
-            conditions = []
-            if change.symbol_from is not None:
-                conditions.append(f"symbol{self.codepoint_collation} BETWEEN :lo AND :hi")
-                window.update(lo=change.symbol_from, hi=change.symbol_to)
-            if change.date_from is not None:
-                conditions.append("date >= :df")
-                window["df"] = change.date_from
-            if change.date_to is not None:
-                conditions.append("date <= :dt")
-                window["dt"] = change.date_to
-            where = (" WHERE " + " AND ".join(conditions)) if conditions else ""
-            session.execute(f"DELETE FROM {build}{where}", window)
-            columns = ", ".join(INDICATORS.columns)
-            session.execute(f"INSERT INTO {build} ({columns}) SELECT {columns} FROM indicators{where}", window)
+        blocker = self._build_blocker(session)  # something of the users' may have come meanwhile
+        if blocker:
+            raise _CannotSwap(blocker)
         retired = f"{build}_retired"
         session.execute(f"ALTER TABLE indicators RENAME TO {retired}")
         session.execute(f"ALTER TABLE {build} RENAME TO indicators")
@@ -781,12 +788,11 @@ class Store(ABC):
         changes.record(session, INDICATORS.name, None, None, None, utcnow())
 
     def _build_tables(self, session: Session, plan_id: str | None = None) -> list[str]:
-        """The build tables in the store (of run `plan_id` only, if given), oldest mark first."""
-        prefix = _build_prefix(plan_id) if plan_id is not None else BUILD_PREFIX
+        """The build tables in the store (of run `plan_id` only, if given)."""
         names = [r[0] for r in session.fetch(
             "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
-            "AND starts_with(CAST(table_name AS VARCHAR), :p)" + self._schema_filter(), {"p": prefix})]
-        return sorted(names, key=lambda name: (name.rsplit("_", 1)[0], _build_mark(name)))
+            "AND starts_with(CAST(table_name AS VARCHAR), :p)" + self._schema_filter(), {"p": BUILD_PREFIX})]
+        return sorted(n for n in names if plan_id is None or n == _build_name(plan_id))
 
     def _indicator_extent(self, session: Session) -> tuple[list[str], dt.date | None]:
         """The symbols that have indicator rows, and the first date of any."""
@@ -916,17 +922,19 @@ class Store(ABC):
                     first, last = _date_extent(table)
                     low = first if low is None else min(low, first)
                     high = last if high is None else max(high, last)
+            if undone_run is not None:
+                for build in self._build_tables(session, undone_run):  # its chunks are forgotten: they redo in place
+                    session.execute(f"DROP TABLE {build}")
+            window = (sorted(set(symbols) | touched), start if low is None else min(start, low),
+                      end if end is None or high is None else max(end, high))
+            for build in self._builds_to_follow(session):
+                self._mirror(session, build, *window)
             # One change for the whole restore, over the rows of every batch.
-            self._record_indicator_change(session, sorted(set(symbols) | touched),
-                                          start if low is None else min(start, low),
-                                          end if end is None or high is None else max(end, high),
-                                          INDICATORS.schema.empty_table())
+            self._record_indicator_change(session, *window, INDICATORS.schema.empty_table())
             if forget_markers:
                 session.execute("DELETE FROM task_markers WHERE marker_id = ANY(:ids)", {"ids": list(forget_markers)})
             if undone_run is not None:
                 session.execute("UPDATE run_reports SET restored_at = :t WHERE plan_id = :p", {"p": undone_run, "t": utcnow()})
-                for build in self._build_tables(session, undone_run):  # its chunks are forgotten: they redo in place
-                    session.execute(f"DROP TABLE {build}")
         return restored
 
     # -- watchlist ------------------------------------------------------------------------------
@@ -1152,9 +1160,10 @@ class Store(ABC):
             with self._open_session(False) as session:
                 report.storage.update(self._storage_facts(session))
                 keys = {t.name: t.key for t in (SCHEMA_VERSION_TABLE, *TABLES)}
+                # A rebuild's build table is no part of the data yet, and a swap may drop it meanwhile.
                 names = [r[0] for r in session.fetch(
                     "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'"
-                    + self._schema_filter() + " ORDER BY table_name")]
+                    + self._schema_filter() + " ORDER BY table_name") if not r[0].startswith(BUILD_PREFIX)]
                 missing = sorted(set(keys) - set(names))
                 if missing:
                     report.problems.append(f"missing table(s) {', '.join(missing)}: run `stockpipe init-db`")
@@ -1380,17 +1389,11 @@ def _one_line(exc: BaseException) -> str:
 BUILD_PREFIX = "indicators_build_"
 
 
-def _build_prefix(plan_id: str) -> str:
-    """Run `plan_id`'s build tables are named this, then the change-log mark they carry over from."""
+def _build_name(plan_id: str) -> str:
+    """Run `plan_id`'s build table (see `Store.begin_build`)."""
     import hashlib
 
-    return f"{BUILD_PREFIX}{hashlib.sha256(plan_id.encode('utf-8')).hexdigest()[:12]}_"
-
-
-def _build_mark(name: str) -> int:
-    """The change-log entry a build table carries over from (the end of its name; -1: not ours)."""
-    suffix = name.rsplit("_", 1)[-1]
-    return int(suffix) if suffix.isdigit() else -1
+    return f"{BUILD_PREFIX}{hashlib.sha256(plan_id.encode('utf-8')).hexdigest()[:12]}"
 
 
 def _trim_warmup(bars: pa.Table, start: dt.date, warmup: int) -> tuple[pa.Table, list[str]]:

@@ -19,7 +19,7 @@ import pyarrow.csv as pacsv
 
 from stockpipe.redaction import encode_userinfo, scrub
 from stockpipe.store import pg_binary
-from stockpipe.store.base import Session, Store, StoreError, translate_placeholders
+from stockpipe.store.base import BUILD_PREFIX, Session, Store, StoreError, _build_name, translate_placeholders
 from stockpipe.store.schema import INDICATORS, VIEWS, Table
 
 _POOL_RECYCLE_SECONDS = 1800
@@ -27,6 +27,8 @@ _POOL_RECYCLE_SECONDS = 1800
 _FEW_SYMBOLS = 64
 # Share of a table's rows replaced (or changed) since the last VACUUM (ANALYZE) that calls for one.
 _RECLAIM_FRACTION = 0.1
+# How long a rebuild's swap of the indicators table waits for readers and writers to finish.
+_SWAP_LOCK_SECONDS = 120
 _RECLAIM_MIN_DEAD = 10_000  # below this many dead rows a VACUUM mid-run is not worth its scan of the key index
 
 
@@ -349,8 +351,8 @@ class PostgresStore(Store):
         session.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         # Before the snapshot is taken (by the first query, not by LOCK): a rebuild's swap of the
         # indicators table (`_swap_in`) then either committed before it, or waits for this reader.
-        # Without it, a snapshot older than a swap would read the new table without the rows the
-        # swap carried over.
+        # Without it, a snapshot taken before a swap would read the new table, and miss the rows
+        # committed to it after the snapshot (those of the swap's own transaction among them).
         session.execute(f"LOCK TABLE {INDICATORS.name} IN ACCESS SHARE MODE")
 
     def _indicator_extent(self, session):
@@ -377,13 +379,31 @@ class PostgresStore(Store):
             "WHERE i.indrelid = t.oid AND NOT i.indisprimary ORDER BY 1",
             {"ours": sorted({view.name for view in VIEWS})},
         )
+        found += session.fetch(
+            # Column grants are not carried over; and only the owner's role may rename and drop it.
+            "SELECT 'column grants on ' || attname FROM pg_attribute WHERE attrelid = to_regclass('indicators') "
+            "AND attacl IS NOT NULL UNION ALL SELECT 'owner ' || pg_get_userbyid(relowner) || ', a role this "
+            "connection is not a member of' FROM pg_class WHERE oid = to_regclass('indicators') "
+            "AND NOT pg_has_role(relowner, 'MEMBER')")
         if not found:
             return None
         names = ", ".join(r[0] for r in found[:5])
-        return f"the indicators table has {names}{' and more' if len(found) > 5 else ''}, which a swap would drop"
+        return f"the indicators table has {names}{' and more' if len(found) > 5 else ''}, which a swap would not keep"
+
+    def _build_tables(self, session, plan_id=None):
+        # pg_class, not information_schema: that lists only tables this role has a privilege on.
+        names = [r[0] for r in session.fetch(
+            "SELECT relname::text FROM pg_class WHERE relkind = 'r' AND relnamespace = current_schema()::regnamespace "
+            "AND starts_with(relname::text, :p)", {"p": BUILD_PREFIX})]
+        return sorted(n for n in names if plan_id is None or n == _build_name(plan_id))
 
     def _lock_for_swap(self, session):
+        # Behind a long reader (a replica's export, `stockpipe check`) the swap gives up after a
+        # while instead of queueing every reader and writer behind itself: the run fails, and
+        # running it again retries the swap (its chunks are done).
+        session.execute(f"SET LOCAL lock_timeout = '{_SWAP_LOCK_SECONDS}s'")
         session.execute(f"LOCK TABLE {INDICATORS.name} IN ACCESS EXCLUSIVE MODE")
+        session.execute("SET LOCAL lock_timeout = 0")
 
     def _carry_table_settings(self, session, old, build):
         # Key names are index names, unique in the schema: the old table's goes first.
@@ -396,6 +416,14 @@ class PostgresStore(Store):
                 "WHERE c.oid = to_regclass(:t) AND a.grantee <> c.relowner ORDER BY 1, 2", {"t": old}):
             session.execute(f"GRANT {privilege} ON {INDICATORS.name} TO {grantee}"
                             + (" WITH GRANT OPTION" if grantable else ""))
+        owner, options, comment = session.fetch(
+            "SELECT pg_get_userbyid(relowner), reloptions, obj_description(oid, 'pg_class') FROM pg_class "
+            "WHERE oid = to_regclass(:t)", {"t": old})[0]
+        session.execute(f"ALTER TABLE {INDICATORS.name} OWNER TO {_quote_ident(owner)}")
+        if options:  # e.g. autovacuum settings an operator gave the table
+            session.execute(f"ALTER TABLE {INDICATORS.name} SET ({', '.join(options)})")
+        if comment is not None:
+            session.execute(f"COMMENT ON TABLE {INDICATORS.name} IS :c", {"c": comment})
         session.execute(f"ANALYZE {INDICATORS.name}")  # the planner's statistics, committed with the swap
 
     def close(self) -> None:
@@ -420,6 +448,10 @@ def _parse_csv(buffer: io.BytesIO, names: list[str] | None, schema: pa.Schema | 
     if schema is not None:
         table = table.select(schema.names).cast(schema)
     return table
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _table_stats(cursor, table: str) -> tuple[float, int, int] | None:

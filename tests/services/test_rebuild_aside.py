@@ -9,6 +9,7 @@ import datetime as dt
 import uuid
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import pytest
 
 from stockpipe import markers
@@ -19,8 +20,6 @@ from stockpipe.services.ingest import ingest_date
 from stockpipe.services.symbols import collect_symbols
 from stockpipe.sources.demo import DemoSource
 from stockpipe.store import Marker, StoreError
-from stockpipe.store.changes import EVERYTHING, record
-from stockpipe.store.base import utcnow
 
 DAY = dt.date(2025, 10, 10)
 NEXT_DAY = dt.date(2025, 10, 13)
@@ -92,7 +91,7 @@ def test_a_whole_table_rebuild_is_built_aside_and_swapped_in_with_its_completion
         assert values(loaded).equals(spoiled)  # readers see the old rows until the swap
     report, wrote = finish(loaded, plan)
 
-    assert wrote and report["saved_rows"] == expected.num_rows
+    assert wrote and report["saved_rows"] == expected.num_rows and report["built_aside"] is True
     assert values(loaded).equals(expected)
     assert build_tables(loaded) == ["indicators"]
     # The compatibility views read the new table (PostgreSQL binds a view to a table, not a name).
@@ -102,14 +101,16 @@ def test_a_whole_table_rebuild_is_built_aside_and_swapped_in_with_its_completion
     assert finish(loaded, plan)[1] is False and values(loaded).equals(expected)
 
 
-def test_rows_another_run_writes_during_the_build_are_carried_over(loaded, tmp_path):
+def test_what_other_runs_write_during_the_build_is_in_the_table_swapped_in(loaded, tmp_path):
     plan = full_plan(loaded, tmp_path / "run")
     run_chunk(loaded, plan, 0)
-    # A Daily for the next session, after the first chunk read its bars: its rows of that chunk's
-    # symbols exist only in the live table.
+    # A Daily for the next session, after the first chunk read its bars: without it, the build
+    # would have no row of that session for that chunk's symbols.
     source = DemoSource(tickers=12, seed=SEED)
     ingest_date(loaded, source, NEXT_DAY, days_back=5, backfill_sessions=80, marker=None)
-    compute_chunk(loaded, loaded.active_symbols(), DAY, engine=ENGINE, warmup_bars=500, marker=None)
+    for first in range(0, 12, 5):  # in the plan's chunks: the same symbols together give the same last bits
+        compute_chunk(loaded, sorted(loaded.active_symbols())[first:first + 5], DAY, engine=ENGINE, warmup_bars=500,
+                      marker=None)
     daily = loaded.read_indicators(start=NEXT_DAY).drop(["created_at"])
     assert set(plan.chunks[0]) <= set(daily.column("symbol").to_pylist())
     for index in range(1, len(plan.chunks)):
@@ -118,6 +119,22 @@ def test_rows_another_run_writes_during_the_build_are_carried_over(loaded, tmp_p
 
     assert loaded.read_indicators(start=NEXT_DAY).drop(["created_at"]).equals(daily)
     assert values(loaded).column("date").to_pylist().count(NEXT_DAY) == 12
+
+
+def test_a_write_of_a_few_symbols_during_the_build_leaves_the_others_rebuilt(loaded, tmp_path):
+    expected = values(loaded)
+    spoil(loaded)
+    plan = full_plan(loaded, tmp_path / "run")
+    for index in range(len(plan.chunks)):
+        run_chunk(loaded, plan, index)
+    # A short rebuild of the first and the last symbol, in place, before the swap: the symbols
+    # between them (in its code-point range) keep the build's rows, not the live table's spoiled ones.
+    symbols = sorted(loaded.active_symbols())
+    compute_chunk(loaded, [symbols[0], symbols[-1]], dt.date(2025, 9, 1), engine=ENGINE, warmup_bars=500, marker=None)
+    finish(loaded, plan)
+    assert values(loaded).column("sma_20").to_pylist().count(-1) == 0
+    assert values(loaded).filter(pa.compute.is_in(values(loaded).column("symbol"), pa.array(symbols[1:-1]))).equals(
+        expected.filter(pa.compute.is_in(expected.column("symbol"), pa.array(symbols[1:-1]))))
 
 
 def test_a_rebuild_of_part_of_the_table_replaces_rows_in_place(loaded, tmp_path):
@@ -130,16 +147,17 @@ def test_a_rebuild_of_part_of_the_table_replaces_rows_in_place(loaded, tmp_path)
     assert not some.built_aside and build_tables(loaded) == ["indicators"]
 
 
-def test_a_restore_during_the_build_makes_the_swap_give_up_and_the_run_redo_its_chunks_in_place(loaded, tmp_path):
+def test_a_view_of_the_users_made_during_the_build_makes_the_swap_give_up_and_the_rerun_go_in_place(loaded, tmp_path):
     expected = values(loaded)
     spoil(loaded)
     plan = full_plan(loaded, tmp_path / "run")
     for index in range(len(plan.chunks)):
         run_chunk(loaded, plan, index)
-    with loaded.session() as session:  # what a restore of another run logs
-        record(session, EVERYTHING, None, None, None, utcnow())
+    with loaded.session() as session:  # a dashboard's own view: a swap would drop it with the old table
+        session.execute("CREATE VIEW dash_rows AS SELECT symbol, date FROM indicators")
 
-    with pytest.raises(StoreError, match=r"rebuild-full: the store was restored .* run the same command again"):
+    with pytest.raises(StoreError, match=r"rebuild-full: the indicators table has view .*dash_rows.* run the same "
+                                         r"command again to redo them in place"):
         finish(loaded, plan)
     assert build_tables(loaded) == ["indicators"]
     assert not loaded.markers(prefix=markers.chunks_of(plan.plan_id))
@@ -148,6 +166,26 @@ def test_a_restore_during_the_build_makes_the_swap_give_up_and_the_run_redo_its_
     for index in range(len(plan.chunks)):  # the rerun
         run_chunk(loaded, plan, index)
     assert finish(loaded, plan)[1] and values(loaded).equals(expected)
+    assert loaded.query("SELECT count(*) AS n FROM dash_rows")["n"][0].as_py() == expected.num_rows
+
+
+def test_a_build_table_left_by_a_finished_or_unknown_run_is_never_swapped_in_and_dropped_by_the_next(loaded, tmp_path):
+    from stockpipe.store.base import _build_name
+
+    part = rebuild.create_plan(loaded, tmp_path / "run", plan_id="rebuild-part", kind="rebuild",
+                               start=dt.date(2025, 9, 29), symbols=loaded.active_symbols(), chunk_size=5, backup=True)
+    leftovers = sorted(_build_name(plan_id) for plan_id in ("rebuild-part", "rebuild-gone"))
+    with loaded.session() as session:  # as if left by earlier attempts that died
+        for name in leftovers:
+            session.execute(f"CREATE TABLE {name} AS SELECT * FROM indicators WHERE 1 = 0")
+    for index in range(len(part.chunks)):
+        run_chunk(loaded, part, index)
+    finish(loaded, part)
+    assert not part.built_aside and values(loaded).num_rows == 12 * 80  # its empty namesake was not swapped in
+    assert build_tables(loaded) == sorted(["indicators", *leftovers])
+
+    plan = full_plan(loaded, tmp_path / "run2")  # not held back by them: their runs are not under way
+    assert plan.built_aside and build_tables(loaded) == sorted(["indicators", _build_name(plan.plan_id)])
 
 
 def test_restoring_a_run_that_builds_aside_drops_its_build_with_its_chunks(loaded, tmp_path):
