@@ -401,8 +401,16 @@ class PostgresStore(Store):
         # Behind a long reader (a replica's export, `stockpipe check`) the swap gives up after a
         # while instead of queueing every reader and writer behind itself: the run fails, and
         # running it again retries the swap (its chunks are done).
+        import psycopg2.errors
+
         session.execute(f"SET LOCAL lock_timeout = '{_SWAP_LOCK_SECONDS}s'")
-        session.execute(f"LOCK TABLE {INDICATORS.name} IN ACCESS EXCLUSIVE MODE")
+        try:
+            session.execute(f"LOCK TABLE {INDICATORS.name} IN ACCESS EXCLUSIVE MODE")
+        except psycopg2.errors.LockNotAvailable:
+            raise StoreError(
+                f"waited {_SWAP_LOCK_SECONDS} s for other sessions to finish with the indicators table (a long "
+                "query, an idle transaction: see pg_stat_activity) before swapping in the rebuilt one; nothing "
+                "changed: run the same command again") from None
         session.execute("SET LOCAL lock_timeout = 0")
 
     def _carry_table_settings(self, session, old, build):

@@ -240,3 +240,25 @@ def test_duckdb_replaces_every_row_in_place(duckdb_url, tmp_path):
     for index in range(len(plan.chunks)):
         run_chunk(store, plan, index)
     assert finish(store, plan)[1] and values(store).equals(expected)
+
+
+def test_a_swap_behind_a_long_reader_gives_up_with_nothing_changed(loaded, tmp_path, monkeypatch):
+    import psycopg2
+
+    from stockpipe.store import postgres_store
+
+    monkeypatch.setattr(postgres_store, "_SWAP_LOCK_SECONDS", 1)
+    spoil(loaded)
+    spoiled = values(loaded)
+    plan = full_plan(loaded, tmp_path / "run")
+    for index in range(len(plan.chunks)):
+        run_chunk(loaded, plan, index)
+    reader = psycopg2.connect(loaded.url.replace("postgresql+psycopg2://", "postgresql://"))
+    try:
+        reader.cursor().execute("SELECT count(*) FROM indicators")  # holds its lock until it ends
+        with pytest.raises(StoreError, match=r"waited 1 s for other sessions .* run the same command again"):
+            finish(loaded, plan)
+    finally:
+        reader.close()
+    assert values(loaded).equals(spoiled) and loaded.build_table(plan.plan_id) is not None
+    assert finish(loaded, plan)[1] and values(loaded).column("sma_20").to_pylist().count(-1) == 0
