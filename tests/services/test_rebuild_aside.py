@@ -68,6 +68,11 @@ def run_chunk(store, plan, index):
                   into=rebuild.build_target(store, plan))
 
 
+def run_chunks(store, plan, first=0):
+    for index in range(first, len(plan.chunks)):
+        run_chunk(store, plan, index)
+
+
 def finish(store, plan):
     return rebuild.write_final_report(store, plan, marker=Marker(markers.rebuild_from(plan.plan_id), "RebuildFrom"))
 
@@ -113,8 +118,7 @@ def test_what_other_runs_write_during_the_build_is_in_the_table_swapped_in(loade
                       marker=None)
     daily = loaded.read_indicators(start=NEXT_DAY).drop(["created_at"])
     assert set(plan.chunks[0]) <= set(daily.column("symbol").to_pylist())
-    for index in range(1, len(plan.chunks)):
-        run_chunk(loaded, plan, index)
+    run_chunks(loaded, plan, first=1)
     finish(loaded, plan)
 
     assert loaded.read_indicators(start=NEXT_DAY).drop(["created_at"]).equals(daily)
@@ -125,8 +129,7 @@ def test_a_write_of_a_few_symbols_during_the_build_leaves_the_others_rebuilt(loa
     expected = values(loaded)
     spoil(loaded)
     plan = full_plan(loaded, tmp_path / "run")
-    for index in range(len(plan.chunks)):
-        run_chunk(loaded, plan, index)
+    run_chunks(loaded, plan)
     # A short rebuild of the first and the last symbol, in place, before the swap: the symbols
     # between them (in its code-point range) keep the build's rows, not the live table's spoiled ones.
     symbols = sorted(loaded.active_symbols())
@@ -151,8 +154,7 @@ def test_a_view_of_the_users_made_during_the_build_makes_the_swap_give_up_and_th
     expected = values(loaded)
     spoil(loaded)
     plan = full_plan(loaded, tmp_path / "run")
-    for index in range(len(plan.chunks)):
-        run_chunk(loaded, plan, index)
+    run_chunks(loaded, plan)
     with loaded.session() as session:  # a dashboard's own view: a swap would drop it with the old table
         session.execute("CREATE VIEW dash_rows AS SELECT symbol, date FROM indicators")
 
@@ -163,8 +165,7 @@ def test_a_view_of_the_users_made_during_the_build_makes_the_swap_give_up_and_th
     assert not loaded.markers(prefix=markers.chunks_of(plan.plan_id))
     assert values(loaded).column("sma_20").to_pylist().count(-1) > 0  # nothing swapped in
 
-    for index in range(len(plan.chunks)):  # the rerun
-        run_chunk(loaded, plan, index)
+    run_chunks(loaded, plan)  # the rerun
     assert finish(loaded, plan)[1] and values(loaded).equals(expected)
     assert loaded.query("SELECT count(*) AS n FROM dash_rows")["n"][0].as_py() == expected.num_rows
 
@@ -178,8 +179,7 @@ def test_a_build_table_left_by_a_finished_or_unknown_run_is_never_swapped_in_and
     with loaded.session() as session:  # as if left by earlier attempts that died
         for name in leftovers:
             session.execute(f"CREATE TABLE {name} AS SELECT * FROM indicators WHERE 1 = 0")
-    for index in range(len(part.chunks)):
-        run_chunk(loaded, part, index)
+    run_chunks(loaded, part)
     finish(loaded, part)
     assert not part.built_aside and values(loaded).num_rows == 12 * 80  # its empty namesake was not swapped in
     assert build_tables(loaded) == sorted(["indicators", *leftovers])
@@ -194,8 +194,7 @@ def test_restoring_a_run_that_builds_aside_drops_its_build_with_its_chunks(loade
     run_chunk(loaded, plan, 0)
     rebuild.restore(loaded, plan.backup)
     assert build_tables(loaded) == ["indicators"] and rebuild.build_target(loaded, plan) is None
-    for index in range(len(plan.chunks)):  # rerun: in place
-        run_chunk(loaded, plan, index)
+    run_chunks(loaded, plan)  # rerun: in place
     assert finish(loaded, plan)[1] and values(loaded).equals(expected)
 
 
@@ -206,8 +205,7 @@ def test_postgres_keeps_grants_and_leaves_a_table_its_users_depend_on_in_place(l
         session.execute(f"GRANT SELECT ON indicators TO {role}")
     try:
         plan = full_plan(loaded, tmp_path / "run")
-        for index in range(len(plan.chunks)):
-            run_chunk(loaded, plan, index)
+        run_chunks(loaded, plan)
         finish(loaded, plan)
         granted = loaded.query(f"SELECT has_table_privilege('{role}', 'indicators', 'SELECT') AS ok")
         assert plan.built_aside and granted["ok"][0].as_py() is True
@@ -218,8 +216,7 @@ def test_postgres_keeps_grants_and_leaves_a_table_its_users_depend_on_in_place(l
             session.execute("CREATE VIEW dash_latest AS SELECT symbol, max(date) AS latest FROM indicators GROUP BY symbol")
         again = full_plan(loaded, tmp_path / "run2", plan_id="rebuild-again")
         assert not again.built_aside
-        for index in range(len(again.chunks)):
-            run_chunk(loaded, again, index)
+        run_chunks(loaded, again)
         finish(loaded, again)
         assert loaded.query("SELECT count(*) AS n FROM dash_latest")["n"][0].as_py() == 12
     finally:
@@ -237,8 +234,7 @@ def test_duckdb_replaces_every_row_in_place(duckdb_url, tmp_path):
     spoil(store)
     plan = full_plan(store, tmp_path / "run")
     assert not plan.built_aside and build_tables(store) == ["indicators"]
-    for index in range(len(plan.chunks)):
-        run_chunk(store, plan, index)
+    run_chunks(store, plan)
     assert finish(store, plan)[1] and values(store).equals(expected)
 
 
@@ -251,8 +247,7 @@ def test_a_swap_behind_a_long_reader_gives_up_with_nothing_changed(loaded, tmp_p
     spoil(loaded)
     spoiled = values(loaded)
     plan = full_plan(loaded, tmp_path / "run")
-    for index in range(len(plan.chunks)):
-        run_chunk(loaded, plan, index)
+    run_chunks(loaded, plan)
     reader = psycopg2.connect(loaded.url.replace("postgresql+psycopg2://", "postgresql://"))
     try:
         reader.cursor().execute("SELECT count(*) FROM indicators")  # holds its lock until it ends
