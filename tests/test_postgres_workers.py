@@ -34,6 +34,24 @@ def test_rebuild_with_four_workers_has_no_duplicate_or_missing_row(tmp_path, pos
     _assert_indicators_whole(store)
 
 
+def test_a_full_history_rebuild_with_two_workers_is_built_aside_and_swapped_in(tmp_path, postgres_url):
+    from stockpipe.services import rebuild
+
+    store = prepared_store(tmp_path, postgres_url, stockpipe={"chunk_size": 3})
+    first = str(store.bars_extent()[0])
+    before = store.read_indicators().drop(["created_at"])
+    # Its chunks run two at a time, one in a forked child: each finds the build table itself.
+    code, output = run_luigi(tmp_path, "RebuildFrom", "--start-date", first, "--run-id", "whole", "--local-scheduler",
+                             "--workers", "2")
+    assert code == 0, output
+    assert "swapped in at the end" in output
+    assert rebuild.final_report(store, f"rebuild-{first}-whole")["built_aside"] is True
+    assert store.query("SELECT count(*) AS n FROM pg_class WHERE relname::text LIKE 'indicators_build%%'")["n"][0].as_py() == 0
+    _assert_indicators_whole(store)
+    after = store.read_indicators().drop(["created_at"])
+    assert after.column_names == before.column_names and after.num_rows == before.num_rows
+
+
 def test_two_processes_on_one_rebuild_never_write_the_same_chunk(tmp_path, postgres_url):
     store = prepared_store(tmp_path, postgres_url, stockpipe={"chunk_size": 3})
     # --no-lock: Luigi's own pid lock would stop an identical second command line; this shows the
