@@ -100,6 +100,9 @@ def rebuilds(store: Store) -> list[dict[str, Any]]:
             state = "finished"
         else:
             state = "in progress"
+            building = rebuild_service.build_target(store, plan)
+            if building:  # it holds the run's rows until the run finishes (and takes room meanwhile)
+                state += f", its rows in {building} until it finishes"
         found.append({
             "run": plan.plan_id,
             "from": plan.start_date,

@@ -90,6 +90,9 @@ def test_a_whole_table_rebuild_is_built_aside_and_swapped_in_with_its_completion
     assert plan.built_aside and rebuild.load_plan(loaded, plan.plan_id).built_aside
     build = loaded.build_table(plan.plan_id)
     assert build is not None and build_tables(loaded) == sorted(["indicators", build])
+    from stockpipe.cli import rebuilds
+
+    assert [r["state"] for r in rebuilds(loaded)] == [f"in progress, its rows in {build} until it finishes"]
 
     for index in range(len(plan.chunks)):
         run_chunk(loaded, plan, index)
