@@ -11,9 +11,9 @@ SQL uses `:name` placeholders; each session translates them to its driver's styl
 from __future__ import annotations
 
 import datetime as dt
+import dataclasses
 import json
 import logging
-import dataclasses
 import re
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -472,8 +472,7 @@ class Store(ABC):
             # Its chunks are forgotten with their table, in one transaction: run again, they redo
             # their rows in place.
             with self.session() as session:
-                for build in self._build_tables(session, plan_id):
-                    session.execute(f"DROP TABLE {build}")
+                self._drop_build(session, plan_id)
                 prefix = markers.chunks_of(plan_id)
                 session.execute("DELETE FROM task_markers WHERE substr(marker_id, 1, :n) = :p",
                                 {"n": len(prefix), "p": prefix})
@@ -485,7 +484,7 @@ class Store(ABC):
         with self.session() as session:
             if not self._claim(session, marker):
                 return False
-            if built_aside and self._build_tables(session, plan_id):
+            if built_aside and _build_name(plan_id) in self._build_tables(session):
                 self._swap_in(session, plan_id)
             session.lock(f"run_reports/{plan_id}")
             params = {"p": plan_id, "r": report, "t": finished_at}
@@ -735,9 +734,13 @@ class Store(ABC):
     def build_table(self, plan_id: str) -> str | None:
         """The build table run `plan_id`'s chunks write into, if it has one (see `begin_build`): its
         existence is what says so, and whoever drops one forgets the run's chunks with it."""
+        name = _build_name(plan_id)
         with self.session(write=False) as session:
-            found = self._build_tables(session, plan_id)
-        return found[0] if found else None
+            return name if name in self._build_tables(session) else None
+
+    def _drop_build(self, session: Session, plan_id: str) -> None:
+        """Drop run `plan_id`'s build table, if it has one; the caller forgets its chunks' markers."""
+        session.execute(f"DROP TABLE IF EXISTS {_build_name(plan_id)}")
 
     def _abandoned_build(self, session: Session, table: str) -> bool:
         """Whether build table `table` belongs to no run still under way (no plan, or finished)."""
@@ -756,17 +759,10 @@ class Store(ABC):
     def _mirror(self, session: Session, build: str, symbols: Sequence[str], start: dt.date | None,
                 end: dt.date | None) -> None:
         """Make `build` hold what the indicators table holds for `symbols` between the dates."""
-        params: dict[str, Any] = {"s": sorted(set(symbols))}
-        where = "symbol = ANY(:s)"
-        if start is not None:
-            where += " AND date >= :d"
-            params["d"] = start
-        if end is not None:
-            where += " AND date <= :e"
-            params["e"] = end
+        where, params = self._range_filter(symbols, start, end)
         columns = ", ".join(INDICATORS.columns)
-        session.execute(f"DELETE FROM {build} WHERE {where}", params)
-        session.execute(f"INSERT INTO {build} ({columns}) SELECT {columns} FROM indicators WHERE {where}", params)
+        session.execute(f"DELETE FROM {build}{where}", params)
+        session.execute(f"INSERT INTO {build} ({columns}) SELECT {columns} FROM indicators{where}", params)
 
     def _swap_in(self, session: Session, plan_id: str) -> None:
         """Make run `plan_id`'s build table the indicators table, in the caller's transaction: the
@@ -787,12 +783,11 @@ class Store(ABC):
         # Every row changed: a replica is exported whole next time.
         changes.record(session, INDICATORS.name, None, None, None, utcnow())
 
-    def _build_tables(self, session: Session, plan_id: str | None = None) -> list[str]:
-        """The build tables in the store (of run `plan_id` only, if given)."""
-        names = [r[0] for r in session.fetch(
+    def _build_tables(self, session: Session) -> list[str]:
+        """The build tables in the store, sorted."""
+        return sorted(r[0] for r in session.fetch(
             "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
-            "AND starts_with(CAST(table_name AS VARCHAR), :p)" + self._schema_filter(), {"p": BUILD_PREFIX})]
-        return sorted(n for n in names if plan_id is None or n == _build_name(plan_id))
+            "AND starts_with(CAST(table_name AS VARCHAR), :p)" + self._schema_filter(), {"p": BUILD_PREFIX}))
 
     def _indicator_extent(self, session: Session) -> tuple[list[str], dt.date | None]:
         """The symbols that have indicator rows, and the first date of any."""
@@ -923,8 +918,7 @@ class Store(ABC):
                     low = first if low is None else min(low, first)
                     high = last if high is None else max(high, last)
             if undone_run is not None:
-                for build in self._build_tables(session, undone_run):  # its chunks are forgotten: they redo in place
-                    session.execute(f"DROP TABLE {build}")
+                self._drop_build(session, undone_run)  # its chunks are forgotten: they redo in place
             window = (sorted(set(symbols) | touched), start if low is None else min(start, low),
                       end if end is None or high is None else max(end, high))
             for build in self._builds_to_follow(session):

@@ -19,7 +19,7 @@ import pyarrow.csv as pacsv
 
 from stockpipe.redaction import encode_userinfo, scrub
 from stockpipe.store import pg_binary
-from stockpipe.store.base import BUILD_PREFIX, Session, Store, StoreError, _build_name, translate_placeholders
+from stockpipe.store.base import BUILD_PREFIX, Session, Store, StoreError, translate_placeholders
 from stockpipe.store.schema import INDICATORS, VIEWS, Table
 
 _POOL_RECYCLE_SECONDS = 1800
@@ -390,12 +390,11 @@ class PostgresStore(Store):
         names = ", ".join(r[0] for r in found[:5])
         return f"the indicators table has {names}{' and more' if len(found) > 5 else ''}, which a swap would not keep"
 
-    def _build_tables(self, session, plan_id=None):
+    def _build_tables(self, session):
         # pg_class, not information_schema: that lists only tables this role has a privilege on.
-        names = [r[0] for r in session.fetch(
+        return sorted(r[0] for r in session.fetch(
             "SELECT relname::text FROM pg_class WHERE relkind = 'r' AND relnamespace = current_schema()::regnamespace "
-            "AND starts_with(relname::text, :p)", {"p": BUILD_PREFIX})]
-        return sorted(n for n in names if plan_id is None or n == _build_name(plan_id))
+            "AND starts_with(relname::text, :p)", {"p": BUILD_PREFIX}))
 
     def _lock_for_swap(self, session):
         # Behind a long reader (a replica's export, `stockpipe check`) the swap gives up after a
