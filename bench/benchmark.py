@@ -90,7 +90,9 @@ def bench_store(kind: str, options: argparse.Namespace, dates: Dates) -> list[di
 
 def figure(r: dict[str, Any]) -> str:
     if r["job"] == "size":
-        return " → ".join(_mb(mb) for mb in (r["sizes_mb"][0], r["sizes_mb"][-1]))
+        text = " → ".join(_mb(mb) for mb in (r["sizes_mb"][0], r["sizes_mb"][-1]))
+        backup = (r.get("backup_mb") or [0])[-1]
+        return text + (f" (of which the backup table {_mb(backup)})" if backup else "")
     text = f"{r['seconds']:.2f} s, {_mb(r['peak_mb'])}"
     if r.get("replicate_seconds") is not None:
         text += f" (Replicate {r['replicate_seconds']:.2f} s)"

@@ -154,6 +154,10 @@ class BenchStore:
         """What the store takes on disk (the DuckDB file, the PostgreSQL database)."""
         raise NotImplementedError
 
+    def backup_bytes(self) -> int:
+        """Of `size_bytes`, what the backup table of the newest rebuild built aside takes (one is kept)."""
+        return 0
+
 
 class DuckDBBench(BenchStore):
     kind = "duckdb"
@@ -223,6 +227,18 @@ class PostgresBench(BenchStore):
 
     def size_bytes(self) -> int:
         return int(self._admin("SELECT pg_database_size(%s)", self.database)[0][0])
+
+    def backup_bytes(self) -> int:
+        import psycopg2
+
+        connection = psycopg2.connect(self.url.replace("postgresql+psycopg2://", "postgresql://", 1), connect_timeout=5)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT coalesce(sum(pg_total_relation_size(oid)), 0) FROM pg_class "
+                               "WHERE relkind = 'r' AND starts_with(relname::text, 'indicators_backup_')")
+                return int(cursor.fetchone()[0])
+        finally:
+            connection.close()
 
 
 def new_store(kind: str, directory: Path, pg_admin: str, pg_prefix: str, label: str) -> BenchStore:

@@ -38,11 +38,12 @@ def full_rebuilds(bench: Bench, base: BenchStore, engine: str, workers: int) -> 
         bench.measured(store, engine, workers, "full rebuild on a fresh store", fresh[-1])
         if attempt < bench.repeats - 1:
             bench.discard(store)
-    sizes = [store.size_bytes()]
+    sizes, backups = [store.size_bytes()], [store.backup_bytes()]
     replacing = []
     for attempt in range(bench.repeats):
         replacing.append(rebuild(bench, store, engine, workers, bench.dates.start, f"again{attempt}"))
         sizes.append(store.size_bytes())
+        backups.append(store.backup_bytes())
         bench.measured(store, engine, workers, "full rebuild replacing rows", replacing[-1])
     rows = [
         row("full_fresh", store, engine, workers, fresh, label=f"full {years} RebuildFrom, fresh store"),
@@ -50,7 +51,10 @@ def full_rebuilds(bench: Bench, base: BenchStore, engine: str, workers: int) -> 
             label=f"full {years} RebuildFrom replacing rows ({_rebuilds(bench.repeats)})"),
         {"job": "size", "store": store.kind, "engine": engine, "workers": workers,
          "label": f"store size after 1 and {len(sizes)} full rebuilds",
-         "sizes_mb": [round(size / 2**20, 1) for size in sizes]},
+         "sizes_mb": [round(size / 2**20, 1) for size in sizes],
+         # The backup table a rebuild built aside keeps (one per store, by design): counted in the
+         # sizes, left out of the bloat goal, which is about growth from rebuild to rebuild.
+         "backup_mb": [round(size / 2**20, 1) for size in backups]},
     ]
     return rows, store
 

@@ -449,7 +449,8 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
     watch.add_argument("--date", type=dt.date.fromisoformat)
     watch.set_defaults(run=cmd_watchlist)
     restore = commands.add_parser("restore", help="put back the rows saved before a rebuild, or an empty store from the replica")
-    restore.add_argument("backup", help="data/<store>/runs/<run>/backup.parquet, or data/<store>/replica.duckdb into an empty store")
+    restore.add_argument("backup", help="data/<store>/runs/<run>/backup.parquet (or backup.table), or data/<store>/replica.duckdb "
+                         "into an empty store")
     restore.set_defaults(run=cmd_restore)
     init_db = commands.add_parser("init-db", help="create or upgrade the schema")
     init_db.set_defaults(run=cmd_init_db)

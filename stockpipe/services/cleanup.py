@@ -12,7 +12,8 @@ Never deleted, whatever their age:
     marker (`RebuildFrom/<run>`, `DailyIndicators/<date>`) does not, so a rerun resumes it and needs
     the plan the chunk numbers refer to;
   - the newest complete rebuild of each start date, and the newest complete daily run (their backup,
-    the bulky part, still goes after `backups_days`, unless the run is unfinished or pointed to);
+    the bulky part, still goes after `backups_days`, unless the run is unfinished or pointed to; a
+    backup.table goes with the store table it names);
   - any file named by the newest marker of a task family (e.g. the replica `Replicate` published,
     the report `Report` wrote last);
   - the live replica itself (only its `.previous` copy and temporaries left by a killed refresh go).
@@ -32,7 +33,7 @@ from typing import Any, Iterable, Mapping
 from stockpipe import markers
 from stockpipe.services import rebuild as rebuild_service
 from stockpipe.services.report import REPORTS_DIR
-from stockpipe.store import Marker, Store
+from stockpipe.store import Marker, Store, StoreError
 
 log = logging.getLogger("stockpipe.cleanup")
 
@@ -137,14 +138,45 @@ def _runs(store: Store, runs_dir: Path, days: Mapping[str, int], now: float, nam
             why = ("newest complete run of " + (f"start date {plan.start_date}" if group[0] == "rebuild" else "the daily runs")
                    if directory == newest else "named by a marker" if protected else f"younger than {days['runs']} days")
             keep.append(Item("runs", str(directory), _size(directory), age, why))
-            backup = directory / rebuild_service.BACKUP_FILE
-            if backup.exists():
+            for backup in _backups(directory):
+                size = _size(backup) + _table_bytes(store, backup)
                 backup_age = _age_days(backup, now)
                 if days["backups"] and backup_age > days["backups"] and backup.resolve() not in named:
-                    remove.append(Item("backups", str(backup), _size(backup), backup_age,
+                    remove.append(Item("backups", str(backup), size, backup_age,
                                        f"backup of a complete run older than {days['backups']} days"))
                 else:
-                    keep.append(Item("backups", str(backup), _size(backup), backup_age, "kept with its run"))
+                    keep.append(Item("backups", str(backup), size, backup_age, "kept with its run"))
+
+
+def _backups(directory: Path) -> list[Path]:
+    """A run directory's backup: a Parquet file, or a backup.table naming the store table that holds it."""
+    return [p for p in (directory / rebuild_service.BACKUP_FILE, directory / rebuild_service.BACKUP_TABLE_FILE)
+            if p.exists()]
+
+
+def _table_run(path: Path) -> str | None:
+    """The run whose backup table `path` (a backup.table) names; None for other files or an unreadable one."""
+    if path.name != rebuild_service.BACKUP_TABLE_FILE:
+        return None
+    try:
+        return str(rebuild_service.check_backup(path)["plan_id"])
+    except (rebuild_service.RebuildError, KeyError):
+        return None
+
+
+def _table_bytes(store: Store, path: Path) -> int:
+    run = _table_run(path)
+    return store.backup_table_bytes(run) if run is not None else 0
+
+
+def _drop_backup_table(store: Store, path: Path) -> None:
+    """Drop the backup table that a backup.table (or a run directory holding one) names, before
+    the file that tells which one it is goes."""
+    pointers = [path] if path.is_file() else _backups(path) if path.is_dir() else []
+    for pointer in pointers:
+        run = _table_run(pointer)
+        if run is not None and store.drop_backup_table(run):
+            log.info("cleanup dropped the backup table of run %s (%s)", run, pointer)
 
 
 def _aged_files(kind: str, paths: Iterable[Path], days: Mapping[str, int], now: float, named: set[Path],
@@ -208,13 +240,14 @@ def clean(store: Store, *, data_dir: Path, replica_path: Path, log_dir: Path, da
             continue
         path = Path(item.path)
         try:
+            _drop_backup_table(store, path)
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
             removed.append(item)
             log.info("cleanup removed %s %s (%d bytes, %.0f days old)", item.kind, path, item.bytes, item.age_days)
-        except OSError as exc:
+        except (OSError, StoreError) as exc:
             errors.append(f"{path}: {exc}")
             log.warning("cleanup could not remove %s: %s", path, exc)
     by_kind = {kind: {"files": sum(1 for i in removed if i.kind == kind),

@@ -11,6 +11,8 @@ lent through luigid has its own, empty data_dir):
 Files stay only where bulk data needs them, in `<data_dir>/<store>/runs/<plan_id>/` of the machine
 that planned the run (named in the plan):
   backup.parquet the indicator rows the rebuild replaces (restore: `stockpipe restore <file>`)
+  backup.table   instead, for a run built aside (`Store.begin_build`): what the backup covers and
+                 the store table that holds it, the indicators table the run replaced (same restore)
   staged/        rows an engine computed ahead of the chunk tasks (Spark), until each chunk stores them
 
 Once taken, a backup is never overwritten: it is the only copy of the rows the run replaces.
@@ -34,12 +36,13 @@ import pyarrow.parquet as pq
 from stockpipe import markers
 from stockpipe.services.indicators import chunk
 from stockpipe.store import Marker, Store
-from stockpipe.store.base import utcnow
+from stockpipe.store.base import backup_table_name, utcnow
 from stockpipe.tempfiles import discard_orphans, discard_orphans_in, temporary_for
 
 log = logging.getLogger("stockpipe.rebuild")
 
 BACKUP_FILE = "backup.parquet"
+BACKUP_TABLE_FILE = "backup.table"  # JSON: a run built aside keeps its backup in a store table
 
 
 class RebuildError(RuntimeError):
@@ -55,7 +58,7 @@ class Plan:
     chunks: list[list[str]]
     created_at: str
     replaces: dict[str, Any] = field(default_factory=dict)
-    backup: str | None = None  # absolute path of the backup Parquet on `planned_on`
+    backup: str | None = None  # absolute path of the backup Parquet (or .table) on `planned_on`
     full_history: list[str] = field(default_factory=list)  # symbols recomputed from their first bar
     planned_on: str | None = None  # the host that planned the run (and holds its backup)
     # Whether the run began writing into a build table of its own (Store.begin_build). Its chunks
@@ -195,8 +198,9 @@ def open_plan(store: Store, plan_id: str) -> Plan:
 
 def _refuse_replanning_a_started_run(store: Store, directory: Path, plan_id: str) -> None:
     evidence = []
-    if (directory / BACKUP_FILE).exists():
-        evidence.append(f"its backup {directory / BACKUP_FILE}")
+    backup = next((p for p in (directory / BACKUP_FILE, directory / BACKUP_TABLE_FILE) if p.exists()), None)
+    if backup is not None:
+        evidence.append(f"its backup {backup}")
     chunks = store.markers(prefix=markers.chunks_of(plan_id))
     if chunks:
         evidence.append(f"{len(chunks)} finished chunk(s)")
@@ -206,7 +210,7 @@ def _refuse_replanning_a_started_run(store: Store, directory: Path, plan_id: str
         raise RebuildError(
             f"the plan of run {plan_id} is missing from {store.redacted_url()} (table run_plans) but the run already "
             f"started ({', '.join(evidence)} exist): planning it again would replace its backup with rows it already "
-            f"rebuilt. {_how_to_proceed(directory / BACKUP_FILE)}"
+            f"rebuilt. {_how_to_proceed(backup)}"
         )
 
 
@@ -223,26 +227,35 @@ def _create_plan_locked(store, directory, *, plan_id, kind, start, symbols, chun
         log.info("%s: no indicator rows stored from %s yet, nothing to replace; %d symbols in %d chunks",
                  plan_id, start, len(symbols), chunks)
     backup_path = None
+    # The rows written from here on are made in the build table too; a run built aside keeps the
+    # table it replaces as its backup (no copy now), the others write a backup file first.
+    built_aside = bool(backup and replaces["rows"]) and store.begin_build(plan_id, symbols, start)
     if backup:
         directory.mkdir(parents=True, exist_ok=True)
         # The chunks replace rows up to the last bar they read; the backup covers up to the last
         # bar now, and a restore puts back exactly that range.
         end = store.last_bar_date()
-        metadata = {"stockpipe": json.dumps({"plan_id": plan_id, "start_date": str(start),
-                                             "end_date": str(end) if end else None, "symbols": sorted(symbols)})}
-        discard_orphans(directory / BACKUP_FILE)  # a killed attempt's partial backup
-        temporary = temporary_for(directory / BACKUP_FILE)
+        covers = {"plan_id": plan_id, "start_date": str(start), "end_date": str(end) if end else None,
+                  "symbols": sorted(symbols)}
+        path = directory / (BACKUP_TABLE_FILE if built_aside else BACKUP_FILE)
+        discard_orphans(path)  # a killed attempt's partial backup
+        temporary = temporary_for(path)
         try:
-            saved = store.export_indicators(temporary, symbols, start, metadata, end=end,
-                                            batch_symbols=_backup_batch(len(symbols), replaces["rows"]))
-            check_backup(temporary, quick=True, expected_rows=saved)
-            os.link(temporary, directory / BACKUP_FILE)  # never over an existing backup
+            if built_aside:
+                temporary.write_text(json.dumps({**covers, "table": backup_table_name(plan_id)}, indent=1) + "\n")
+            else:
+                saved = store.export_indicators(temporary, symbols, start, {"stockpipe": json.dumps(covers)}, end=end,
+                                                batch_symbols=_backup_batch(len(symbols), replaces["rows"]))
+                check_backup(temporary, quick=True, expected_rows=saved)
+            os.link(temporary, path)  # never over an existing backup
         finally:
             temporary.unlink(missing_ok=True)
-        log.info("%s backed up %d rows to %s", plan_id, saved, directory / BACKUP_FILE)
-        backup_path = str(directory / BACKUP_FILE)
-    # After the backup: rows written from here on are made in the build table too, not backed up.
-    built_aside = bool(backup and replaces["rows"]) and store.begin_build(plan_id, symbols, start)
+        if built_aside:
+            log.info("%s keeps the %d rows it replaces in the indicators table until it swaps in its own, then "
+                     "in %s (%s)", plan_id, replaces["rows"], backup_table_name(plan_id), path)
+        else:
+            log.info("%s backed up %d rows to %s", plan_id, saved, path)
+        backup_path = str(path)
     created = utcnow()
     plan = Plan(
         plan_id=plan_id,
@@ -390,6 +403,8 @@ def check_backup(path: Path, *, quick: bool = False, expected_rows: int | None =
     from stockpipe.store.checksum import batch_checksum
 
     path = Path(path)
+    if path.suffix == Path(BACKUP_TABLE_FILE).suffix:
+        return _table_backup(path)
     try:
         parquet = pq.ParquetFile(path)
         raw = parquet.metadata.metadata or {}
@@ -417,6 +432,19 @@ def check_backup(path: Path, *, quick: bool = False, expected_rows: int | None =
     return meta
 
 
+def _table_backup(path: Path) -> dict[str, Any]:
+    """What a backup.table file says: the range a run built aside replaced, and its backup table."""
+    try:
+        meta = json.loads(path.read_text())
+        if not isinstance(meta, dict) or not isinstance(meta.get("table"), str):
+            raise ValueError("no backup table named")
+    except FileNotFoundError:
+        raise RebuildError(f"backup {path} is missing") from None
+    except (OSError, ValueError) as exc:
+        raise RebuildError(f"{path} is not a stockpipe rebuild backup (unreadable: truncated or damaged?): {exc}") from None
+    return meta
+
+
 def backup_batches(path: Path) -> Iterator[pa.RecordBatch]:
     """A backup's rows, batch by batch, without its metadata (RebuildError if the file cannot be read)."""
     try:
@@ -440,12 +468,18 @@ def restore(store: Store, backup_path: Path) -> dict[str, Any]:
         end = dt.date.fromisoformat(meta["end_date"]) if meta.get("end_date") else None
     except (KeyError, TypeError, ValueError) as exc:
         raise RebuildError(f"{backup_path}: its metadata lacks {exc}: not a stockpipe rebuild backup") from None
+    forget = [m["marker_id"] for m in store.markers(prefix=markers.chunks_of(plan_id))]
+    forget += [m["marker_id"] for m in store.markers(exact=markers.rebuild_from(plan_id))]
+    if "table" in meta:
+        finished = final_report(store, plan_id) is not None
+        restored = store.restore_from_backup_table(plan_id, symbols, start, end, forget, finished=finished)
+        return {"plan_id": plan_id, "start_date": str(start), "end_date": str(end) if end else None,
+                "symbols": len(symbols), "rows_restored": restored, "markers_forgotten": len(forget),
+                "backup_table": meta["table"]}
     if end is None and "end_date" not in meta:
         # An older backup: its own last date is the best bound there is.
         dates = [pa.compute.max(b.column("date")).as_py() for b in backup_batches(backup_path) if b.num_rows]
         end = max(dates) if dates else None
-    forget = [m["marker_id"] for m in store.markers(prefix=markers.chunks_of(plan_id))]
-    forget += [m["marker_id"] for m in store.markers(exact=markers.rebuild_from(plan_id))]
     restored = store.restore_indicators(backup_batches(backup_path), symbols, start, forget, end=end,
                                         undone_run=plan_id)
     return {"plan_id": plan_id, "start_date": str(start), "end_date": str(end) if end else None,

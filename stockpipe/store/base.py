@@ -473,11 +473,13 @@ class Store(ABC):
             # their rows in place.
             with self.session() as session:
                 self._drop_build(session, plan_id)
+                self._keep_as_backup(session, plan_id)
                 prefix = markers.chunks_of(plan_id)
                 session.execute("DELETE FROM task_markers WHERE substr(marker_id, 1, :n) = :p",
                                 {"n": len(prefix), "p": prefix})
             raise StoreError(f"run {plan_id}: {exc}, so its rows, built in a table of their own, were not swapped in; "
-                             "its chunks are forgotten: run the same command again to redo them in place") from None
+                             "its chunks are forgotten: run the same command again to redo them in place (the indicators table "
+                             f"is copied to {backup_table_name(plan_id)}, their backup)") from None
 
     def _finish_run(self, plan_id: str, report: str, finished_at: dt.datetime, marker: Marker | None,
                     built_aside: bool) -> bool:
@@ -767,27 +769,104 @@ class Store(ABC):
     def _swap_in(self, session: Session, plan_id: str) -> None:
         """Make run `plan_id`'s build table the indicators table, in the caller's transaction: the
         tables trade names, the views are bound to the new one, it gets the old one's settings, and
-        the old one is dropped."""
+        the old one stays as the run's backup (`backup_table_name`), the only one the store keeps."""
         build = _build_name(plan_id)
         self._lock_for_swap(session)
         blocker = self._build_blocker(session)  # something of the users' may have come meanwhile
         if blocker:
             raise _CannotSwap(blocker)
-        retired = f"{build}_retired"
+        self._drop_backup_tables(session)
+        retired = backup_table_name(plan_id)
         session.execute(f"ALTER TABLE indicators RENAME TO {retired}")
         session.execute(f"ALTER TABLE {build} RENAME TO indicators")
         for view in VIEWS:
             session.execute(view.ddl())  # bound to the new table where a view follows the old one
         self._carry_table_settings(session, retired, build)
-        session.execute(f"DROP TABLE {retired}")
         # Every row changed: a replica is exported whole next time.
         changes.record(session, INDICATORS.name, None, None, None, utcnow())
 
+    # A run built aside has no backup file: the table it replaces is its backup, kept by the swap
+    # (a rename, where exporting ~6M rows took longer than the chunks writing them). Until the swap
+    # the indicators table itself holds the rows the run replaces. A run whose build is dropped
+    # instead (a restore, a swap that gave up) writes in place when it runs again, so the
+    # indicators table is copied to its backup table first. One backup table at a time: a new one
+    # drops the one before, and `stockpipe cleanup` drops it after `backups_days`.
+    def _keep_as_backup(self, session: Session, plan_id: str) -> None:
+        """Copy the indicators table to run `plan_id`'s backup table, unless it has one."""
+        name = backup_table_name(plan_id)
+        if name in self._backup_tables(session):
+            return
+        self._drop_backup_tables(session)
+        log.info("%s writes in place from now on: copying the indicators table to %s, its backup", plan_id, name)
+        session.execute(f"CREATE TABLE {name} AS SELECT * FROM indicators")
+
+    def _drop_backup_tables(self, session: Session) -> None:
+        for table in self._backup_tables(session):
+            log.info("dropping %s, the backup table of an earlier run (a store keeps one)", table)
+            session.execute(f"DROP TABLE {table}")
+
+    def has_backup_table(self, plan_id: str) -> bool:
+        """Whether run `plan_id`'s backup table (see `_swap_in`) is in the store."""
+        with self.session(write=False) as session:
+            return backup_table_name(plan_id) in self._backup_tables(session)
+
+    def backup_table_bytes(self, plan_id: str) -> int:
+        """The disk run `plan_id`'s backup table takes (0 without one, or where the store cannot tell)."""
+        return 0
+
+    def drop_backup_table(self, plan_id: str) -> bool:
+        """Drop run `plan_id`'s backup table; False if it had none."""
+        name = backup_table_name(plan_id)
+        with self.session() as session:
+            if name not in self._backup_tables(session):
+                return False
+            session.execute(f"DROP TABLE {name}")
+        return True
+
+    def restore_from_backup_table(self, plan_id: str, symbols: Sequence[str], start: dt.date, end: dt.date | None,
+                                  forget_markers: Sequence[str], finished: bool) -> int:
+        """Undo run `plan_id`, built aside, in one transaction, as `restore_indicators` does a
+        backup file: a run still building drops its build (the indicators table never held its
+        rows, and is kept as its backup for the rerun, which writes in place); otherwise the rows
+        of its backup table are put back over the range it replaced. Rows put back."""
+        name = backup_table_name(plan_id)
+        restored = 0
+        with self.session() as session:
+            session.lock_symbols("indicators", list(symbols))
+            if _build_name(plan_id) in self._build_tables(session):
+                self._drop_build(session, plan_id)
+                self._keep_as_backup(session, plan_id)
+            elif name in self._backup_tables(session):
+                where, params = self._range_filter(symbols, start, end)
+                columns = ", ".join(INDICATORS.columns)
+                session.execute(f"DELETE FROM indicators{where}", params)
+                restored = session.execute(
+                    f"INSERT INTO indicators ({columns}) SELECT {columns} FROM {name}{where}", params) or 0
+                for build in self._builds_to_follow(session):
+                    self._mirror(session, build, symbols, start, end)
+                self._record_indicator_change(session, symbols, start, end, INDICATORS.schema.empty_table())
+            elif finished:
+                raise StoreError(
+                    f"run {plan_id}: its backup table {name} is gone (dropped by a later full rebuild's swap, "
+                    "the store keeps one, or by `stockpipe cleanup`): nothing to put back, nothing changed")
+            if forget_markers:
+                session.execute("DELETE FROM task_markers WHERE marker_id = ANY(:ids)", {"ids": list(forget_markers)})
+            session.execute("UPDATE run_reports SET restored_at = :t WHERE plan_id = :p", {"p": plan_id, "t": utcnow()})
+        return int(restored)
+
     def _build_tables(self, session: Session) -> list[str]:
         """The build tables in the store, sorted."""
+        return self._tables_named(session, BUILD_PREFIX)
+
+    def _backup_tables(self, session: Session) -> list[str]:
+        """The backup tables in the store (see `_swap_in`), sorted."""
+        return self._tables_named(session, BACKUP_PREFIX)
+
+    def _tables_named(self, session: Session, prefix: str) -> list[str]:
+        """The tables whose names start with `prefix`, sorted."""
         return sorted(r[0] for r in session.fetch(
             "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
-            "AND starts_with(CAST(table_name AS VARCHAR), :p)" + self._schema_filter(), {"p": BUILD_PREFIX}))
+            "AND starts_with(CAST(table_name AS VARCHAR), :p)" + self._schema_filter(), {"p": prefix}))
 
     def _indicator_extent(self, session: Session) -> tuple[list[str], dt.date | None]:
         """The symbols that have indicator rows, and the first date of any."""
@@ -1154,10 +1233,11 @@ class Store(ABC):
             with self._open_session(False) as session:
                 report.storage.update(self._storage_facts(session))
                 keys = {t.name: t.key for t in (SCHEMA_VERSION_TABLE, *TABLES)}
-                # A rebuild's build table is no part of the data yet, and a swap may drop it meanwhile.
+                # A rebuild's build table is no part of the data yet, a backup table no longer is, and
+                # a swap may drop either meanwhile.
                 names = [r[0] for r in session.fetch(
                     "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'"
-                    + self._schema_filter() + " ORDER BY table_name") if not r[0].startswith(BUILD_PREFIX)]
+                    + self._schema_filter() + " ORDER BY table_name") if not r[0].startswith((BUILD_PREFIX, BACKUP_PREFIX))]
                 missing = sorted(set(keys) - set(names))
                 if missing:
                     report.problems.append(f"missing table(s) {', '.join(missing)}: run `stockpipe init-db`")
@@ -1381,13 +1461,23 @@ def _one_line(exc: BaseException) -> str:
 
 
 BUILD_PREFIX = "indicators_build_"
+BACKUP_PREFIX = "indicators_backup_"
 
 
 def _build_name(plan_id: str) -> str:
     """Run `plan_id`'s build table (see `Store.begin_build`)."""
+    return f"{BUILD_PREFIX}{_run_hash(plan_id)}"
+
+
+def backup_table_name(plan_id: str) -> str:
+    """The table that keeps the rows run `plan_id` replaced, when it was built aside."""
+    return f"{BACKUP_PREFIX}{_run_hash(plan_id)}"
+
+
+def _run_hash(plan_id: str) -> str:
     import hashlib
 
-    return f"{BUILD_PREFIX}{hashlib.sha256(plan_id.encode('utf-8')).hexdigest()[:12]}"
+    return hashlib.sha256(plan_id.encode("utf-8")).hexdigest()[:12]
 
 
 def _trim_warmup(bars: pa.Table, start: dt.date, warmup: int) -> tuple[pa.Table, list[str]]:

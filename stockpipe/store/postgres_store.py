@@ -19,7 +19,7 @@ import pyarrow.csv as pacsv
 
 from stockpipe.redaction import encode_userinfo, scrub
 from stockpipe.store import pg_binary
-from stockpipe.store.base import BUILD_PREFIX, Session, Store, StoreError, translate_placeholders
+from stockpipe.store.base import Session, Store, StoreError, backup_table_name, translate_placeholders
 from stockpipe.store.schema import INDICATORS, VIEWS, Table
 
 _POOL_RECYCLE_SECONDS = 1800
@@ -390,11 +390,16 @@ class PostgresStore(Store):
         names = ", ".join(r[0] for r in found[:5])
         return f"the indicators table has {names}{' and more' if len(found) > 5 else ''}, which a swap would not keep"
 
-    def _build_tables(self, session):
+    def _tables_named(self, session, prefix):
         # pg_class, not information_schema: that lists only tables this role has a privilege on.
         return sorted(r[0] for r in session.fetch(
             "SELECT relname::text FROM pg_class WHERE relkind = 'r' AND relnamespace = current_schema()::regnamespace "
-            "AND starts_with(relname::text, :p)", {"p": BUILD_PREFIX}))
+            "AND starts_with(relname::text, :p)", {"p": prefix}))
+
+    def backup_table_bytes(self, plan_id):
+        with self.session(write=False) as session:
+            return int(session.fetch("SELECT coalesce(pg_total_relation_size(to_regclass(:t)), 0)",
+                                     {"t": backup_table_name(plan_id)})[0][0])
 
     def _lock_for_swap(self, session):
         # Behind a long reader (a replica's export, `stockpipe check`) the swap gives up after a
@@ -416,13 +421,19 @@ class PostgresStore(Store):
         # Key names are index names, unique in the schema: the old table's goes first.
         session.execute(f"ALTER TABLE {old} RENAME CONSTRAINT {INDICATORS.name}_pkey TO {old}_pkey")
         session.execute(f"ALTER TABLE {INDICATORS.name} RENAME CONSTRAINT {build}_pkey TO {INDICATORS.name}_pkey")
-        # Grants made on the old table (to a dashboard's role, say), except its owner's own.
+        # Grants made on the old table (to a dashboard's role, say), except its owner's own. The
+        # old table, kept as a backup, keeps none: it is nobody's to read, and a role dropped
+        # later must not find privileges on it.
+        grantees = set()
         for grantee, privilege, grantable in session.fetch(
                 "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END, "
                 "a.privilege_type, a.is_grantable FROM pg_class c, aclexplode(c.relacl) a "
                 "WHERE c.oid = to_regclass(:t) AND a.grantee <> c.relowner ORDER BY 1, 2", {"t": old}):
             session.execute(f"GRANT {privilege} ON {INDICATORS.name} TO {grantee}"
                             + (" WITH GRANT OPTION" if grantable else ""))
+            grantees.add(grantee)
+        for grantee in sorted(grantees):
+            session.execute(f"REVOKE ALL ON {old} FROM {grantee} CASCADE")
         owner, options, comment = session.fetch(
             "SELECT pg_get_userbyid(relowner), reloptions, obj_description(oid, 'pg_class') FROM pg_class "
             "WHERE oid = to_regclass(:t)", {"t": old})[0]

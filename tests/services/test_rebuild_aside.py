@@ -1,7 +1,8 @@
 """On PostgreSQL a rebuild that replaces every indicator row writes into a build table of its own and
 swaps it in with its completion (Store.begin_build, Store.finish_run): readers see the old rows until
 then, rows other runs write meanwhile are carried over, and a swap that cannot tell what they wrote
-gives up cleanly. DuckDB replaces in place. Through the services (no Luigi)."""
+gives up cleanly. The table it replaces is its backup (backup.table names it; one kept per store).
+DuckDB replaces in place. Through the services (no Luigi)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from stockpipe.services.ingest import ingest_date
 from stockpipe.services.symbols import collect_symbols
 from stockpipe.sources.demo import DemoSource
 from stockpipe.store import Marker, StoreError
+from stockpipe.store.base import backup_table_name
 
 DAY = dt.date(2025, 10, 10)
 NEXT_DAY = dt.date(2025, 10, 13)
@@ -82,6 +84,12 @@ def build_tables(store) -> list[str]:
     return sorted(names.column("table_name").to_pylist())
 
 
+def backup_values(store, plan) -> pa.Table:
+    """The rows of run `plan`'s backup table, as `values` reads the indicators table."""
+    rows = store.query(f"SELECT * FROM {backup_table_name(plan.plan_id)} ORDER BY symbol, date").drop(["created_at"])
+    return rows.cast(values(store).schema)
+
+
 def test_a_whole_table_rebuild_is_built_aside_and_swapped_in_with_its_completion(loaded, tmp_path):
     expected = values(loaded)
     spoil(loaded)
@@ -101,7 +109,10 @@ def test_a_whole_table_rebuild_is_built_aside_and_swapped_in_with_its_completion
 
     assert wrote and report["saved_rows"] == expected.num_rows and report["built_aside"] is True
     assert values(loaded).equals(expected)
-    assert build_tables(loaded) == ["indicators"]
+    # The table it replaced is its backup, no file of rows: backup.table names it.
+    assert build_tables(loaded) == ["indicators", backup_table_name(plan.plan_id)]
+    assert backup_values(loaded, plan).equals(spoiled)
+    assert plan.backup == str(tmp_path / "run" / "backup.table") and not (tmp_path / "run" / "backup.parquet").exists()
     # The compatibility views read the new table (PostgreSQL binds a view to a table, not a name).
     assert loaded.query("SELECT count(*) AS n FROM technical_indicators WHERE sma_20 = -1")["n"][0].as_py() == 0
     assert loaded.query("SELECT count(*) AS n FROM technical_indicators")["n"][0].as_py() == expected.num_rows
@@ -162,15 +173,20 @@ def test_a_view_of_the_users_made_during_the_build_makes_the_swap_give_up_and_th
         session.execute("CREATE VIEW dash_rows AS SELECT symbol, date FROM indicators")
 
     with pytest.raises(StoreError, match=r"rebuild-full: the indicators table has view .*dash_rows.* run the same "
-                                         r"command again to redo them in place"):
+                                         r"command again to redo them in place \(the indicators table is copied to "
+                                         r"indicators_backup_\w+, their backup\)"):
         finish(loaded, plan)
-    assert build_tables(loaded) == ["indicators"]
+    assert build_tables(loaded) == ["indicators", backup_table_name(plan.plan_id)]
     assert not loaded.markers(prefix=markers.chunks_of(plan.plan_id))
-    assert values(loaded).column("sma_20").to_pylist().count(-1) > 0  # nothing swapped in
+    spoiled = values(loaded)
+    assert spoiled.column("sma_20").to_pylist().count(-1) > 0  # nothing swapped in
+    assert backup_values(loaded, plan).equals(spoiled)
 
     run_chunks(loaded, plan)  # the rerun
     assert finish(loaded, plan)[1] and values(loaded).equals(expected)
     assert loaded.query("SELECT count(*) AS n FROM dash_rows")["n"][0].as_py() == expected.num_rows
+    rebuild.restore(loaded, plan.backup)
+    assert values(loaded).equals(spoiled)
 
 
 def test_a_build_table_left_by_a_finished_or_unknown_run_is_never_swapped_in_and_dropped_by_the_next(loaded, tmp_path):
@@ -193,12 +209,97 @@ def test_a_build_table_left_by_a_finished_or_unknown_run_is_never_swapped_in_and
 
 def test_restoring_a_run_that_builds_aside_drops_its_build_with_its_chunks(loaded, tmp_path):
     expected = values(loaded)
+    spoil(loaded)
+    spoiled = values(loaded)
     plan = full_plan(loaded, tmp_path / "run")
     run_chunk(loaded, plan, 0)
-    rebuild.restore(loaded, plan.backup)
-    assert build_tables(loaded) == ["indicators"] and rebuild.build_target(loaded, plan) is None
+    result = rebuild.restore(loaded, plan.backup)
+    # Nothing of the run's was in the indicators table; it is now the backup of the rerun, in place.
+    assert result["rows_restored"] == 0 and values(loaded).equals(spoiled)
+    assert not loaded.markers(prefix=markers.chunks_of(plan.plan_id))
+    assert build_tables(loaded) == ["indicators", backup_table_name(plan.plan_id)]
+    assert rebuild.build_target(loaded, plan) is None and backup_values(loaded, plan).equals(spoiled)
     run_chunks(loaded, plan)  # rerun: in place
     assert finish(loaded, plan)[1] and values(loaded).equals(expected)
+
+    assert rebuild.restore(loaded, plan.backup)["rows_restored"] == spoiled.num_rows
+    assert values(loaded).equals(spoiled)
+
+
+def test_restoring_a_finished_run_puts_back_the_table_it_replaced(loaded, tmp_path):
+    expected = values(loaded)
+    spoil(loaded)
+    spoiled = values(loaded)
+    plan = full_plan(loaded, tmp_path / "run")
+    run_chunks(loaded, plan)
+    finish(loaded, plan)
+    # A later Daily's rows, after the range the backup covers, stand.
+    source = DemoSource(tickers=12, seed=SEED)
+    ingest_date(loaded, source, NEXT_DAY, days_back=5, backfill_sessions=80, marker=None)
+    for first in range(0, 12, 5):
+        compute_chunk(loaded, sorted(loaded.active_symbols())[first:first + 5], DAY, engine=ENGINE, warmup_bars=500,
+                      marker=None)
+    daily = loaded.read_indicators(start=NEXT_DAY).drop(["created_at"])
+    mark = loaded.change_mark()
+
+    result = rebuild.restore(loaded, plan.backup)
+    assert result["rows_restored"] == spoiled.num_rows and result["backup_table"] == backup_table_name(plan.plan_id)
+    assert values(loaded).filter(pa.compute.less_equal(values(loaded).column("date"), DAY)).equals(spoiled)
+    assert loaded.read_indicators(start=NEXT_DAY).drop(["created_at"]).equals(daily)
+    assert not loaded.markers(prefix=markers.chunks_of(plan.plan_id))
+    assert not loaded.markers(exact=markers.rebuild_from(plan.plan_id))
+    assert loaded.changes_since(mark)  # the replica copies the rows put back
+    assert rebuild.restore(loaded, plan.backup)["rows_restored"] == spoiled.num_rows  # again: the same
+
+    run_chunks(loaded, plan)  # rerun: in place (its build is gone), its backup table kept
+    assert finish(loaded, plan)[1]
+    assert values(loaded).filter(pa.compute.less_equal(values(loaded).column("date"), DAY)).equals(expected)
+    assert build_tables(loaded) == ["indicators", backup_table_name(plan.plan_id)]
+
+
+def test_a_store_keeps_the_backup_table_of_its_newest_run_only(loaded, tmp_path):
+    first = full_plan(loaded, tmp_path / "run1", plan_id="rebuild-first")
+    run_chunks(loaded, first)
+    finish(loaded, first)
+    spoil(loaded)
+    spoiled = values(loaded)
+    second = full_plan(loaded, tmp_path / "run2", plan_id="rebuild-second")
+    assert build_tables(loaded) == sorted(["indicators", backup_table_name("rebuild-first"),
+                                           loaded.build_table(second.plan_id)])
+    run_chunks(loaded, second)
+    finish(loaded, second)
+    assert build_tables(loaded) == ["indicators", backup_table_name("rebuild-second")]
+    assert backup_values(loaded, second).equals(spoiled)
+
+    now = values(loaded)
+    with pytest.raises(StoreError, match=r"run rebuild-first: its backup table indicators_backup_\w+ is gone .*"
+                                         r"nothing changed"):
+        rebuild.restore(loaded, first.backup)
+    assert values(loaded).equals(now) and loaded.markers(exact=markers.rebuild_from("rebuild-first"))
+
+
+def test_cleanup_drops_a_backup_table_with_the_file_that_names_it(loaded, tmp_path):
+    import os
+    import time
+
+    from stockpipe.services import cleanup
+
+    data = tmp_path / "data"
+    plan = full_plan(loaded, data / "runs" / "rebuild-full")
+    run_chunks(loaded, plan)
+    finish(loaded, plan)
+    days = {"runs": 60, "backups": 30, "reports": 90, "replica": 7, "logs": 30}
+    kwargs = dict(data_dir=data, replica_path=data / "replica.duckdb", log_dir=tmp_path / "logs", days=days)
+    kept = cleanup.clean(loaded, **kwargs)["kept_items"]
+    held = [i for i in kept if i["path"] == plan.backup]
+    assert held and held[0]["bytes"] > 8192 and loaded.has_backup_table(plan.plan_id)
+
+    stamp = time.time() - 40 * 86400
+    os.utime(plan.backup, (stamp, stamp))
+    done = cleanup.clean(loaded, **kwargs)
+    assert [i["path"] for i in done["items"]] == [plan.backup] and done["by_kind"]["backups"]["bytes"] > 8192
+    assert not loaded.has_backup_table(plan.plan_id) and build_tables(loaded) == ["indicators"]
+    assert (data / "runs" / "rebuild-full").is_dir()  # the newest run of its start date stays
 
 
 def test_postgres_keeps_grants_and_leaves_a_table_its_users_depend_on_in_place(loaded, tmp_path):
