@@ -235,7 +235,7 @@ class PostgresBench(BenchStore):
         try:
             with connection.cursor() as cursor:
                 cursor.execute("SELECT coalesce(sum(pg_total_relation_size(oid)), 0) FROM pg_class "
-                               "WHERE relkind = 'r' AND starts_with(relname::text, 'indicators_backup_')")
+                               "WHERE relkind = 'r' AND relname ~ '^indicators_backup_[0-9a-f]{12}$'")
                 return int(cursor.fetchone()[0])
         finally:
             connection.close()

@@ -260,7 +260,7 @@ class IndicatorChunk(StockpipeTask):
             label=f"[chunk {self.chunk_id + 1}/{len(plan.chunks)}]",
             progress=self.progress(),
             full_history=plan.full_history,
-            into=rebuild_service.build_target(self.store(), plan),
+            into=rebuild_service.chunk_target(self.store(), plan),
             chunk=ChunkRef(staging, self.chunk_id),
             # Read and compute ahead only where the next chunks will run: a forked child's work dies
             # with it, and a worker that forks some chunks would hand them work done for nothing.

@@ -60,7 +60,9 @@ def recovery_advice(store: Store, data_dir: Path, replica: Path) -> str:
         best = next((p for p, state in replicas if state.endswith("opens")), replicas[0][0])
         steps.append("restore the tables from the replica " + " or ".join(f"{p} ({state})" for p, state in replicas)
                      + f" into an empty store: `stockpipe restore {best}`")
-    backups = sorted(Path(data_dir).glob("runs/*/backup.parquet"), key=lambda p: p.stat().st_mtime)
+    # backup.table: a rebuild's backup kept as a table of the store (PostgreSQL), when it still reads.
+    backups = sorted((p for name in ("backup.parquet", "backup.table") for p in Path(data_dir).glob(f"runs/*/{name}")),
+                     key=lambda p: p.stat().st_mtime)
     if backups:
         steps.append(f"put back the indicator rows a rebuild replaced with `stockpipe restore {backups[-1]}`"
                      + (f" ({len(backups)} backups under {Path(data_dir) / 'runs'})" if len(backups) > 1 else ""))

@@ -74,6 +74,11 @@ class Plan:
     def symbols(self) -> list[str]:
         return [s for c in self.chunks for s in c]
 
+    @property
+    def backup_in_table(self) -> bool:
+        """Whether its backup is a store table (backup.table), not a file of rows."""
+        return bool(self.backup) and Path(self.backup).name == BACKUP_TABLE_FILE
+
     def document(self) -> str:
         """The stored plan's JSON: what the row's own columns do not hold."""
         return json.dumps({"chunk_size": self.chunk_size, "chunks": self.chunks, "replaces": self.replaces,
@@ -131,6 +136,15 @@ def build_target(store: Store, plan: Plan) -> str | None:
     """The table `plan`'s chunks write into: its build table while it has one, else None (the
     indicators table). Asked only of a run planned with one: the others never have one."""
     return store.build_table(plan.plan_id) if plan.built_aside else None
+
+
+def chunk_target(store: Store, plan: Plan) -> str | None:
+    """`build_target`, for a chunk about to write: one of a run whose backup is a table but whose
+    build is gone (restored, or its swap gave up) writes in place, so that table is made first."""
+    target = build_target(store, plan)
+    if target is None and plan.built_aside and plan.backup_in_table:
+        store.keep_as_backup(plan.plan_id)
+    return target
 
 
 def read_plan(row: dict[str, Any], store: Store) -> Plan:
@@ -372,7 +386,7 @@ def write_final_report(store: Store, plan: Plan, attempt_start: dt.datetime | No
     if marker is not None:
         marker = Marker(marker.marker_id, marker.task_family, marker.params, {k: report[k] for k in marker_stats})
     if not store.finish_run(plan.plan_id, json.dumps(report, sort_keys=True, default=str), now, marker,
-                            built_aside=plan.built_aside):
+                            built_aside=plan.built_aside, keep_replaced=plan.backup_in_table):
         log.info("%s was finished by another worker meanwhile: its report stands", plan.plan_id)
         return report, False
     log.info("rebuild report %s", json.dumps(report, sort_keys=True, default=str))
@@ -436,8 +450,9 @@ def _table_backup(path: Path) -> dict[str, Any]:
     """What a backup.table file says: the range a run built aside replaced, and its backup table."""
     try:
         meta = json.loads(path.read_text())
-        if not isinstance(meta, dict) or not isinstance(meta.get("table"), str):
-            raise ValueError("no backup table named")
+        if not isinstance(meta, dict) or meta.get("table") != backup_table_name(str(meta.get("plan_id"))):
+            raise ValueError(f"it does not name run {meta.get('plan_id') if isinstance(meta, dict) else None}'s "
+                             "backup table")
     except FileNotFoundError:
         raise RebuildError(f"backup {path} is missing") from None
     except (OSError, ValueError) as exc:
@@ -468,14 +483,13 @@ def restore(store: Store, backup_path: Path) -> dict[str, Any]:
         end = dt.date.fromisoformat(meta["end_date"]) if meta.get("end_date") else None
     except (KeyError, TypeError, ValueError) as exc:
         raise RebuildError(f"{backup_path}: its metadata lacks {exc}: not a stockpipe rebuild backup") from None
+    if "table" in meta:
+        restored, forgotten = store.restore_from_backup_table(plan_id, symbols, start, end)
+        return {"plan_id": plan_id, "start_date": str(start), "end_date": str(end) if end else None,
+                "symbols": len(symbols), "rows_restored": restored, "markers_forgotten": forgotten,
+                "backup_table": meta["table"]}
     forget = [m["marker_id"] for m in store.markers(prefix=markers.chunks_of(plan_id))]
     forget += [m["marker_id"] for m in store.markers(exact=markers.rebuild_from(plan_id))]
-    if "table" in meta:
-        finished = final_report(store, plan_id) is not None
-        restored = store.restore_from_backup_table(plan_id, symbols, start, end, forget, finished=finished)
-        return {"plan_id": plan_id, "start_date": str(start), "end_date": str(end) if end else None,
-                "symbols": len(symbols), "rows_restored": restored, "markers_forgotten": len(forget),
-                "backup_table": meta["table"]}
     if end is None and "end_date" not in meta:
         # An older backup: its own last date is the best bound there is.
         dates = [pa.compute.max(b.column("date")).as_py() for b in backup_batches(backup_path) if b.num_rows]

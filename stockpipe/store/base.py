@@ -460,34 +460,33 @@ class Store(ABC):
         return now
 
     def finish_run(self, plan_id: str, report: str, finished_at: dt.datetime, marker: Marker | None = None,
-                   built_aside: bool = False) -> bool:
+                   built_aside: bool = False, keep_replaced: bool = False) -> bool:
         """Store the run's final report (JSON), replacing an earlier one (the attempt is over), with
         the run's completion marker in one transaction. False, and nothing written, if another
         worker completed the run meanwhile. A run planned to build its rows aside (`begin_build`)
         swaps its table in within the same transaction (`_swap_in`), if it still has one (a restore
-        drops it with the chunks' markers, and they redo their rows in place)."""
+        drops it with the chunks' markers, and they redo their rows in place). `keep_replaced`: the
+        table it replaces is the run's backup (`_swap_in`); otherwise it is dropped."""
         try:
-            return self._finish_run(plan_id, report, finished_at, marker, built_aside)
+            return self._finish_run(plan_id, report, finished_at, marker, built_aside, keep_replaced)
         except _CannotSwap as exc:
             # Its chunks are forgotten with their table, in one transaction: run again, they redo
             # their rows in place.
             with self.session() as session:
                 self._drop_build(session, plan_id)
-                self._keep_as_backup(session, plan_id)
                 prefix = markers.chunks_of(plan_id)
                 session.execute("DELETE FROM task_markers WHERE substr(marker_id, 1, :n) = :p",
                                 {"n": len(prefix), "p": prefix})
             raise StoreError(f"run {plan_id}: {exc}, so its rows, built in a table of their own, were not swapped in; "
-                             "its chunks are forgotten: run the same command again to redo them in place (the indicators table "
-                             f"is copied to {backup_table_name(plan_id)}, their backup)") from None
+                             "its chunks are forgotten: run the same command again to redo them in place") from None
 
     def _finish_run(self, plan_id: str, report: str, finished_at: dt.datetime, marker: Marker | None,
-                    built_aside: bool) -> bool:
+                    built_aside: bool, keep_replaced: bool) -> bool:
         with self.session() as session:
             if not self._claim(session, marker):
                 return False
             if built_aside and _build_name(plan_id) in self._build_tables(session):
-                self._swap_in(session, plan_id)
+                self._swap_in(session, plan_id, keep_replaced)
             session.lock(f"run_reports/{plan_id}")
             params = {"p": plan_id, "r": report, "t": finished_at}
             if session.fetch("SELECT 1 FROM run_reports WHERE plan_id = :p", {"p": plan_id}):
@@ -766,10 +765,11 @@ class Store(ABC):
         session.execute(f"DELETE FROM {build}{where}", params)
         session.execute(f"INSERT INTO {build} ({columns}) SELECT {columns} FROM indicators{where}", params)
 
-    def _swap_in(self, session: Session, plan_id: str) -> None:
+    def _swap_in(self, session: Session, plan_id: str, keep_replaced: bool) -> None:
         """Make run `plan_id`'s build table the indicators table, in the caller's transaction: the
         tables trade names, the views are bound to the new one, it gets the old one's settings, and
-        the old one stays as the run's backup (`backup_table_name`), the only one the store keeps."""
+        the old one stays as the run's backup (`backup_table_name`; dropped if not `keep_replaced`,
+        a run planned with a backup file)."""
         build = _build_name(plan_id)
         self._lock_for_swap(session)
         blocker = self._build_blocker(session)  # something of the users' may have come meanwhile
@@ -782,28 +782,39 @@ class Store(ABC):
         for view in VIEWS:
             session.execute(view.ddl())  # bound to the new table where a view follows the old one
         self._carry_table_settings(session, retired, build)
+        if not keep_replaced:
+            session.execute(f"DROP TABLE {retired}")
         # Every row changed: a replica is exported whole next time.
         changes.record(session, INDICATORS.name, None, None, None, utcnow())
 
     # A run built aside has no backup file: the table it replaces is its backup, kept by the swap
     # (a rename, where exporting ~6M rows took longer than the chunks writing them). Until the swap
     # the indicators table itself holds the rows the run replaces. A run whose build is dropped
-    # instead (a restore, a swap that gave up) writes in place when it runs again, so the
-    # indicators table is copied to its backup table first. One backup table at a time: a new one
-    # drops the one before, and `stockpipe cleanup` drops it after `backups_days`.
-    def _keep_as_backup(self, session: Session, plan_id: str) -> None:
-        """Copy the indicators table to run `plan_id`'s backup table, unless it has one."""
+    # instead (a restore, a swap that gave up) writes in place when it runs again: its chunks copy
+    # the indicators table to its backup table first (`keep_as_backup`). A swap drops the backup
+    # tables of finished runs (one is kept: the newest), never that of a run still to be redone
+    # (unfinished, or restored); `stockpipe cleanup` drops one after `backups_days`.
+    def keep_as_backup(self, plan_id: str) -> bool:
+        """Copy the indicators table to run `plan_id`'s backup table, unless it has one (True if
+        it copied), before the run writes in place."""
         name = backup_table_name(plan_id)
-        if name in self._backup_tables(session):
-            return
-        self._drop_backup_tables(session)
-        log.info("%s writes in place from now on: copying the indicators table to %s, its backup", plan_id, name)
-        session.execute(f"CREATE TABLE {name} AS SELECT * FROM indicators")
+        with self.session() as session:
+            session.lock(f"backup/{plan_id}")  # the run's other chunks wait, then find it
+            if name in self._backup_tables(session):
+                return False
+            log.info("%s writes in place from now on: copying the indicators table to %s, its backup", plan_id, name)
+            session.execute(f"CREATE TABLE {name} AS SELECT * FROM indicators")
+        return True
 
     def _drop_backup_tables(self, session: Session) -> None:
+        """Drop the backup tables of finished runs (and of runs the store no longer knows)."""
+        needed = {backup_table_name(plan_id) for plan_id, finished, restored in session.fetch(
+            "SELECT p.plan_id, r.finished_at, r.restored_at FROM run_plans p LEFT JOIN run_reports r "
+            "ON r.plan_id = p.plan_id") if finished is None or restored is not None}
         for table in self._backup_tables(session):
-            log.info("dropping %s, the backup table of an earlier run (a store keeps one)", table)
-            session.execute(f"DROP TABLE {table}")
+            if table not in needed:
+                log.info("dropping %s, the backup table of an earlier finished run (one is kept)", table)
+                session.execute(f"DROP TABLE {table}")
 
     def has_backup_table(self, plan_id: str) -> bool:
         """Whether run `plan_id`'s backup table (see `_swap_in`) is in the store."""
@@ -823,19 +834,20 @@ class Store(ABC):
             session.execute(f"DROP TABLE {name}")
         return True
 
-    def restore_from_backup_table(self, plan_id: str, symbols: Sequence[str], start: dt.date, end: dt.date | None,
-                                  forget_markers: Sequence[str], finished: bool) -> int:
-        """Undo run `plan_id`, built aside, in one transaction, as `restore_indicators` does a
+    def restore_from_backup_table(self, plan_id: str, symbols: Sequence[str], start: dt.date,
+                                  end: dt.date | None) -> tuple[int, int]:
+        """Undo run `plan_id`, built aside, in one transaction, as `restore_indicators` does with a
         backup file: a run still building drops its build (the indicators table never held its
-        rows, and is kept as its backup for the rerun, which writes in place); otherwise the rows
-        of its backup table are put back over the range it replaced. Rows put back."""
+        rows); otherwise the rows of its backup table are put back over the range it replaced. Its
+        markers are forgotten, and it is marked restored. (Rows put back, markers forgotten.)"""
         name = backup_table_name(plan_id)
+        final = markers.rebuild_from(plan_id)
         restored = 0
         with self.session() as session:
+            session.lock(final)  # after a swap committing now, or before it: never across it
             session.lock_symbols("indicators", list(symbols))
             if _build_name(plan_id) in self._build_tables(session):
                 self._drop_build(session, plan_id)
-                self._keep_as_backup(session, plan_id)
             elif name in self._backup_tables(session):
                 where, params = self._range_filter(symbols, start, end)
                 columns = ", ".join(INDICATORS.columns)
@@ -845,22 +857,25 @@ class Store(ABC):
                 for build in self._builds_to_follow(session):
                     self._mirror(session, build, symbols, start, end)
                 self._record_indicator_change(session, symbols, start, end, INDICATORS.schema.empty_table())
-            elif finished:
+            else:
                 raise StoreError(
-                    f"run {plan_id}: its backup table {name} is gone (dropped by a later full rebuild's swap, "
-                    "the store keeps one, or by `stockpipe cleanup`): nothing to put back, nothing changed")
-            if forget_markers:
-                session.execute("DELETE FROM task_markers WHERE marker_id = ANY(:ids)", {"ids": list(forget_markers)})
+                    f"run {plan_id}: neither its build table nor its backup table {name} is in the store (a "
+                    "later full rebuild's swap drops a finished run's, keeping one, and `stockpipe cleanup` "
+                    "drops it after backups_days): nothing to put back, nothing changed")
+            prefix = markers.chunks_of(plan_id)
+            forgotten = session.execute("DELETE FROM task_markers WHERE substr(marker_id, 1, :n) = :p OR marker_id = :f",
+                                        {"n": len(prefix), "p": prefix, "f": final})
             session.execute("UPDATE run_reports SET restored_at = :t WHERE plan_id = :p", {"p": plan_id, "t": utcnow()})
-        return int(restored)
+        return int(restored), int(forgotten or 0)
 
     def _build_tables(self, session: Session) -> list[str]:
         """The build tables in the store, sorted."""
-        return self._tables_named(session, BUILD_PREFIX)
+        return [t for t in self._tables_named(session, BUILD_PREFIX) if _RUN_TABLE.fullmatch(t)]
 
     def _backup_tables(self, session: Session) -> list[str]:
-        """The backup tables in the store (see `_swap_in`), sorted."""
-        return self._tables_named(session, BACKUP_PREFIX)
+        """The backup tables in the store (see `_swap_in`), sorted: only names stockpipe gives, so
+        a table of the users' named alike (indicators_backup_2025) is never taken for one."""
+        return [t for t in self._tables_named(session, BACKUP_PREFIX) if _RUN_TABLE.fullmatch(t)]
 
     def _tables_named(self, session: Session, prefix: str) -> list[str]:
         """The tables whose names start with `prefix`, sorted."""
@@ -1237,7 +1252,7 @@ class Store(ABC):
                 # a swap may drop either meanwhile.
                 names = [r[0] for r in session.fetch(
                     "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'"
-                    + self._schema_filter() + " ORDER BY table_name") if not r[0].startswith((BUILD_PREFIX, BACKUP_PREFIX))]
+                    + self._schema_filter() + " ORDER BY table_name") if not _RUN_TABLE.fullmatch(r[0])]
                 missing = sorted(set(keys) - set(names))
                 if missing:
                     report.problems.append(f"missing table(s) {', '.join(missing)}: run `stockpipe init-db`")
@@ -1462,6 +1477,7 @@ def _one_line(exc: BaseException) -> str:
 
 BUILD_PREFIX = "indicators_build_"
 BACKUP_PREFIX = "indicators_backup_"
+_RUN_TABLE = re.compile(r"indicators_(build|backup)_[0-9a-f]{12}")  # a run's build or backup table
 
 
 def _build_name(plan_id: str) -> str:

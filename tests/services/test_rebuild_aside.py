@@ -67,7 +67,7 @@ def full_plan(store, directory, plan_id="rebuild-full"):
 def run_chunk(store, plan, index):
     compute_chunk(store, plan.chunks[index], plan.start, engine=ENGINE, warmup_bars=500,
                   marker=Marker(markers.indicator_chunk(plan.plan_id, index), "IndicatorChunk"),
-                  into=rebuild.build_target(store, plan))
+                  into=rebuild.chunk_target(store, plan))
 
 
 def run_chunks(store, plan, first=0):
@@ -173,16 +173,15 @@ def test_a_view_of_the_users_made_during_the_build_makes_the_swap_give_up_and_th
         session.execute("CREATE VIEW dash_rows AS SELECT symbol, date FROM indicators")
 
     with pytest.raises(StoreError, match=r"rebuild-full: the indicators table has view .*dash_rows.* run the same "
-                                         r"command again to redo them in place \(the indicators table is copied to "
-                                         r"indicators_backup_\w+, their backup\)"):
+                                         r"command again to redo them in place"):
         finish(loaded, plan)
-    assert build_tables(loaded) == ["indicators", backup_table_name(plan.plan_id)]
+    assert build_tables(loaded) == ["indicators"]
     assert not loaded.markers(prefix=markers.chunks_of(plan.plan_id))
     spoiled = values(loaded)
     assert spoiled.column("sma_20").to_pylist().count(-1) > 0  # nothing swapped in
-    assert backup_values(loaded, plan).equals(spoiled)
 
-    run_chunks(loaded, plan)  # the rerun
+    run_chunks(loaded, plan)  # the rerun, in place, with the table it replaces kept first
+    assert backup_values(loaded, plan).equals(spoiled)
     assert finish(loaded, plan)[1] and values(loaded).equals(expected)
     assert loaded.query("SELECT count(*) AS n FROM dash_rows")["n"][0].as_py() == expected.num_rows
     rebuild.restore(loaded, plan.backup)
@@ -214,12 +213,14 @@ def test_restoring_a_run_that_builds_aside_drops_its_build_with_its_chunks(loade
     plan = full_plan(loaded, tmp_path / "run")
     run_chunk(loaded, plan, 0)
     result = rebuild.restore(loaded, plan.backup)
-    # Nothing of the run's was in the indicators table; it is now the backup of the rerun, in place.
-    assert result["rows_restored"] == 0 and values(loaded).equals(spoiled)
+    # Nothing of the run's was in the indicators table: its build goes, nothing is copied yet.
+    assert result["rows_restored"] == 0 and result["markers_forgotten"] == 1 and values(loaded).equals(spoiled)
     assert not loaded.markers(prefix=markers.chunks_of(plan.plan_id))
+    assert build_tables(loaded) == ["indicators"] and rebuild.build_target(loaded, plan) is None
+    run_chunk(loaded, plan, 0)  # rerun, in place: its first chunk keeps the table it writes into first
     assert build_tables(loaded) == ["indicators", backup_table_name(plan.plan_id)]
-    assert rebuild.build_target(loaded, plan) is None and backup_values(loaded, plan).equals(spoiled)
-    run_chunks(loaded, plan)  # rerun: in place
+    assert backup_values(loaded, plan).equals(spoiled)
+    run_chunks(loaded, plan, first=1)
     assert finish(loaded, plan)[1] and values(loaded).equals(expected)
 
     assert rebuild.restore(loaded, plan.backup)["rows_restored"] == spoiled.num_rows
@@ -257,25 +258,40 @@ def test_restoring_a_finished_run_puts_back_the_table_it_replaced(loaded, tmp_pa
     assert build_tables(loaded) == ["indicators", backup_table_name(plan.plan_id)]
 
 
-def test_a_store_keeps_the_backup_table_of_its_newest_run_only(loaded, tmp_path):
+def test_a_swap_keeps_the_newest_finished_runs_backup_table_and_those_of_runs_to_redo(loaded, tmp_path):
     first = full_plan(loaded, tmp_path / "run1", plan_id="rebuild-first")
     run_chunks(loaded, first)
     finish(loaded, first)
+    with loaded.session() as session:  # the users' own table, named alike: never taken for a backup
+        session.execute("CREATE TABLE indicators_backup_2025 AS SELECT * FROM indicators")
+    # A run undone while building, then started again in place: its backup table is what it replaces.
+    cancelled = full_plan(loaded, tmp_path / "run2", plan_id="rebuild-cancelled")
+    rebuild.restore(loaded, cancelled.backup)
+    run_chunk(loaded, cancelled, 0)
+    assert build_tables(loaded) == sorted(["indicators", "indicators_backup_2025", backup_table_name("rebuild-first"),
+                                           backup_table_name("rebuild-cancelled")])
     spoil(loaded)
     spoiled = values(loaded)
-    second = full_plan(loaded, tmp_path / "run2", plan_id="rebuild-second")
-    assert build_tables(loaded) == sorted(["indicators", backup_table_name("rebuild-first"),
-                                           loaded.build_table(second.plan_id)])
-    run_chunks(loaded, second)
-    finish(loaded, second)
-    assert build_tables(loaded) == ["indicators", backup_table_name("rebuild-second")]
-    assert backup_values(loaded, second).equals(spoiled)
+    third = full_plan(loaded, tmp_path / "run3", plan_id="rebuild-third")
+    run_chunks(loaded, third)
+    finish(loaded, third)
+    assert build_tables(loaded) == sorted(["indicators", "indicators_backup_2025", backup_table_name("rebuild-cancelled"),
+                                           backup_table_name("rebuild-third")])
+    assert backup_values(loaded, third).equals(spoiled)
 
     now = values(loaded)
-    with pytest.raises(StoreError, match=r"run rebuild-first: its backup table indicators_backup_\w+ is gone .*"
-                                         r"nothing changed"):
+    with pytest.raises(StoreError, match=r"run rebuild-first: neither its build table nor its backup table "
+                                         r"indicators_backup_\w+ is in the store .* nothing changed"):
         rebuild.restore(loaded, first.backup)
     assert values(loaded).equals(now) and loaded.markers(exact=markers.rebuild_from("rebuild-first"))
+
+
+def test_a_run_planned_with_a_backup_file_drops_the_table_it_swaps_out(loaded, tmp_path):
+    """Plans made before backups were tables: built aside, with a backup.parquet."""
+    plan = full_plan(loaded, tmp_path / "run")
+    run_chunks(loaded, plan)
+    assert loaded.finish_run(plan.plan_id, "{}", dt.datetime(2025, 10, 10), built_aside=True, keep_replaced=False)
+    assert build_tables(loaded) == ["indicators"]
 
 
 def test_cleanup_drops_a_backup_table_with_the_file_that_names_it(loaded, tmp_path):
@@ -290,6 +306,9 @@ def test_cleanup_drops_a_backup_table_with_the_file_that_names_it(loaded, tmp_pa
     finish(loaded, plan)
     days = {"runs": 60, "backups": 30, "reports": 90, "replica": 7, "logs": 30}
     kwargs = dict(data_dir=data, replica_path=data / "replica.duckdb", log_dir=tmp_path / "logs", days=days)
+    from stockpipe.services.check import recovery_advice
+
+    assert f"`stockpipe restore {plan.backup}`" in recovery_advice(loaded, data, data / "replica.duckdb")
     kept = cleanup.clean(loaded, **kwargs)["kept_items"]
     held = [i for i in kept if i["path"] == plan.backup]
     assert held and held[0]["bytes"] > 8192 and loaded.has_backup_table(plan.plan_id)
