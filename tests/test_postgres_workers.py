@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import time
 
 import psycopg2
@@ -50,6 +52,18 @@ def test_a_full_history_rebuild_with_two_workers_is_built_aside_and_swapped_in(t
     _assert_indicators_whole(store)
     after = store.read_indicators().drop(["created_at"])
     assert after.column_names == before.column_names and after.num_rows == before.num_rows
+
+    # Its backup is the table it replaced, named by backup.table: the real command puts it back.
+    backup = rebuild.load_plan(store, f"rebuild-{first}-whole").backup
+    assert backup.endswith("/backup.table") and store.has_backup_table(f"rebuild-{first}-whole")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("STOCKPIPE_")}
+    environment["LUIGI_CONFIG_PATH"] = str(tmp_path / "luigi.cfg")
+    restored = subprocess.run(["stockpipe", "restore", backup], cwd=tmp_path, env=environment, capture_output=True,
+                              text=True, timeout=120)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert f"{before.num_rows:,}" in restored.stdout and "indicators_backup_" in restored.stdout
+    assert store.read_indicators().drop(["created_at"]).equals(before)
+    assert not store.markers(prefix=f"IndicatorChunk/rebuild-{first}-whole/")
 
 
 def test_two_processes_on_one_rebuild_never_write_the_same_chunk(tmp_path, postgres_url):
