@@ -269,6 +269,7 @@ def _dsn(url: str) -> str:
 # -- 1. SIGKILL at chosen points of Daily and RebuildFrom -----------------------------------------------
 DAILY = ("Daily", "--date", DAY)
 REBUILD = ("RebuildFrom", "--start-date", START)
+FULL_REBUILD = ("RebuildFrom", "--start-date", "2023-01-03")
 KILL_POINTS = {
     "daily-during-collect-symbols": (DAILY, r"running\s+CollectSymbols\("),
     "daily-during-ingest-writes": (DAILY, r"IngestDate_\S+ fetching \d+ symbols"),
@@ -278,6 +279,8 @@ KILL_POINTS = {
     "rebuild-during-backup": (REBUILD, {"duckdb": "file:data/*/runs/*/.backup.parquet.*.tmp",
                                         "postgres": r"will replace \d+ indicator rows"}),
     "rebuild-mid-chunks": (REBUILD, r"\[chunk 2/3\] writing"),
+    # From before the first bar: on PostgreSQL it is built aside, and the rerun resumes its build table.
+    "full-rebuild-mid-chunks": (FULL_REBUILD, r"\[chunk 2/3\] writing"),
 }
 
 
@@ -285,12 +288,15 @@ KILL_POINTS = {
 def test_sigkill_then_the_same_command_completes_exactly(point, kind, seeds, tmp_path):
     command, trigger = KILL_POINTS[point]
     url = seeds.clone(kind, tmp_path / "run")
-    kill_at(tmp_path / "run", trigger[kind] if isinstance(trigger, dict) else trigger, *command)
+    killed, _ = kill_at(tmp_path / "run", trigger[kind] if isinstance(trigger, dict) else trigger, *command)
     scan_every_table(url)  # a killed run leaves a store that opens and reads in full
-    final = f"{command[0]}/{'rebuild-' + START if command[0] == 'RebuildFrom' else DAY}"
+    final = f"{command[0]}/{'rebuild-' + command[2] if command[0] == 'RebuildFrom' else DAY}"
     assert open_store(url).read_marker(final) is None, "the kill came after the run finished"
     run_ok(tmp_path / "run", *command)
     assert_whole_and_exact(url, seeds.clean(*command))
+    if command == FULL_REBUILD and kind == "postgres":
+        assert "swapped in at the end" in killed  # built aside; the rerun swapped in the same build table
+        assert open_store(url).has_backup_table(f"rebuild-{command[2]}")
     leftovers = [str(p.relative_to(tmp_path)) for p in (tmp_path / "run").rglob("*") if ".tmp" in p.name]
     assert leftovers == [], "the killed run's temporary files are never cleaned up"
 
