@@ -41,6 +41,8 @@ def test_a_full_history_rebuild_with_two_workers_is_built_aside_and_swapped_in(t
 
     store = prepared_store(tmp_path, postgres_url, stockpipe={"chunk_size": 3})
     first = str(store.bars_extent()[0])
+    with store.session() as session:  # values the rebuild replaces and the restore must bring back
+        session.execute("UPDATE indicators SET sma_20 = -1")
     before = store.read_indicators().drop(["created_at"])
     # Its chunks run two at a time, one in a forked child: each finds the build table itself.
     code, output = run_luigi(tmp_path, "RebuildFrom", "--start-date", first, "--run-id", "whole", "--local-scheduler",
@@ -52,6 +54,7 @@ def test_a_full_history_rebuild_with_two_workers_is_built_aside_and_swapped_in(t
     _assert_indicators_whole(store)
     after = store.read_indicators().drop(["created_at"])
     assert after.column_names == before.column_names and after.num_rows == before.num_rows
+    assert not after.equals(before)
 
     # Its backup is the table it replaced, named by backup.table: the real command puts it back.
     backup = rebuild.load_plan(store, f"rebuild-{first}-whole").backup

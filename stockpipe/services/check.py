@@ -8,6 +8,7 @@ wrong in ways a writer can cause (duplicate keys, a WAL left pending) is flagged
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,9 +61,10 @@ def recovery_advice(store: Store, data_dir: Path, replica: Path) -> str:
         best = next((p for p, state in replicas if state.endswith("opens")), replicas[0][0])
         steps.append("restore the tables from the replica " + " or ".join(f"{p} ({state})" for p, state in replicas)
                      + f" into an empty store: `stockpipe restore {best}`")
-    # backup.table: a rebuild's backup kept as a table of the store (PostgreSQL), when it still reads.
-    backups = sorted((p for name in ("backup.parquet", "backup.table") for p in Path(data_dir).glob(f"runs/*/{name}")),
-                     key=lambda p: p.stat().st_mtime)
+    # A file of rows first; else a backup.table whose table (in this same store) is still there.
+    backups = sorted(Path(data_dir).glob("runs/*/backup.parquet"), key=lambda p: p.stat().st_mtime) or sorted(
+        (p for p in Path(data_dir).glob("runs/*/backup.table") if _table_still_there(store, p)),
+        key=lambda p: p.stat().st_mtime)
     if backups:
         steps.append(f"put back the indicator rows a rebuild replaced with `stockpipe restore {backups[-1]}`"
                      + (f" ({len(backups)} backups under {Path(data_dir) / 'runs'})" if len(backups) > 1 else ""))
@@ -70,6 +72,13 @@ def recovery_advice(store: Store, data_dir: Path, replica: Path) -> str:
         steps.append(f"no replica or rebuild backup found (looked for {replica} and {Path(data_dir) / 'runs'}): "
                      "rebuild the store with Backfill, then RebuildFrom")
     return "; ".join(steps)
+
+
+def _table_still_there(store: Store, pointer: Path) -> bool:
+    try:
+        return store.has_backup_table(str(json.loads(pointer.read_text())["plan_id"]))
+    except Exception:  # noqa: BLE001 - a damaged store or file: not a way to recover
+        return False
 
 
 def _replica_state(path: Path) -> str:

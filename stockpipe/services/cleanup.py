@@ -141,6 +141,8 @@ def _runs(store: Store, runs_dir: Path, days: Mapping[str, int], now: float, nam
             for backup in _backups(directory):
                 size = _size(backup) + _table_bytes(store, backup)
                 backup_age = _age_days(backup, now)
+                if backup.name == rebuild_service.BACKUP_TABLE_FILE:
+                    backup_age = min(backup_age, age)  # its table is made when the run swaps in, not planned
                 if days["backups"] and backup_age > days["backups"] and backup.resolve() not in named:
                     remove.append(Item("backups", str(backup), size, backup_age,
                                        f"backup of a complete run older than {days['backups']} days"))

@@ -386,7 +386,7 @@ def write_final_report(store: Store, plan: Plan, attempt_start: dt.datetime | No
     if marker is not None:
         marker = Marker(marker.marker_id, marker.task_family, marker.params, {k: report[k] for k in marker_stats})
     if not store.finish_run(plan.plan_id, json.dumps(report, sort_keys=True, default=str), now, marker,
-                            built_aside=plan.built_aside, keep_replaced=plan.backup_in_table):
+                            built_aside=plan.built_aside, keep_replaced=plan.backup_in_table, chunks=len(plan.chunks)):
         log.info("%s was finished by another worker meanwhile: its report stands", plan.plan_id)
         return report, False
     log.info("rebuild report %s", json.dumps(report, sort_keys=True, default=str))

@@ -460,15 +460,17 @@ class Store(ABC):
         return now
 
     def finish_run(self, plan_id: str, report: str, finished_at: dt.datetime, marker: Marker | None = None,
-                   built_aside: bool = False, keep_replaced: bool = False) -> bool:
+                   built_aside: bool = False, keep_replaced: bool = False, chunks: int | None = None) -> bool:
         """Store the run's final report (JSON), replacing an earlier one (the attempt is over), with
         the run's completion marker in one transaction. False, and nothing written, if another
         worker completed the run meanwhile. A run planned to build its rows aside (`begin_build`)
         swaps its table in within the same transaction (`_swap_in`), if it still has one (a restore
         drops it with the chunks' markers, and they redo their rows in place). `keep_replaced`: the
-        table it replaces is the run's backup (`_swap_in`); otherwise it is dropped."""
+        table it replaces is the run's backup (`_swap_in`); otherwise it is dropped. `chunks`: how
+        many chunk markers the run has when it is done; fewer under the lock (a restore forgot them
+        after the caller saw them) and StoreError, nothing written."""
         try:
-            return self._finish_run(plan_id, report, finished_at, marker, built_aside, keep_replaced)
+            return self._finish_run(plan_id, report, finished_at, marker, built_aside, keep_replaced, chunks)
         except _CannotSwap as exc:
             # Its chunks are forgotten with their table, in one transaction: run again, they redo
             # their rows in place.
@@ -481,10 +483,17 @@ class Store(ABC):
                              "its chunks are forgotten: run the same command again to redo them in place") from None
 
     def _finish_run(self, plan_id: str, report: str, finished_at: dt.datetime, marker: Marker | None,
-                    built_aside: bool, keep_replaced: bool) -> bool:
+                    built_aside: bool, keep_replaced: bool, chunks: int | None) -> bool:
         with self.session() as session:
             if not self._claim(session, marker):
                 return False
+            if chunks is not None:
+                prefix = markers.chunks_of(plan_id)
+                done = session.fetch("SELECT count(*) FROM task_markers WHERE substr(marker_id, 1, :n) = :p",
+                                     {"n": len(prefix), "p": prefix})[0][0]
+                if done < chunks:
+                    raise StoreError(f"run {plan_id}: {done} of its {chunks} chunks are done (a `stockpipe restore` "
+                                     "forgot them meanwhile?): not finished; run the same command again to redo them")
             if built_aside and _build_name(plan_id) in self._build_tables(session):
                 self._swap_in(session, plan_id, keep_replaced)
             session.lock(f"run_reports/{plan_id}")
@@ -804,6 +813,7 @@ class Store(ABC):
                 return False
             log.info("%s writes in place from now on: copying the indicators table to %s, its backup", plan_id, name)
             session.execute(f"CREATE TABLE {name} AS SELECT * FROM indicators")
+            self._revoke_from_others(session, name)
         return True
 
     def _drop_backup_tables(self, session: Session) -> None:
@@ -838,14 +848,17 @@ class Store(ABC):
                                   end: dt.date | None) -> tuple[int, int]:
         """Undo run `plan_id`, built aside, in one transaction, as `restore_indicators` does with a
         backup file: a run still building drops its build (the indicators table never held its
-        rows); otherwise the rows of its backup table are put back over the range it replaced. Its
-        markers are forgotten, and it is marked restored. (Rows put back, markers forgotten.)"""
+        rows); otherwise the rows of its backup table are put back over the range it replaced, and
+        the table is dropped (a rerun keeps what it replaces anew). Its markers are forgotten, and it
+        is marked restored. (Rows put back, markers forgotten.)"""
         name = backup_table_name(plan_id)
         final = markers.rebuild_from(plan_id)
         restored = 0
         with self.session() as session:
             session.lock(final)  # after a swap committing now, or before it: never across it
             session.lock_symbols("indicators", list(symbols))
+            state = session.fetch("SELECT finished_at, restored_at FROM run_reports WHERE plan_id = :p", {"p": plan_id})
+            swapped = bool(state) and state[0][0] is not None and state[0][1] is None
             if _build_name(plan_id) in self._build_tables(session):
                 self._drop_build(session, plan_id)
             elif name in self._backup_tables(session):
@@ -857,11 +870,13 @@ class Store(ABC):
                 for build in self._builds_to_follow(session):
                     self._mirror(session, build, symbols, start, end)
                 self._record_indicator_change(session, symbols, start, end, INDICATORS.schema.empty_table())
-            else:
+                session.execute(f"DROP TABLE {name}")
+            elif swapped:
                 raise StoreError(
-                    f"run {plan_id}: neither its build table nor its backup table {name} is in the store (a "
-                    "later full rebuild's swap drops a finished run's, keeping one, and `stockpipe cleanup` "
-                    "drops it after backups_days): nothing to put back, nothing changed")
+                    f"run {plan_id}: its backup table {name} is gone (a later full rebuild's swap drops a finished "
+                    "run's, keeping one, and `stockpipe cleanup` drops it after backups_days): nothing to put back, "
+                    "nothing changed")
+            # Otherwise none of the run's rows are stored (undone already, or never swapped in).
             prefix = markers.chunks_of(plan_id)
             forgotten = session.execute("DELETE FROM task_markers WHERE substr(marker_id, 1, :n) = :p OR marker_id = :f",
                                         {"n": len(prefix), "p": prefix, "f": final})
@@ -899,6 +914,9 @@ class Store(ABC):
 
     def _carry_table_settings(self, session: Session, old: str, new_name_before: str) -> None:
         """Give the swapped-in table what the old one had beyond its rows (grants, key names)."""
+
+    def _revoke_from_others(self, session: Session, table: str) -> None:
+        """Leave `table` readable by its owner only (a backup: nobody's to read, nothing to keep a role)."""
 
     def change_mark(self) -> changes.Change | None:
         """The change log's newest entry (None: an empty log): what `changes_since` counts from."""
@@ -996,6 +1014,8 @@ class Store(ABC):
         batches = rows.to_batches() if isinstance(rows, pa.Table) else rows
         restored = 0
         with self.session() as session:
+            if undone_run is not None:
+                session.lock(markers.rebuild_from(undone_run))  # never across the run's finish
             session.lock_symbols("indicators", list(symbols))
             session.execute(
                 "DELETE FROM indicators WHERE symbol = ANY(:s) AND date >= :d" + ("" if end is None else " AND date <= :e"),
@@ -1022,6 +1042,10 @@ class Store(ABC):
             if forget_markers:
                 session.execute("DELETE FROM task_markers WHERE marker_id = ANY(:ids)", {"ids": list(forget_markers)})
             if undone_run is not None:
+                # Also those written since the caller listed them.
+                prefix = markers.chunks_of(undone_run)
+                session.execute("DELETE FROM task_markers WHERE substr(marker_id, 1, :n) = :p OR marker_id = :f",
+                                {"n": len(prefix), "p": prefix, "f": markers.rebuild_from(undone_run)})
                 session.execute("UPDATE run_reports SET restored_at = :t WHERE plan_id = :p", {"p": undone_run, "t": utcnow()})
         return restored
 

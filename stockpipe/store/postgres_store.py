@@ -424,16 +424,13 @@ class PostgresStore(Store):
         # Grants made on the old table (to a dashboard's role, say), except its owner's own. The
         # old table, kept as a backup, keeps none: it is nobody's to read, and a role dropped
         # later must not find privileges on it.
-        grantees = set()
         for grantee, privilege, grantable in session.fetch(
                 "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END, "
                 "a.privilege_type, a.is_grantable FROM pg_class c, aclexplode(c.relacl) a "
                 "WHERE c.oid = to_regclass(:t) AND a.grantee <> c.relowner ORDER BY 1, 2", {"t": old}):
             session.execute(f"GRANT {privilege} ON {INDICATORS.name} TO {grantee}"
                             + (" WITH GRANT OPTION" if grantable else ""))
-            grantees.add(grantee)
-        for grantee in sorted(grantees):
-            session.execute(f"REVOKE ALL ON {old} FROM {grantee} CASCADE")
+        self._revoke_from_others(session, old)
         owner, options, comment = session.fetch(
             "SELECT pg_get_userbyid(relowner), reloptions, obj_description(oid, 'pg_class') FROM pg_class "
             "WHERE oid = to_regclass(:t)", {"t": old})[0]
@@ -443,6 +440,13 @@ class PostgresStore(Store):
         if comment is not None:
             session.execute(f"COMMENT ON TABLE {INDICATORS.name} IS :c", {"c": comment})
         session.execute(f"ANALYZE {INDICATORS.name}")  # the planner's statistics, committed with the swap
+
+    def _revoke_from_others(self, session, table):
+        for (grantee,) in session.fetch(
+                "SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END "
+                "FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = to_regclass(:t) AND a.grantee <> c.relowner "
+                "ORDER BY 1", {"t": table}):
+            session.execute(f"REVOKE ALL ON {table} FROM {grantee} CASCADE")
 
     def close(self) -> None:
         if self._engine is not None:

@@ -250,9 +250,11 @@ def test_restoring_a_finished_run_puts_back_the_table_it_replaced(loaded, tmp_pa
     assert not loaded.markers(prefix=markers.chunks_of(plan.plan_id))
     assert not loaded.markers(exact=markers.rebuild_from(plan.plan_id))
     assert loaded.changes_since(mark)  # the replica copies the rows put back
-    assert rebuild.restore(loaded, plan.backup)["rows_restored"] == spoiled.num_rows  # again: the same
+    assert build_tables(loaded) == ["indicators"]  # its backup table is gone with the undo
+    assert rebuild.restore(loaded, plan.backup)["rows_restored"] == 0  # again: nothing of the run's is stored
+    assert values(loaded).filter(pa.compute.less_equal(values(loaded).column("date"), DAY)).equals(spoiled)
 
-    run_chunks(loaded, plan)  # rerun: in place (its build is gone), its backup table kept
+    run_chunks(loaded, plan)  # rerun: in place (its build is gone), keeping the table it replaces first
     assert finish(loaded, plan)[1]
     assert values(loaded).filter(pa.compute.less_equal(values(loaded).column("date"), DAY)).equals(expected)
     assert build_tables(loaded) == ["indicators", backup_table_name(plan.plan_id)]
@@ -280,10 +282,23 @@ def test_a_swap_keeps_the_newest_finished_runs_backup_table_and_those_of_runs_to
     assert backup_values(loaded, third).equals(spoiled)
 
     now = values(loaded)
-    with pytest.raises(StoreError, match=r"run rebuild-first: neither its build table nor its backup table "
-                                         r"indicators_backup_\w+ is in the store .* nothing changed"):
+    with pytest.raises(StoreError, match=r"run rebuild-first: its backup table indicators_backup_\w+ is gone .* "
+                                         r"nothing changed"):
         rebuild.restore(loaded, first.backup)
     assert values(loaded).equals(now) and loaded.markers(exact=markers.rebuild_from("rebuild-first"))
+
+
+def test_a_run_restored_before_its_finish_commits_is_not_finished(loaded, tmp_path):
+    """The restore won the race: its chunks are forgotten, so the finish writes nothing."""
+    spoil(loaded)
+    spoiled = values(loaded)
+    plan = full_plan(loaded, tmp_path / "run")
+    run_chunks(loaded, plan)
+    rebuild.restore(loaded, plan.backup)
+    with pytest.raises(StoreError, match=r"run rebuild-full: 0 of its 3 chunks are done .* run the same command again"):
+        finish(loaded, plan)
+    assert not loaded.markers(exact=markers.rebuild_from(plan.plan_id)) and values(loaded).equals(spoiled)
+    assert rebuild.final_report(loaded, plan.plan_id) is None
 
 
 def test_a_run_planned_with_a_backup_file_drops_the_table_it_swaps_out(loaded, tmp_path):
@@ -313,12 +328,15 @@ def test_cleanup_drops_a_backup_table_with_the_file_that_names_it(loaded, tmp_pa
     held = [i for i in kept if i["path"] == plan.backup]
     assert held and held[0]["bytes"] > 8192 and loaded.has_backup_table(plan.plan_id)
 
+    # Aged from the run's finish (when its table was made), not from the file (written at planning).
     stamp = time.time() - 40 * 86400
     os.utime(plan.backup, (stamp, stamp))
-    done = cleanup.clean(loaded, **kwargs)
+    assert not cleanup.clean(loaded, **kwargs)["items"]
+    done = cleanup.clean(loaded, **kwargs, now=time.time() + 40 * 86400)
     assert [i["path"] for i in done["items"]] == [plan.backup] and done["by_kind"]["backups"]["bytes"] > 8192
     assert not loaded.has_backup_table(plan.plan_id) and build_tables(loaded) == ["indicators"]
     assert (data / "runs" / "rebuild-full").is_dir()  # the newest run of its start date stays
+    assert "stockpipe restore" not in recovery_advice(loaded, data, data / "replica.duckdb")
 
 
 def test_postgres_keeps_grants_and_leaves_a_table_its_users_depend_on_in_place(loaded, tmp_path):
