@@ -8,11 +8,11 @@ wrong in ways a writer can cause (duplicate keys, a WAL left pending) is flagged
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stockpipe.services.rebuild import backup_table_run
 from stockpipe.store import Store, replica_file
 from stockpipe.store.base import IntegrityError, IntegrityReport
 
@@ -75,9 +75,10 @@ def recovery_advice(store: Store, data_dir: Path, replica: Path) -> str:
 
 
 def _table_still_there(store: Store, pointer: Path) -> bool:
+    run = backup_table_run(pointer)
     try:
-        return store.has_backup_table(str(json.loads(pointer.read_text())["plan_id"]))
-    except Exception:  # noqa: BLE001 - a damaged store or file: not a way to recover
+        return run is not None and store.has_backup_table(run)
+    except Exception:  # noqa: BLE001 - a damaged store: not a way to recover
         return False
 
 

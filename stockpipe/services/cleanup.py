@@ -138,7 +138,7 @@ def _runs(store: Store, runs_dir: Path, days: Mapping[str, int], now: float, nam
             why = ("newest complete run of " + (f"start date {plan.start_date}" if group[0] == "rebuild" else "the daily runs")
                    if directory == newest else "named by a marker" if protected else f"younger than {days['runs']} days")
             keep.append(Item("runs", str(directory), _size(directory), age, why))
-            for backup in _backups(directory):
+            for backup in rebuild_service.backups_in(directory):
                 size = _size(backup) + _table_bytes(store, backup)
                 backup_age = _age_days(backup, now)
                 if backup.name == rebuild_service.BACKUP_TABLE_FILE:
@@ -150,33 +150,17 @@ def _runs(store: Store, runs_dir: Path, days: Mapping[str, int], now: float, nam
                     keep.append(Item("backups", str(backup), size, backup_age, "kept with its run"))
 
 
-def _backups(directory: Path) -> list[Path]:
-    """A run directory's backup: a Parquet file, or a backup.table naming the store table that holds it."""
-    return [p for p in (directory / rebuild_service.BACKUP_FILE, directory / rebuild_service.BACKUP_TABLE_FILE)
-            if p.exists()]
-
-
-def _table_run(path: Path) -> str | None:
-    """The run whose backup table `path` (a backup.table) names; None for other files or an unreadable one."""
-    if path.name != rebuild_service.BACKUP_TABLE_FILE:
-        return None
-    try:
-        return str(rebuild_service.check_backup(path)["plan_id"])
-    except (rebuild_service.RebuildError, KeyError):
-        return None
-
-
 def _table_bytes(store: Store, path: Path) -> int:
-    run = _table_run(path)
+    run = rebuild_service.backup_table_run(path)
     return store.backup_table_bytes(run) if run is not None else 0
 
 
 def _drop_backup_table(store: Store, path: Path) -> None:
     """Drop the backup table that a backup.table (or a run directory holding one) names, before
     the file that tells which one it is goes."""
-    pointers = [path] if path.is_file() else _backups(path) if path.is_dir() else []
+    pointers = [path] if path.is_file() else rebuild_service.backups_in(path) if path.is_dir() else []
     for pointer in pointers:
-        run = _table_run(pointer)
+        run = rebuild_service.backup_table_run(pointer)
         if run is not None and store.drop_backup_table(run):
             log.info("cleanup dropped the backup table of run %s (%s)", run, pointer)
 

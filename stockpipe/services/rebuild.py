@@ -210,9 +210,24 @@ def open_plan(store: Store, plan_id: str) -> Plan:
     return plan
 
 
+def backups_in(directory: Path) -> list[Path]:
+    """A run directory's backup: a Parquet file, or a backup.table naming the store table that holds it."""
+    return [p for p in (Path(directory) / BACKUP_FILE, Path(directory) / BACKUP_TABLE_FILE) if p.exists()]
+
+
+def backup_table_run(path: Path) -> str | None:
+    """The run whose backup table `path` (a backup.table) names; None for another file or an unreadable one."""
+    if Path(path).name != BACKUP_TABLE_FILE:
+        return None
+    try:
+        return str(_table_backup(Path(path))["plan_id"])
+    except RebuildError:
+        return None
+
+
 def _refuse_replanning_a_started_run(store: Store, directory: Path, plan_id: str) -> None:
     evidence = []
-    backup = next((p for p in (directory / BACKUP_FILE, directory / BACKUP_TABLE_FILE) if p.exists()), None)
+    backup = next(iter(backups_in(directory)), None)
     if backup is not None:
         evidence.append(f"its backup {backup}")
     chunks = store.markers(prefix=markers.chunks_of(plan_id))

@@ -476,9 +476,7 @@ class Store(ABC):
             # their rows in place.
             with self.session() as session:
                 self._drop_build(session, plan_id)
-                prefix = markers.chunks_of(plan_id)
-                session.execute("DELETE FROM task_markers WHERE substr(marker_id, 1, :n) = :p",
-                                {"n": len(prefix), "p": prefix})
+                self._forget_run_markers(session, plan_id)
             raise StoreError(f"run {plan_id}: {exc}, so its rows, built in a table of their own, were not swapped in; "
                              "its chunks are forgotten: run the same command again to redo them in place") from None
 
@@ -754,9 +752,13 @@ class Store(ABC):
 
     def _abandoned_build(self, session: Session, table: str) -> bool:
         """Whether build table `table` belongs to no run still under way (no plan, or finished)."""
-        rows = session.fetch("SELECT p.plan_id, r.finished_at FROM run_plans p "
+        return not any(_build_name(plan_id) == table and finished is None
+                       for plan_id, finished, _ in self._run_states(session))
+
+    def _run_states(self, session: Session) -> list[tuple[str, dt.datetime | None, dt.datetime | None]]:
+        """Every planned run, with when it finished and when it was restored (None: not)."""
+        return session.fetch("SELECT p.plan_id, r.finished_at, r.restored_at FROM run_plans p "
                              "LEFT JOIN run_reports r ON r.plan_id = p.plan_id")
-        return not any(_build_name(plan_id) == table and finished is None for plan_id, finished in rows)
 
     def _builds_to_follow(self, session: Session) -> list[str]:
         """The build tables a write of the indicators table must be made in too, found under the
@@ -818,9 +820,8 @@ class Store(ABC):
 
     def _drop_backup_tables(self, session: Session) -> None:
         """Drop the backup tables of finished runs (and of runs the store no longer knows)."""
-        needed = {backup_table_name(plan_id) for plan_id, finished, restored in session.fetch(
-            "SELECT p.plan_id, r.finished_at, r.restored_at FROM run_plans p LEFT JOIN run_reports r "
-            "ON r.plan_id = p.plan_id") if finished is None or restored is not None}
+        needed = {backup_table_name(plan_id) for plan_id, finished, restored in self._run_states(session)
+                  if finished is None or restored is not None}
         for table in self._backup_tables(session):
             if table not in needed:
                 log.info("dropping %s, the backup table of an earlier finished run (one is kept)", table)
@@ -852,10 +853,9 @@ class Store(ABC):
         the table is dropped (a rerun keeps what it replaces anew). Its markers are forgotten, and it
         is marked restored. (Rows put back, markers forgotten.)"""
         name = backup_table_name(plan_id)
-        final = markers.rebuild_from(plan_id)
         restored = 0
         with self.session() as session:
-            session.lock(final)  # after a swap committing now, or before it: never across it
+            session.lock(markers.rebuild_from(plan_id))  # after a swap committing now, or before it: never across it
             session.lock_symbols("indicators", list(symbols))
             state = session.fetch("SELECT finished_at, restored_at FROM run_reports WHERE plan_id = :p", {"p": plan_id})
             swapped = bool(state) and state[0][0] is not None and state[0][1] is None
@@ -877,11 +877,21 @@ class Store(ABC):
                     "run's, keeping one, and `stockpipe cleanup` drops it after backups_days): nothing to put back, "
                     "nothing changed")
             # Otherwise none of the run's rows are stored (undone already, or never swapped in).
-            prefix = markers.chunks_of(plan_id)
-            forgotten = session.execute("DELETE FROM task_markers WHERE substr(marker_id, 1, :n) = :p OR marker_id = :f",
-                                        {"n": len(prefix), "p": prefix, "f": final})
-            session.execute("UPDATE run_reports SET restored_at = :t WHERE plan_id = :p", {"p": plan_id, "t": utcnow()})
-        return int(restored), int(forgotten or 0)
+            forgotten = self._mark_undone(session, plan_id)
+        return int(restored), forgotten
+
+    def _forget_run_markers(self, session: Session, plan_id: str) -> int:
+        """Delete run `plan_id`'s chunk markers and its final marker (how many, where the store tells)."""
+        prefix = markers.chunks_of(plan_id)
+        return session.execute("DELETE FROM task_markers WHERE substr(marker_id, 1, :n) = :p OR marker_id = :f",
+                               {"n": len(prefix), "p": prefix, "f": markers.rebuild_from(plan_id)}) or 0
+
+    def _mark_undone(self, session: Session, plan_id: str) -> int:
+        """A restore's end: the run's markers forgotten (those written since its caller listed them
+        too), its report marked restored; how many markers went."""
+        forgotten = self._forget_run_markers(session, plan_id)
+        session.execute("UPDATE run_reports SET restored_at = :t WHERE plan_id = :p", {"p": plan_id, "t": utcnow()})
+        return forgotten
 
     def _build_tables(self, session: Session) -> list[str]:
         """The build tables in the store, sorted."""
@@ -1042,11 +1052,7 @@ class Store(ABC):
             if forget_markers:
                 session.execute("DELETE FROM task_markers WHERE marker_id = ANY(:ids)", {"ids": list(forget_markers)})
             if undone_run is not None:
-                # Also those written since the caller listed them.
-                prefix = markers.chunks_of(undone_run)
-                session.execute("DELETE FROM task_markers WHERE substr(marker_id, 1, :n) = :p OR marker_id = :f",
-                                {"n": len(prefix), "p": prefix, "f": markers.rebuild_from(undone_run)})
-                session.execute("UPDATE run_reports SET restored_at = :t WHERE plan_id = :p", {"p": undone_run, "t": utcnow()})
+                self._mark_undone(session, undone_run)
         return restored
 
     # -- watchlist ------------------------------------------------------------------------------
