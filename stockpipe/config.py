@@ -53,7 +53,11 @@ class stockpipe(luigi.Config):  # noqa: N801 - the class name is the luigi.cfg s
     data_dir = luigi.Parameter(
         default="data", description="each store's plans, backups, reports and replica, in a subdirectory per store"
     )
-    chunk_size = luigi.IntParameter(default=50, description="symbols per IndicatorChunk task")
+    chunk_size = luigi.IntParameter(default=50, description="symbols per IndicatorChunk task of a rebuild")
+    # A Daily chunk reads each symbol's last `warmup_bars` bars, a fifth of a ten-year rebuild
+    # chunk's per symbol: 500 symbols read about what 100 do in a rebuild, and the work per task,
+    # not Luigi's and the store's cost per task, is then what a Daily spends its time on.
+    daily_chunk_size = luigi.IntParameter(default=500, description="symbols per IndicatorChunk task of a Daily")
     calendar = luigi.Parameter(default="XNYS", description="exchange-calendars code of the market's sessions")
     min_symbols = luigi.IntParameter(default=10, description="CollectSymbols fails below this many symbols")
     days_back = luigi.IntParameter(default=5, description="sessions re-fetched before each ingest date")

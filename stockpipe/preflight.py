@@ -76,7 +76,7 @@ def config_problems(*, calendar: bool = True) -> list[str]:
     if settings.warmup_bars != 0 and settings.warmup_bars < MIN_WARMUP_BARS:
         problems.append(f"[stockpipe] warmup_bars = {settings.warmup_bars} is refused: use 0 (the whole history) or at "
                         f"least {MIN_WARMUP_BARS} (fewer bars leave EMA/RSI/MACD seeded wrongly)")
-    for name, least in (("chunk_size", 1), ("backfill_batch", 1), ("backfill_sessions", 1), ("days_back", 0), ("min_symbols", 0)):
+    for name, least in (("chunk_size", 1), ("daily_chunk_size", 1), ("backfill_batch", 1), ("backfill_sessions", 1), ("days_back", 0), ("min_symbols", 0)):
         value = getattr(settings, name)
         if value < least:
             problems.append(f"[stockpipe] {name} = {value} is refused: it must be at least {least}")

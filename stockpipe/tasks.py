@@ -438,7 +438,7 @@ class DailyIndicators(StockpipeTask):
             kind="daily",
             start=trading_calendar.sessions_back(settings.calendar, self.date, settings.days_back),
             symbols=store.active_symbols(),
-            chunk_size=settings.chunk_size,
+            chunk_size=settings.daily_chunk_size,
             backup=False,
             full_history=(store.read_marker(self.input().marker_id) or {"stats": {}})["stats"].get("splits_detected", []),
         )

@@ -237,7 +237,8 @@ def _pipeline(tmp_path, store_url, monkeypatch) -> Pipeline:
     monkeypatch.setenv("STOCKPIPE_STORE_URL", store_url)
     monkeypatch.setenv("STOCKPIPE_SOURCE", "demo")
     pipe = Pipeline(tmp_path, store_url)
-    pipe.configure("stockpipe", data_dir=pipe.data_dir, chunk_size=10, min_symbols=5, backfill_sessions=600)
+    pipe.configure("stockpipe", data_dir=pipe.data_dir, chunk_size=10, daily_chunk_size=10, min_symbols=5,
+                   backfill_sessions=600)
     pipe.configure("demo", tickers=30)
     return pipe
 
@@ -277,7 +278,7 @@ def write_luigi_cfg(directory: Path, store_url: str, **sections: dict) -> Path:
     # Only what a user would set: exit codes, timeouts and the rest come from the package's defaults.
     settings: dict[str, dict] = {
         "stockpipe": {"store_url": store_url, "source": "demo", "data_dir": str(directory / "data"),
-                      "chunk_size": 10, "min_symbols": 5, "backfill_sessions": 600},
+                      "chunk_size": 10, "daily_chunk_size": 10, "min_symbols": 5, "backfill_sessions": 600},
         "demo": {"tickers": 30},
     }
     for section, values in sections.items():

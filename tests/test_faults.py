@@ -38,7 +38,7 @@ pytestmark = pytest.mark.slow
 
 DAY0, DAY = "2025-10-09", "2025-10-10"
 START = "2025-09-29"
-SETTINGS = {"demo": {"tickers": 30}, "stockpipe": {"chunk_size": 10}}
+SETTINGS = {"demo": {"tickers": 30}, "stockpipe": {"chunk_size": 10, "daily_chunk_size": 10}}
 TABLES = ("schema_version", "symbols", "bars", "indicators", "task_markers", "daily_watchlist", "task_runs",
           "run_plans", "run_chunk_failures", "run_reports")
 
@@ -568,7 +568,7 @@ def test_hostile_symbols_are_stored_exactly_and_never_executed(kind, tmp_path):
         # Production servers often sort text by a language's rules, not by code point as Python does.
         url = pg_url_for(seeds.create_database("template0", " LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"))
     try:
-        configure(tmp_path, url, stockpipe={"source": "csv", "min_symbols": 1, "chunk_size": 5}, csv={"path": str(source)})
+        configure(tmp_path, url, stockpipe={"source": "csv", "min_symbols": 1, "chunk_size": 5, "daily_chunk_size": 5}, csv={"path": str(source)})
         run_ok(tmp_path, *DAILY)
         store = open_store(url)
         assert scan_every_table(url)["bars"] == len(rows)

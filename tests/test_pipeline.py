@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from stockpipe import tasks
+from stockpipe import markers, tasks
 from stockpipe.preflight import UserError
 from stockpipe.indicators import INDICATOR_COLUMNS, indicator_rows
 from stockpipe.services import rebuild as rebuild_service
@@ -89,6 +89,17 @@ def test_rebuild_from_date_equals_full_recompute(pipeline):
     assert plan.backup == str((directory / "backup.parquet").resolve())  # the backup stays on disk, named in the store
     backup = pa.parquet.read_table(plan.backup)
     assert backup.num_rows == before.num_rows
+
+
+def test_a_dailys_chunks_follow_daily_chunk_size_and_a_rebuilds_chunk_size(pipeline):
+    pipeline.configure("stockpipe", daily_chunk_size=20)
+    assert pipeline.build(tasks.Daily(date=DAY))
+    daily = rebuild_service.load_plan(pipeline.store, markers.daily_plan_id(DAY))
+    assert [len(c) for c in daily.chunks] == [20, 10]
+    assert len(pipeline.store.markers(prefix=f"IndicatorChunk/{markers.daily_plan_id(DAY)}/")) == 2
+    assert pipeline.build(tasks.RebuildFrom(start_date=REBUILD_FROM))
+    rebuild = rebuild_service.load_plan(pipeline.store, f"rebuild-{REBUILD_FROM}")
+    assert [len(c) for c in rebuild.chunks] == [10, 10, 10]
 
 
 def test_rerun_skips_finished_chunks_and_run_id_rebuilds_again(pipeline):

@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -32,8 +32,14 @@ class ChunkRead:
     """What a chunk reads: from which date each symbol's rows are replaced, and which bars."""
 
     from_dates: dict[str, dt.date]  # dt.date.min = the symbol's whole history
-    read_start: dt.date | None  # None = every bar
+    read_start: dt.date | None  # of the symbols recomputed from the chunk's start; None = every bar
     rescaled: frozenset[str]
+    # Symbols recomputed from earlier (healing, new, rescaled), each read from its own start (None =
+    # every bar): one such symbol must not make the whole chunk read years of bars.
+    apart: dict[str, dt.date | None] = field(default_factory=dict)
+
+    def read_start_of(self, symbol: str) -> dt.date | None:
+        return self.apart[symbol] if symbol in self.apart else self.read_start
 
 
 def plan_read(
@@ -41,14 +47,15 @@ def plan_read(
 ) -> ChunkRead:
     """A symbol whose stored indicators stop before `start` (new listing, earlier hole) is recomputed
     from the day after its last stored row, so a chunk also heals gaps; one rescaled by a split
-    (`full_history`) from its first bar. History before the earliest recomputed date is read only to
-    warm up the recursive indicators: `warmup_bars` bars (0 = all)."""
+    (`full_history`) from its first bar. History before a symbol's recomputed date is read only to
+    warm up the recursive indicators: `warmup_bars` bars of its own (0 = all)."""
     rescaled = frozenset(full_history) & frozenset(symbols)
     from_dates = {s: (min(start, latest[s] + dt.timedelta(days=1)) if s in latest and s not in rescaled else dt.date.min)
                   for s in symbols}
-    needs_all = warmup_bars == 0 or any(d == dt.date.min for d in from_dates.values())
-    earliest = min(from_dates.values()) if symbols else start
-    return ChunkRead(from_dates, None if needs_all else earliest, rescaled)
+    if warmup_bars == 0 or start == dt.date.min:
+        return ChunkRead(from_dates, None, rescaled)
+    apart = {s: (None if d == dt.date.min else d) for s, d in from_dates.items() if d < start}
+    return ChunkRead(from_dates, start, rescaled, apart)
 
 
 def check_warmup(warmup_bars: int) -> None:
@@ -310,8 +317,8 @@ def _read_inputs(
 def _read_next(store: Store, key: tuple, read: ChunkRead, bars: pa.Table, symbols: Sequence[str],
                upcoming: Sequence[Upcoming]) -> _ReadAhead | None:
     """The inputs of the unfinished chunks of `upcoming` that fit in the store's `read_ahead_bars`
-    (judged by the bars a symbol of this chunk took) and read from the same start as this one (a
-    chunk that had to read every bar, healing or rescaled, reads nothing ahead)."""
+    (judged by the bars a symbol of this chunk took). Nothing when every chunk reads every bar
+    (`warmup_bars` 0)."""
     if read.read_start is None:
         return None
     _, start, warmup_bars, full_history = key
@@ -329,44 +336,41 @@ def _read_next(store: Store, key: tuple, read: ChunkRead, bars: pa.Table, symbol
         return None
     # Taken before these reads: a write committed after it shows in the log as later than the mark.
     mark = store.change_mark()
-    inputs = _read_chunks(store, pending, start, warmup_bars, full_history, like=read.read_start)
+    inputs = _read_chunks(store, pending, start, warmup_bars, full_history)
     return _ReadAhead(key, mark, inputs) if inputs else None
 
 
 def _read_chunks(
     store: Store, chunks: Sequence[Sequence[str]], start: dt.date, warmup_bars: int, full_history: Sequence[str],
-    like: dt.date | None = None,
 ) -> dict[tuple[str, ...], tuple[ChunkRead, pa.Table]]:
     """Each chunk's `plan_read` and bars, from one query of the latest rows and one of bars per
-    distinct read start. With `like`, only chunks whose read starts there (a chunk that must read
-    every bar, healing or rescaled, reads for itself when its turn comes)."""
+    distinct read start (`ChunkRead.read_start_of`)."""
     wanted = sorted({s for c in chunks for s in c})
     latest = store.latest_indicator_dates(wanted, before=start)
     reads = {tuple(c): plan_read(c, start, warmup_bars, latest, full_history) for c in chunks}
-    if like is not None:
-        reads = {c: r for c, r in reads.items() if r.read_start == like}
-    found: dict[tuple[str, ...], tuple[ChunkRead, pa.Table]] = {}
-    for read_start in {r.read_start for r in reads.values()}:
-        group = [c for c, r in reads.items() if r.read_start == read_start]
-        bars = store.read_bars([s for c in group for s in c], start=read_start,
-                               warmup_bars=0 if read_start is None else warmup_bars, schema=BAR_SNAPSHOT)
-        for c, part in zip(group, _split_by_symbols(bars, group)):
-            found[c] = (reads[c], part)
-    return found
+    by_start: dict[dt.date | None, list[str]] = {}
+    for c, read in reads.items():
+        for symbol in c:
+            by_start.setdefault(read.read_start_of(symbol), []).append(symbol)
+    parts = [store.read_bars(sorted(symbols), start=read_start, warmup_bars=0 if read_start is None else warmup_bars,
+                             schema=BAR_SNAPSHOT)
+             for read_start, symbols in by_start.items()]
+    bars = pa.concat_tables(parts) if parts else BAR_SNAPSHOT.empty_table()
+    groups = list(reads)
+    return {c: (reads[c], part) for c, part in zip(groups, _split_by_symbols(bars, groups))}
 
 
 def _split_by_symbols(bars: pa.Table, groups: Sequence[Sequence[str]]) -> list[pa.Table]:
-    """`bars` (sorted by symbol) cut into the rows of each group of symbols, each still sorted."""
-    if len(groups) == 1:
-        return [bars]
+    """`bars` (each symbol's rows together and sorted by date: the concatenation of reads sorted by
+    symbol and date) cut into the rows of each group of symbols, sorted by symbol and date."""
     names, starts, ends = symbol_runs(bars.column("symbol"))
     position = {name: i for i, name in enumerate(names)}
     parts = []
     for group in groups:
-        runs_of = sorted(position[s] for s in group if s in position)
+        runs_of = [position[s] for s in sorted(group) if s in position]
         if not runs_of:
             parts.append(bars.slice(0, 0))
-        elif runs_of[-1] - runs_of[0] + 1 == len(runs_of):  # the usual case: a contiguous range
+        elif runs_of == list(range(runs_of[0], runs_of[0] + len(runs_of))):  # the usual case: a contiguous range
             parts.append(bars.slice(int(starts[runs_of[0]]), int(ends[runs_of[-1]] - starts[runs_of[0]])))
         else:
             parts.append(pa.concat_tables([bars.slice(int(starts[i]), int(ends[i] - starts[i])) for i in runs_of]))
@@ -422,8 +426,9 @@ def prepare_chunks(
                 keep = read.from_dates[symbol]
                 columns["chunk_id"].append(i)
                 columns["symbol"].append(symbol)
-                columns["read_start"].append(read.read_start)
-                columns["warmup_bars"].append(0 if read.read_start is None else warmup_bars)
+                read_start = read.read_start_of(symbol)
+                columns["read_start"].append(read_start)
+                columns["warmup_bars"].append(0 if read_start is None else warmup_bars)
                 columns["keep_from"].append(None if keep == dt.date.min else keep)
         return pa.table({
             "chunk_id": pa.array(columns["chunk_id"], pa.int32()),

@@ -9,11 +9,13 @@ from __future__ import annotations
 import datetime as dt
 import threading
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
 from stockpipe import markers
 from stockpipe.engines import open_engine
+from stockpipe.indicators import INDICATOR_COLUMNS
 from stockpipe.indicators.table import indicator_rows
 from stockpipe.services import indicators
 from stockpipe.services.indicators import compute_chunk
@@ -156,3 +158,33 @@ def test_a_fork_waits_for_the_chunk_being_computed_ahead(loaded):
     _, status = os.waitpid(pid, 0)
     assert time.monotonic() - started >= 0.4 and os.waitstatus_to_exitcode(status) == 0
     assert slow.done()
+
+
+def test_a_chunk_healing_a_symbol_reads_that_symbols_history_only_and_still_reads_ahead(loaded):
+    """A symbol whose indicators stop long before the start (a hole left by a failed chunk, a
+    listing that stopped trading) is read from its own gap; the other symbols of its chunk and of
+    the chunks after still read their last `warmup_bars` bars, read ahead as usual, and the rows are
+    those of the whole history (to the parity tests' tolerance: a chunk's kernels run on a matrix as
+    deep as its longest window, which moves the last bits)."""
+    store, chunks = loaded
+    whole = store.read_indicators()
+    healed = chunks[1][2]
+    hole = sorted(store.read_bars([healed]).column("date").to_pylist())[-60]
+    with store.session() as session:
+        session.execute("DELETE FROM indicators WHERE symbol = :s AND date >= :d", {"s": healed, "d": hole})
+
+    stats = [run_chunk(store, chunks, i) for i in range(3)]
+
+    assert [s["read_ahead"] for s in stats] == [False, True, True]
+    assert healed in stats[1]["healed_symbols"]
+    own = sum(store.read_bars([s], start=START, warmup_bars=WARMUP).num_rows for s in chunks[1] if s != healed)
+    own += store.read_bars([healed], start=hole, warmup_bars=WARMUP).num_rows
+    assert stats[1]["bars_read"] == own
+    assert own < store.read_bars(chunks[1], start=hole, warmup_bars=WARMUP).num_rows
+    assert stats[1]["rows_saved"] == 3 * 10 + 60
+    after = store.read_indicators()
+    assert after.select(["symbol", "date"]).equals(whole.select(["symbol", "date"]))
+    for column in INDICATOR_COLUMNS:
+        np.testing.assert_allclose(after.column(column).to_numpy(zero_copy_only=False),
+                                   whole.column(column).to_numpy(zero_copy_only=False), rtol=1e-9, atol=1e-10,
+                                   err_msg=column)
