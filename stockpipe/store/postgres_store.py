@@ -355,6 +355,14 @@ class PostgresStore(Store):
         # committed to it after the snapshot (those of the swap's own transaction among them).
         session.execute(f"LOCK TABLE {INDICATORS.name} IN ACCESS SHARE MODE")
 
+    def _bar_dates(self, aggregate, symbols):
+        # One probe of the key's index per symbol: GROUP BY read every bar of the table (0.6-1.5 s
+        # for 6M bars, most of an ingest's own time).
+        with self.session(write=False) as session:
+            rows = session.fetch(f"SELECT s.symbol, (SELECT {aggregate}(b.date) FROM bars b WHERE b.symbol = s.symbol) "
+                                 "FROM unnest(CAST(:s AS text[])) AS s(symbol)", {"s": list(symbols)})
+        return {symbol: day for symbol, day in rows if day is not None}
+
     def _indicator_extent(self, session):
         symbols = [r[0] for r in session.fetch(_key_symbols("indicators"))]
         first = session.fetch("SELECT min((SELECT min(i.date) FROM indicators i WHERE i.symbol = s.symbol)) "
