@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import logging
 import os
+import uuid
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -95,9 +96,10 @@ def _read_cache(path: Path, code: str, today: dt.date) -> Calendar | None:
         built = dt.date.fromisoformat(saved["built_on"])
         if saved["version"] != _library_version() or not built <= today < built + dt.timedelta(days=REFRESH_DAYS):
             return None
-        days = np.datetime64(saved["first"], "D") + np.cumsum(np.array(saved["day_steps"], np.int64))
+        steps = np.array(saved["day_steps"], np.int64)
+        days = np.datetime64(saved["first"], "D") + np.cumsum(steps)
         closes = days.astype("datetime64[s]") + np.array(saved["close_seconds"], np.int64)
-        if saved["code"] != code or len(days) != len(closes):
+        if saved["code"] != code or not len(days) or len(days) != len(closes) or (steps[1:] <= 0).any():
             return None
         return Calendar(code, saved["tz"], days, closes)
     except (OSError, ValueError, KeyError, TypeError):
@@ -111,14 +113,18 @@ def _write_cache(path: Path, calendar: Calendar, today: dt.date) -> None:
         "first": str(calendar.days[0]), "day_steps": steps.tolist(),
         "close_seconds": (calendar.closes - calendar.days.astype("datetime64[s]")).astype(np.int64).tolist(),
     }
+    # Unique per writer (containers sharing data_dir may all be pid 1), renamed whole: a reader in
+    # another process sees the old file or the new one.
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         temporary.write_text(json.dumps(saved), encoding="utf-8")
-        os.replace(temporary, path)  # whole or not at all: another process may be reading it
+        os.replace(temporary, path)
     except OSError as exc:
         log.info("calendar %s not cached in %s (%s): it is built from exchange-calendars each time", calendar.code,
                  path, exc)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 @lru_cache(maxsize=8)
@@ -139,7 +145,10 @@ def sessions(code: str, start: dt.date, end: dt.date) -> list[dt.date]:
     """Sessions from start to end inclusive."""
     if end < start:
         return []
-    days = _calendar(code).days
+    calendar = _calendar(code)
+    calendar.check_bounds(start)
+    calendar.check_bounds(end)
+    days = calendar.days
     first = np.searchsorted(days, np.datetime64(start, "D"), side="left")
     last = np.searchsorted(days, np.datetime64(end, "D"), side="right")
     return days[first:last].tolist()

@@ -78,7 +78,7 @@ def test_a_process_reading_the_cache_does_not_import_exchange_calendars(cache, t
     assert done.stdout.split() == ["2025-10-03", "True", "False"]
 
 
-@pytest.mark.parametrize("spoil", ["stale", "other version", "garbled"])
+@pytest.mark.parametrize("spoil", ["stale", "other version", "garbled", "empty", "unsorted"])
 def test_a_stale_or_foreign_cache_file_is_built_again(cache, spoil):
     trading_calendar.bounds("XNYS")
     path = cache / f"calendar-XNYS-{trading_calendar.CALENDAR_START}.json"
@@ -92,10 +92,24 @@ def test_a_stale_or_foreign_cache_file_is_built_again(cache, spoil):
         saved["version"] = "0.0.1"
         saved["day_steps"][5] += 1  # what another release might have said
         path.write_text(json.dumps(saved))
+    elif spoil == "empty":
+        path.write_text(json.dumps({**saved, "day_steps": [], "close_seconds": []}))
+    elif spoil == "unsorted":
+        saved["day_steps"][100] = -3
+        path.write_text(json.dumps(saved))
     else:
         path.write_text('{"code": "XNYS", "day_st')
     trading_calendar._calendar.cache_clear()
     library = exchange_calendars.get_calendar("XNYS", start=trading_calendar.CALENDAR_START)
-    assert trading_calendar.sessions("XNYS", dt.date(2000, 1, 1), dt.date(2100, 1, 1)) == [t.date() for t in library.sessions]
+    assert trading_calendar.sessions("XNYS", library.first_session.date(), library.last_session.date()) == [
+        t.date() for t in library.sessions]
     rewritten = json.loads(path.read_text())
     assert rewritten["built_on"] == str(dt.date.today()) and rewritten["version"] == exchange_calendars.__version__
+
+
+def test_sessions_outside_the_calendar_are_refused_as_the_library_refused_them(cache):
+    first, last = trading_calendar.bounds("XNYS")
+    for start, end in ((dt.date(1999, 12, 1), dt.date(2000, 2, 1)), (last - dt.timedelta(days=10), last + dt.timedelta(days=40))):
+        with pytest.raises(ValueError, match="outside the XNYS calendar"):
+            trading_calendar.sessions("XNYS", start, end)
+    assert trading_calendar.sessions("XNYS", dt.date(2000, 1, 1), dt.date(1999, 1, 1)) == []

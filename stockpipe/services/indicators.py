@@ -352,9 +352,8 @@ def _read_chunks(
     for c, read in reads.items():
         for symbol in c:
             by_start.setdefault(read.read_start_of(symbol), []).append(symbol)
-    parts = [store.read_bars(sorted(symbols), start=read_start, warmup_bars=0 if read_start is None else warmup_bars,
-                             schema=BAR_SNAPSHOT)
-             for read_start, symbols in by_start.items()]
+    parts = store.read_bars_many([(sorted(symbols), read_start, 0 if read_start is None else warmup_bars)
+                                  for read_start, symbols in by_start.items()], schema=BAR_SNAPSHOT)
     bars = pa.concat_tables(parts) if parts else BAR_SNAPSHOT.empty_table()
     groups = list(reads)
     return {c: (reads[c], part) for c, part in zip(groups, _split_by_symbols(bars, groups))}

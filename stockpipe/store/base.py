@@ -606,12 +606,28 @@ class Store(ABC):
         """Bars sorted by symbol and date, with the columns of `schema` (`BAR_SNAPSHOT`: what the
         indicators read). With `warmup_bars`, each symbol's window also reaches back exactly that
         many of its own bars before `start` (history the recursive indicators need)."""
+        return self.read_bars_many([(symbols, start, warmup_bars)], end=end, schema=schema)[0]
+
+    def read_bars_many(
+        self, reads: Sequence[tuple[Sequence[str] | None, dt.date | None, int]], *, end: dt.date | None = None,
+        schema: pa.Schema = BARS.schema,
+    ) -> list[pa.Table]:
+        """`read_bars(symbols, start, end, warmup_bars)` of each (symbols, start, warmup_bars), all
+        from one snapshot of the store: a write committed meanwhile shows in every one or in none
+        (a chunk reading its symbols from several starts replaces their rows up to one last date)."""
+        with self.session(write=False) as session:
+            self._repeatable_reads(session)
+            return [self._read_bars_in(session, symbols, start, end, warmup_bars, schema)
+                    for symbols, start, warmup_bars in reads]
+
+    def _read_bars_in(self, session: Session, symbols: Sequence[str] | None, start: dt.date | None,
+                      end: dt.date | None, warmup_bars: int, schema: pa.Schema) -> pa.Table:
         if start is None or warmup_bars <= 0:
-            return self._read_bar_range(symbols, start, end, schema)
-        window = self._read_bar_range(symbols, _warmup_window_start(start, warmup_bars), end, schema)
+            return self._read_bar_range(session, symbols, start, end, schema)
+        window = self._read_bar_range(session, symbols, _warmup_window_start(start, warmup_bars), end, schema)
         trimmed, short = _trim_warmup(window, start, warmup_bars)
         if short:
-            trimmed = pa.concat_tables([_drop_symbols(trimmed, short), self._read_bar_range(short, None, end, schema)])
+            trimmed = pa.concat_tables([_drop_symbols(trimmed, short), self._read_bar_range(session, short, None, end, schema)])
             trimmed = trimmed.sort_by([("symbol", "ascending"), ("date", "ascending")])
         return trimmed
 
@@ -627,12 +643,11 @@ class Store(ABC):
         pq.write_table(rows, path, **PARQUET_OPTIONS)
         return rows.num_rows
 
-    def _read_bar_range(self, symbols: Sequence[str] | None, start: dt.date | None, end: dt.date | None,
-                        schema: pa.Schema) -> pa.Table:
+    def _read_bar_range(self, session: Session, symbols: Sequence[str] | None, start: dt.date | None,
+                        end: dt.date | None, schema: pa.Schema) -> pa.Table:
         where, params = self._range_filter(symbols, start, end)
         sql = f"SELECT {', '.join(schema.names)} FROM bars{where} ORDER BY symbol, date"
-        with self.session(write=False) as session:
-            return session.fetch_arrow(sql, params, schema=schema)
+        return session.fetch_arrow(sql, params, schema=schema)
 
     # -- indicators -----------------------------------------------------------------------------
     def latest_indicator_dates(self, symbols: Sequence[str], before: dt.date) -> dict[str, dt.date]:
@@ -1260,6 +1275,9 @@ class Store(ABC):
 
     def _snapshot(self, session: Session) -> None:
         """Make the session's reads one consistent snapshot (a no-op where they already are)."""
+
+    def _repeatable_reads(self, session: Session) -> None:
+        """Make the session's reads of bars one snapshot (a no-op where a transaction is one)."""
 
     # -- reports --------------------------------------------------------------------------------
     def query(self, sql: str, params: dict[str, Any] | None = None) -> pa.Table:

@@ -347,8 +347,11 @@ class PostgresStore(Store):
             return session.fetch(f"SELECT max((SELECT max(b.date) FROM bars b WHERE b.symbol = s.symbol)) "
                                  f"FROM ({_key_symbols('bars')}) s")[0][0]
 
-    def _snapshot(self, session) -> None:
+    def _repeatable_reads(self, session) -> None:
         session.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+
+    def _snapshot(self, session) -> None:
+        self._repeatable_reads(session)
         # Before the snapshot is taken (by the first query, not by LOCK): a rebuild's swap of the
         # indicators table (`_swap_in`) then either committed before it, or waits for this reader.
         # Without it, a snapshot taken before a swap would read the new table, and miss the rows

@@ -519,3 +519,32 @@ def _stored_size(store, table: str) -> int:
         return store.query(f"SELECT pg_total_relation_size('{table}') AS n").column("n")[0].as_py()
     store.query("CHECKPOINT")
     return store.query("SELECT total_blocks * block_size AS n FROM pragma_database_size()").column("n")[0].as_py()
+
+
+def test_several_bar_reads_come_from_one_snapshot(store, store_url, store_kind, monkeypatch):
+    """A chunk reading its symbols from several starts (healing ones from their gaps) replaces their
+    rows up to one last date: a bar committed between two of its reads must be in all or none. On
+    PostgreSQL another connection commits one between them; a DuckDB store's process holds its file's
+    one connection for the whole read, so no write can come between."""
+    store.write_bars(pa.concat_tables([bars_rows("AAA", dt.date(2025, 1, 1), 10), bars_rows("BBB", dt.date(2025, 1, 1), 10)]))
+    writer = open_store(store_url) if store_kind == "postgres" else None
+    reads = []
+    original = type(store)._read_bar_range
+
+    def read_then_someone_writes(self, session, *args):
+        found = original(self, session, *args)
+        reads.append(found)
+        if len(reads) == 1 and writer is not None:
+            writer.write_bars(pa.concat_tables([bars_rows("AAA", dt.date(2025, 1, 11), 1),
+                                                bars_rows("BBB", dt.date(2025, 1, 11), 1)]))
+        return found
+
+    monkeypatch.setattr(type(store), "_read_bar_range", read_then_someone_writes)
+    first, second = store.read_bars_many([(["AAA"], dt.date(2025, 1, 5), 0), (["BBB"], dt.date(2025, 1, 3), 0)])
+    monkeypatch.undo()
+    assert len(reads) == 2
+    assert first.column("date").to_pylist() == [dt.date(2025, 1, d) for d in range(5, 11)]
+    assert second.column("date").to_pylist() == [dt.date(2025, 1, d) for d in range(3, 11)]
+    assert store.read_bars(["BBB"]).num_rows == (11 if writer is not None else 10)  # the write did land
+    if writer is not None:
+        writer.close()
