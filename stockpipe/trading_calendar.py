@@ -211,12 +211,17 @@ def last_closed_session(code: str, now: dt.datetime | None = None) -> dt.date:
 
 
 def is_known_calendar(code: str) -> bool:
-    path = _cache_path(code)
-    if path is not None and _read_cache(path, code, dt.date.today()) is not None:
-        return True
-    import exchange_calendars
+    """Whether exchange-calendars knows `code`. The calendar is read (or built) once for it and
+    kept for the questions the task asks next, rather than its cache file parsed twice."""
+    try:
+        _calendar(code)
+    except Exception:
+        import exchange_calendars
 
-    return code in exchange_calendars.get_calendar_names()
+        if code in exchange_calendars.get_calendar_names():
+            raise  # a calendar the library knows failed to build: that error, not "unknown"
+        return False
+    return True
 
 
 def bounds(code: str) -> tuple[dt.date, dt.date]:
